@@ -1,0 +1,1 @@
+//! shim protocol (being written).
