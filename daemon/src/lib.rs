@@ -1,1 +1,16 @@
-//! weftd
+//! weftd: the weft node agent.
+//!
+//! - [`config`]: flags, environment, file → a validated [`config::Config`];
+//! - [`store`]: the lease stores (file, etcd) behind [`store::LeaseStore`];
+//! - [`subnet`]: carving node subnets from the cluster CIDRs (pure);
+//! - [`underlay`]: choosing the node's underlay address;
+//! - [`agent`]: the lease keeper and peer tracker;
+//! - [`state`], [`fsutil`]: what survives a restart, written atomically.
+
+pub mod agent;
+pub mod config;
+pub mod fsutil;
+pub mod state;
+pub mod store;
+pub mod subnet;
+pub mod underlay;

@@ -1,1 +1,122 @@
-fn main() {}
+//! `weftd`: the weft node agent and its commands.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tokio::sync::watch;
+use tracing::info;
+use weftd::config::{Config, RawSettings, StoreConfig};
+use weftd::store::etcd::EtcdStore;
+use weftd::store::file::FileStore;
+use weftd::store::LeaseStore;
+use weftd::{agent, state, underlay};
+
+#[derive(Parser)]
+#[command(name = "weftd", version, about = "weft node agent: pod CIDR leases, overlay tunnels, pod wiring")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args)]
+struct Settings {
+    /// A TOML file of settings (keys as the long flags); flags and WEFT_* variables win over it.
+    #[arg(long, env = "WEFT_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    #[command(flatten)]
+    raw: RawSettings,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the agent: lease the node's pod CIDRs, publish the node, follow its peers.
+    Run(Settings),
+    /// Give this node's lease back (for a node leaving the cluster).
+    Leave(Settings),
+}
+
+fn load(settings: Settings) -> anyhow::Result<Config> {
+    let file = match &settings.config {
+        Some(path) => RawSettings::from_file(path)?,
+        None => RawSettings::default(),
+    };
+    Ok(settings.raw.or(file).validate()?)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let result = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("start the async runtime")
+        .and_then(|rt| rt.block_on(dispatch(cli.command)));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("weftd: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn dispatch(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Run(settings) => {
+            let config = load(settings)?;
+            let shutdown = shutdown_on_signal()?;
+            match config.store.clone() {
+                StoreConfig::File { dir } => {
+                    agent::run(config.clone(), FileStore::new(dir, config.lease_ttl), shutdown, None).await
+                }
+                StoreConfig::Etcd { endpoints, prefix } => {
+                    agent::run(config.clone(), EtcdStore::new(endpoints, prefix, config.lease_ttl), shutdown, None)
+                        .await
+                }
+            }
+        }
+        Command::Leave(settings) => {
+            let config = load(settings)?;
+            match config.store.clone() {
+                StoreConfig::File { dir } => leave(&config, FileStore::new(dir, config.lease_ttl)).await,
+                StoreConfig::Etcd { endpoints, prefix } => {
+                    leave(&config, EtcdStore::new(endpoints, prefix, config.lease_ttl)).await
+                }
+            }
+        }
+    }
+}
+
+async fn leave<S: LeaseStore>(config: &Config, mut store: S) -> anyhow::Result<()> {
+    let public_ips = underlay::detect(&config.underlay).unwrap_or_default();
+    let mut request = agent::lease_request(config, public_ips);
+    request.preferred = state::load_previous_cidrs(&config.state_dir);
+    let lease = request.lease_with(request.preferred, None);
+    store.release(&lease).await.context("release the lease")?;
+    info!(node = %config.node_name, pod_cidrs = %lease.pod_cidrs, "left: lease released");
+    Ok(())
+}
+
+/// A channel that turns true on SIGTERM or SIGINT.
+fn shutdown_on_signal() -> anyhow::Result<watch::Receiver<bool>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("listen for SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("listen for SIGINT")?;
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => info!("SIGTERM received"),
+            _ = int.recv() => info!("SIGINT received"),
+        }
+        let _ = tx.send(true);
+    });
+    Ok(rx)
+}

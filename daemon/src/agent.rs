@@ -1,0 +1,210 @@
+//! The node agent's lease and peer loops.
+//!
+//! - the lease keeper acquires the node's lease (retrying while the store is unreachable), renews it
+//!   every TTL/3, republishes it when the underlay address changes, and re-acquires it when it is
+//!   lost, asking for the same subnets;
+//! - the peer tracker turns the store's watch into added / updated / removed events, logs each, and
+//!   publishes the current peer set on a `watch` channel for the parts that act on it.
+//!
+//! SIGTERM keeps the lease (a restarted daemon finds it again); `release_on_exit` gives it back.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::sync::watch;
+use tracing::{error, info, warn};
+use weft_proto::lease::{BackendData, Lease, MacAddr, PublicIps};
+
+use crate::config::Config;
+use crate::state;
+use crate::store::peers::{PeerEvent, PeerSet};
+use crate::store::{LeaseRequest, LeaseStore, PeerWatcher, StoreError};
+use crate::underlay;
+
+/// The first retry delay after a transient store error; doubled up to [`MAX_BACKOFF`].
+const MIN_BACKOFF: Duration = Duration::from_millis(250);
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// What the agent publishes for the rest of the daemon.
+#[derive(Clone)]
+pub struct AgentView {
+    pub lease: watch::Receiver<Option<Lease>>,
+    pub peers: watch::Receiver<Arc<PeerSet>>,
+}
+
+/// The backend data this node publishes: VTEP MACs derived from the node name, one per pod family,
+/// so they survive restarts and device re-creation.
+pub fn backend_data(config: &Config) -> BackendData {
+    let mac = |family: &str| MacAddr::stable_local(&format!("{}/{family}", config.node_name));
+    BackendData::Vxlan {
+        vtep_mac: config.pool_v4.map(|_| mac("v4")),
+        vtep_mac_v6: config.pool_v6.map(|_| mac("v6")),
+    }
+}
+
+pub fn lease_request(config: &Config, public_ips: PublicIps) -> LeaseRequest {
+    LeaseRequest {
+        node: config.node_name.clone(),
+        pool_v4: config.pool_v4,
+        pool_v6: config.pool_v6,
+        preferred: state::load_previous_cidrs(&config.state_dir),
+        public_ips,
+        backend: backend_data(config),
+    }
+}
+
+/// Run the lease keeper and the peer tracker until `shutdown` turns true.
+pub async fn run<S: LeaseStore>(
+    config: Config,
+    mut store: S,
+    mut shutdown: watch::Receiver<bool>,
+    view_tx: Option<tokio::sync::oneshot::Sender<AgentView>>,
+) -> anyhow::Result<()> {
+    let public_ips = underlay::detect(&config.underlay).context("choose the underlay address")?;
+    let request = lease_request(&config, public_ips);
+    let Some(mut lease) = acquire(&mut store, &request, &mut shutdown).await? else {
+        return Ok(());
+    };
+    remember(&config, &lease);
+    info!(node = %lease.node, pod_cidrs = %lease.pod_cidrs, public_ip = ?lease.public_ips, "lease acquired");
+
+    let (lease_tx, lease_rx) = watch::channel(Some(lease.clone()));
+    let (peers_tx, peers_rx) = watch::channel(Arc::new(PeerSet::default()));
+    if let Some(tx) = view_tx {
+        let _ = tx.send(AgentView { lease: lease_rx, peers: peers_rx });
+    }
+    let tracker = tokio::spawn(track_peers(store.watch_peers(&config.node_name), peers_tx, lease_tx.subscribe()));
+
+    let renew_every = (config.lease_ttl / 3).max(Duration::from_millis(500));
+    let mut backoff = MIN_BACKOFF;
+    loop {
+        let wait = tokio::time::sleep(renew_every);
+        tokio::select! {
+            _ = wait => {}
+            _ = shutdown.changed() => break,
+        }
+        follow_underlay(&config, &mut lease);
+        match store.renew(&lease).await {
+            Ok(renewed) => {
+                lease = renewed;
+                backoff = MIN_BACKOFF;
+            }
+            Err(StoreError::LeaseLost { reason, .. }) => {
+                warn!(%reason, "lease lost; acquiring it again");
+                let again = LeaseRequest { preferred: lease.pod_cidrs, public_ips: lease.public_ips, ..request.clone() };
+                let Some(new) = acquire(&mut store, &again, &mut shutdown).await? else { break };
+                if new.pod_cidrs != lease.pod_cidrs {
+                    error!(old = %lease.pod_cidrs, new = %new.pod_cidrs, "pod CIDRs changed after the lease was lost: pods started before keep addresses outside this node's CIDRs");
+                }
+                lease = new;
+                remember(&config, &lease);
+            }
+            Err(e) => {
+                warn!(error = %e, retry_in = ?backoff, "lease renewal failed");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+        lease_tx.send_replace(Some(lease.clone()));
+    }
+    tracker.abort();
+    if config.release_on_exit {
+        store.release(&lease).await.context("release the lease")?;
+        info!(pod_cidrs = %lease.pod_cidrs, "lease released");
+    } else {
+        info!(pod_cidrs = %lease.pod_cidrs, "stopping; the lease is kept for the next start");
+    }
+    Ok(())
+}
+
+/// Acquire, retrying transient errors; `None` if shutdown came first.
+async fn acquire<S: LeaseStore>(
+    store: &mut S,
+    request: &LeaseRequest,
+    shutdown: &mut watch::Receiver<bool>,
+) -> anyhow::Result<Option<Lease>> {
+    let mut backoff = MIN_BACKOFF;
+    loop {
+        match store.acquire(request).await {
+            Ok(lease) => return Ok(Some(lease)),
+            Err(e) if e.is_transient() => {
+                warn!(error = %e, retry_in = ?backoff, "cannot acquire the lease yet");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = shutdown.changed() => return Ok(None),
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+            Err(e) => return Err(e).context("acquire the lease"),
+        }
+    }
+}
+
+fn remember(config: &Config, lease: &Lease) {
+    if let Err(e) = state::save_cidrs(&config.state_dir, &lease.pod_cidrs) {
+        warn!(error = %e, dir = %config.state_dir.display(), "cannot save the lease state");
+    }
+}
+
+/// Re-detect the underlay address; a change is published with the next renewal.
+fn follow_underlay(config: &Config, lease: &mut Lease) {
+    match underlay::detect(&config.underlay) {
+        Ok(ips) if ips != lease.public_ips => {
+            info!(old = ?lease.public_ips, new = ?ips, "underlay address changed; republishing");
+            lease.public_ips = ips;
+        }
+        Ok(_) => {}
+        Err(e) => warn!(error = %e, "cannot detect the underlay address; keeping the published one"),
+    }
+}
+
+async fn track_peers<W: PeerWatcher>(
+    mut watcher: W,
+    peers_tx: watch::Sender<Arc<PeerSet>>,
+    own: watch::Receiver<Option<Lease>>,
+) {
+    let mut peers = PeerSet::default();
+    let mut backoff = MIN_BACKOFF;
+    loop {
+        match watcher.next().await {
+            Ok(update) => {
+                backoff = MIN_BACKOFF;
+                let events = peers.apply(update);
+                if events.is_empty() {
+                    continue;
+                }
+                let own_lease = own.borrow().clone();
+                for event in &events {
+                    log_event(event, own_lease.as_ref());
+                }
+                peers_tx.send_replace(Arc::new(peers.clone()));
+            }
+            Err(e) => {
+                warn!(error = %e, retry_in = ?backoff, "peer watch failed");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+}
+
+fn log_event(event: &PeerEvent, own: Option<&Lease>) {
+    match event {
+        PeerEvent::Added(l) => info!(peer = %l.node, pod_cidrs = %l.pod_cidrs, public_ip = ?l.public_ips, "peer added"),
+        PeerEvent::Updated { old, new } => info!(
+            peer = %new.node,
+            old_pod_cidrs = %old.pod_cidrs, pod_cidrs = %new.pod_cidrs,
+            old_public_ip = ?old.public_ips, public_ip = ?new.public_ips,
+            "peer updated"
+        ),
+        PeerEvent::Removed(l) => info!(peer = %l.node, pod_cidrs = %l.pod_cidrs, "peer removed"),
+    }
+    if let (PeerEvent::Added(peer) | PeerEvent::Updated { new: peer, .. }, Some(own)) = (event, own) {
+        let shared = (peer.public_ips.v4.is_some() && peer.public_ips.v4 == own.public_ips.v4)
+            || (peer.public_ips.v6.is_some() && peer.public_ips.v6 == own.public_ips.v6);
+        if shared {
+            error!(peer = %peer.node, public_ip = ?peer.public_ips, "peer publishes this node's own underlay address (the Vagrant 10.0.2.15 trap?); no tunnel can tell the two apart");
+        }
+    }
+}

@@ -1,0 +1,391 @@
+//! The etcd v3 store.
+//!
+//! ```text
+//! PREFIX/subnets/v4/10.244.3.0-24        = NODE   claim, under the node's etcd lease
+//! PREFIX/subnets/v6/fd00:10:244:3::-64   = NODE   claim, under the node's etcd lease
+//! PREFIX/nodes/NODE                      = NodeRecord JSON (pod CIDRs + annotations), same lease
+//! ```
+//! A node claims a subnet with one transaction: "the claim key does not exist" (or "it already holds
+//! my name") → put the claims and the record under a fresh etcd lease with the configured TTL. Losing
+//! the race means reading the claims again and trying the next free subnet. The lease is kept alive
+//! by the daemon; when it stops, etcd deletes the keys after the TTL and every watcher sees the node
+//! go. After a restart, the node finds its claims by name (still alive) or is handed its previous
+//! subnets through `LeaseRequest::preferred` (expired but free).
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, KeyValue, LeaseKeepAliveStream,
+    LeaseKeeper, PutOptions, Txn, TxnOp, WatchOptions, WatchStream,
+};
+use ipnet::IpNet;
+use tracing::{debug, warn};
+use weft_proto::lease::{Lease, NodeRecord, PodCidrs};
+use weft_proto::names::NodeName;
+
+use super::{LeaseRequest, LeaseStore, PeerChange, PeerUpdate, PeerWatcher, StoreError};
+
+/// How long one etcd call may take before the store counts as unavailable.
+const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// Transactions tried before giving up on a contended claim.
+const MAX_CLAIM_ATTEMPTS: u32 = 1000;
+
+#[derive(Clone)]
+pub struct EtcdStore {
+    endpoints: Vec<String>,
+    prefix: String,
+    ttl: Duration,
+    client: Option<Client>,
+    /// The etcd lease the node's keys live under, once acquired.
+    lease_id: Option<i64>,
+    keeper: Option<std::sync::Arc<tokio::sync::Mutex<(LeaseKeeper, LeaseKeepAliveStream)>>>,
+    /// What the node record in etcd says now, to publish only changes.
+    published: Option<Lease>,
+}
+
+fn unavailable(what: &str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(format!("etcd {what}: {e}"))
+}
+
+/// Run one etcd call under [`CALL_TIMEOUT`].
+async fn call<T, E: std::fmt::Display>(
+    what: &str,
+    fut: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, StoreError> {
+    match tokio::time::timeout(CALL_TIMEOUT, fut).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(unavailable(what, e)),
+        Err(_) => Err(unavailable(what, format!("no answer within {CALL_TIMEOUT:?}"))),
+    }
+}
+
+impl EtcdStore {
+    pub fn new(endpoints: Vec<String>, prefix: String, ttl: Duration) -> EtcdStore {
+        EtcdStore { endpoints, prefix, ttl, client: None, lease_id: None, keeper: None, published: None }
+    }
+
+    async fn client(&mut self) -> Result<Client, StoreError> {
+        if let Some(client) = &self.client {
+            return Ok(client.clone());
+        }
+        let options = ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(3))
+            .with_timeout(CALL_TIMEOUT)
+            .with_keep_alive(Duration::from_secs(5), Duration::from_secs(3));
+        let client = call("connect", Client::connect(self.endpoints.clone(), Some(options))).await?;
+        self.client = Some(client.clone());
+        Ok(client)
+    }
+
+    fn claim_key(&self, net: &IpNet) -> String {
+        let family = if net.addr().is_ipv4() { "v4" } else { "v6" };
+        format!("{}/subnets/{family}/{}-{}", self.prefix, net.network(), net.prefix_len())
+    }
+
+    fn claims_prefix(&self) -> String {
+        format!("{}/subnets/", self.prefix)
+    }
+
+    fn node_key(&self, node: &NodeName) -> String {
+        format!("{}/nodes/{node}", self.prefix)
+    }
+
+    fn nodes_prefix(&self) -> String {
+        format!("{}/nodes/", self.prefix)
+    }
+
+    /// Every claim: subnet and holder. A key that does not parse is skipped with a warning.
+    async fn read_claims(&mut self) -> Result<Vec<(IpNet, String)>, StoreError> {
+        let mut client = self.client().await?;
+        let prefix = self.claims_prefix();
+        let resp = call("read claims", client.get(prefix.clone(), Some(GetOptions::new().with_prefix()))).await?;
+        let mut claims = Vec::new();
+        for kv in resp.kvs() {
+            let key = String::from_utf8_lossy(kv.key()).into_owned();
+            match parse_claim_key(&key[prefix.len()..]) {
+                Some(net) => claims.push((net, String::from_utf8_lossy(kv.value()).into_owned())),
+                None => warn!(%key, "skipping a subnet claim whose key does not parse"),
+            }
+        }
+        Ok(claims)
+    }
+
+    async fn grant(&mut self) -> Result<i64, StoreError> {
+        let mut client = self.client().await?;
+        let ttl = self.ttl.as_secs().max(2) as i64;
+        let resp = call("grant lease", client.lease_grant(ttl, None)).await?;
+        Ok(resp.id())
+    }
+
+    /// One claim transaction; `Ok(None)` when another node won a race and the caller should retry.
+    async fn try_claim(&mut self, request: &LeaseRequest, lease_id: i64) -> Result<Option<Lease>, StoreError> {
+        let claims = self.read_claims().await?;
+        let node = request.node.as_str();
+        let taken: BTreeSet<IpNet> = claims.iter().map(|(net, _)| *net).collect();
+        let put = || Some(PutOptions::new().with_lease(lease_id));
+        let mut compares = Vec::new();
+        let mut ops = Vec::new();
+        let mut chosen = Vec::new();
+        let pools = [(request.pool_v4, request.preferred.v4.map(IpNet::V4)), (request.pool_v6, request.preferred.v6.map(IpNet::V6))];
+        for (pool, preferred) in pools {
+            let Some(pool) = pool else { continue };
+            let held = claims.iter().find(|(net, holder)| holder == node && pool.contains_subnet(net));
+            let net = match held {
+                Some((net, _)) => {
+                    compares.push(Compare::value(self.claim_key(net), CompareOp::Equal, node));
+                    *net
+                }
+                None => {
+                    let net = pool.choose(&taken, preferred)?;
+                    compares.push(Compare::create_revision(self.claim_key(&net), CompareOp::Equal, 0));
+                    net
+                }
+            };
+            ops.push(TxnOp::put(self.claim_key(&net), node, put()));
+            chosen.push(net);
+        }
+        // Claims this node holds but no longer wants (its pools changed) are given back.
+        for (net, holder) in &claims {
+            if holder == node && !chosen.contains(net) {
+                compares.push(Compare::value(self.claim_key(net), CompareOp::Equal, node));
+                ops.push(TxnOp::delete(self.claim_key(net), None));
+            }
+        }
+        let mut pod_cidrs = PodCidrs::default();
+        for net in chosen {
+            match net {
+                IpNet::V4(n) => pod_cidrs.v4 = Some(n),
+                IpNet::V6(n) => pod_cidrs.v6 = Some(n),
+            }
+        }
+        let lease = request.lease_with(pod_cidrs, None);
+        ops.push(TxnOp::put(self.node_key(&request.node), record_json(&lease), put()));
+        let mut client = self.client().await?;
+        let txn = Txn::new().when(compares).and_then(ops);
+        let resp = call("claim transaction", client.txn(txn)).await?;
+        Ok(resp.succeeded().then_some(lease))
+    }
+
+    async fn keep_alive_once(&mut self, lease_id: i64, node: &NodeName) -> Result<(), StoreError> {
+        if self.keeper.is_none() {
+            let mut client = self.client().await?;
+            let pair = call("keep-alive stream", client.lease_keep_alive(lease_id)).await?;
+            self.keeper = Some(std::sync::Arc::new(tokio::sync::Mutex::new(pair)));
+        }
+        let keeper = self.keeper.clone().expect("set above");
+        let mut guard = keeper.lock().await;
+        let (keeper_tx, stream) = &mut *guard;
+        let sent = call("keep-alive", keeper_tx.keep_alive()).await;
+        let answer = match sent {
+            Ok(()) => call("keep-alive answer", stream.message()).await,
+            Err(e) => Err(e),
+        };
+        match answer {
+            Ok(Some(resp)) if resp.ttl() > 0 => Ok(()),
+            Ok(Some(_)) => {
+                self.keeper = None;
+                Err(StoreError::LeaseLost { node: node.clone(), reason: format!("etcd lease {lease_id:x} expired") })
+            }
+            Ok(None) => {
+                self.keeper = None;
+                Err(unavailable("keep-alive", "stream closed"))
+            }
+            Err(e) => {
+                self.keeper = None;
+                Err(e)
+            }
+        }
+    }
+}
+
+fn record_json(lease: &Lease) -> String {
+    serde_json::to_string(&lease.to_record()).expect("a record always serialises")
+}
+
+/// `10.244.3.0-24` (after `v4/` or `v6/`) back to a subnet.
+fn parse_claim_key(rest: &str) -> Option<IpNet> {
+    let (_family, cidr) = rest.split_once('/')?;
+    let (addr, len) = cidr.rsplit_once('-')?;
+    format!("{addr}/{len}").parse().ok()
+}
+
+/// A node record from etcd; an unparsable one is skipped with a warning naming its key.
+fn decode_node(kv: &KeyValue, nodes_prefix: &str) -> Option<Lease> {
+    let key = String::from_utf8_lossy(kv.key()).into_owned();
+    let result = serde_json::from_slice::<NodeRecord>(kv.value())
+        .map_err(|e| e.to_string())
+        .and_then(|record| Lease::from_record(&record).map_err(|e| e.to_string()))
+        .and_then(|lease| {
+            if key[nodes_prefix.len()..] == *lease.node.as_str() {
+                Ok(lease)
+            } else {
+                Err(format!("record names node {} under another node's key", lease.node))
+            }
+        });
+    match result {
+        Ok(lease) => Some(lease),
+        Err(reason) => {
+            warn!(%key, %reason, "skipping a store record that does not parse");
+            None
+        }
+    }
+}
+
+impl LeaseStore for EtcdStore {
+    type Watcher = EtcdWatcher;
+
+    async fn acquire(&mut self, request: &LeaseRequest) -> Result<Lease, StoreError> {
+        let lease_id = self.grant().await?;
+        for attempt in 1..=MAX_CLAIM_ATTEMPTS {
+            if let Some(lease) = self.try_claim(request, lease_id).await? {
+                debug!(attempt, lease_id, "claimed {}", lease.pod_cidrs);
+                self.lease_id = Some(lease_id);
+                self.keeper = None;
+                self.published = Some(lease.clone());
+                return Ok(lease);
+            }
+            let jitter = u64::from(attempt % 7) * 3 + (std::process::id() as u64 % 5);
+            tokio::time::sleep(Duration::from_millis(jitter)).await;
+        }
+        Err(StoreError::Contended { attempts: MAX_CLAIM_ATTEMPTS })
+    }
+
+    async fn renew(&mut self, lease: &Lease) -> Result<Lease, StoreError> {
+        let lost = |reason: &str| StoreError::LeaseLost { node: lease.node.clone(), reason: reason.into() };
+        let lease_id = self.lease_id.ok_or_else(|| lost("no etcd lease was acquired"))?;
+        self.keep_alive_once(lease_id, &lease.node).await?;
+        if self.published.as_ref() != Some(lease) {
+            let mut client = self.client().await?;
+            let key = self.node_key(&lease.node);
+            // Republish only while the claims are still ours.
+            let compares: Vec<Compare> = lease
+                .pod_cidrs
+                .iter()
+                .map(|net| Compare::value(self.claim_key(&net), CompareOp::Equal, lease.node.as_str()))
+                .collect();
+            let put = TxnOp::put(key, record_json(lease), Some(PutOptions::new().with_lease(lease_id)));
+            let resp = call("republish", client.txn(Txn::new().when(compares).and_then([put]))).await?;
+            if !resp.succeeded() {
+                return Err(lost("its subnet claims are gone"));
+            }
+            self.published = Some(lease.clone());
+        }
+        Ok(lease.clone())
+    }
+
+    async fn release(&mut self, lease: &Lease) -> Result<(), StoreError> {
+        let mut client = self.client().await?;
+        if let Some(lease_id) = self.lease_id.take() {
+            // Revoking deletes every key attached to the lease: claims and record.
+            call("revoke lease", client.lease_revoke(lease_id)).await?;
+        }
+        call("delete record", client.delete(self.node_key(&lease.node), None)).await?;
+        self.keeper = None;
+        self.published = None;
+        Ok(())
+    }
+
+    fn watch_peers(&self, own: &NodeName) -> EtcdWatcher {
+        EtcdWatcher { store: self.clone(), own: own.clone(), stream: None }
+    }
+}
+
+/// Lists the node records, then watches the prefix from the listed revision on.
+pub struct EtcdWatcher {
+    store: EtcdStore,
+    own: NodeName,
+    stream: Option<WatchStream>,
+}
+
+impl EtcdWatcher {
+    async fn start(&mut self) -> Result<PeerUpdate, StoreError> {
+        let prefix = self.store.nodes_prefix();
+        let mut client = self.store.client().await?;
+        let resp = call("list nodes", client.get(prefix.clone(), Some(GetOptions::new().with_prefix()))).await?;
+        let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
+        let peers: Vec<Lease> = resp
+            .kvs()
+            .iter()
+            .filter_map(|kv| decode_node(kv, &prefix))
+            .filter(|l| l.node != self.own)
+            .collect();
+        let options = WatchOptions::new().with_prefix().with_start_revision(revision + 1);
+        let stream = call("watch nodes", client.watch(prefix, Some(options))).await?;
+        self.stream = Some(stream);
+        Ok(PeerUpdate::Snapshot(peers))
+    }
+
+    fn changes(&self, resp: &etcd_client::WatchResponse) -> Vec<PeerChange> {
+        let prefix = self.store.nodes_prefix();
+        let mut changes = Vec::new();
+        for event in resp.events() {
+            let Some(kv) = event.kv() else { continue };
+            let key = String::from_utf8_lossy(kv.key()).into_owned();
+            let Ok(node) = NodeName::new(key[prefix.len()..].to_string()) else {
+                warn!(%key, "skipping a node key that is not a node name");
+                continue;
+            };
+            if node == self.own {
+                continue;
+            }
+            match event.event_type() {
+                EventType::Delete => changes.push(PeerChange::Delete(node)),
+                // A record that no longer parses describes no usable peer: it is removed.
+                EventType::Put => match decode_node(kv, &prefix) {
+                    Some(lease) => changes.push(PeerChange::Put(lease)),
+                    None => changes.push(PeerChange::Delete(node)),
+                },
+            }
+        }
+        changes
+    }
+}
+
+impl PeerWatcher for EtcdWatcher {
+    async fn next(&mut self) -> Result<PeerUpdate, StoreError> {
+        loop {
+            let Some(stream) = self.stream.as_mut() else {
+                return self.start().await;
+            };
+            let message = stream.message().await;
+            match message {
+                Ok(Some(resp)) if resp.canceled() || resp.compact_revision() > 0 => {
+                    self.stream = None; // compacted or cancelled: list again
+                }
+                Ok(Some(resp)) => {
+                    let changes = self.changes(&resp);
+                    if !changes.is_empty() {
+                        return Ok(PeerUpdate::Changes(changes));
+                    }
+                }
+                Ok(None) => {
+                    self.stream = None;
+                    return Err(unavailable("watch", "stream closed"));
+                }
+                Err(e) => {
+                    self.stream = None;
+                    return Err(unavailable("watch", e));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn claim_keys_round_trip() {
+        let store = EtcdStore::new(vec![], "/weft".into(), Duration::from_secs(10));
+        for cidr in ["10.244.3.0/24", "fd00:10:244:3::/64"] {
+            let net: IpNet = cidr.parse().unwrap();
+            let key = store.claim_key(&net);
+            assert!(key.starts_with("/weft/subnets/v"), "{key}");
+            assert_eq!(parse_claim_key(&key[store.claims_prefix().len()..]), Some(net));
+        }
+        assert_eq!(parse_claim_key("v4/garbage"), None);
+        assert_eq!(parse_claim_key("v4/10.0.0.0-99"), None);
+    }
+}

@@ -1,0 +1,119 @@
+//! Lease stores: where a node claims its pod CIDRs and learns its peers.
+//!
+//! Two narrow contracts, as Kilo splits node and peer backends:
+//! - [`LeaseStore`]: this node's own lease (acquire, renew, release);
+//! - [`PeerWatcher`]: everyone else's, as a stream of [`PeerUpdate`]s — a full snapshot when a watch
+//!   (re)starts, incremental changes after that. [`peers::PeerSet`] turns both into the same
+//!   added / updated / removed events, so a restart and a steady state look alike downstream.
+//!
+//! Implementations: [`file`] (the single-host store of a lab) and [`etcd`]. A record that fails to
+//! parse is skipped with a warning naming its key; it never stops the store.
+
+pub mod etcd;
+pub mod file;
+pub mod peers;
+
+use std::future::Future;
+
+use weft_proto::lease::{BackendData, Lease, PodCidrs, PublicIps};
+use weft_proto::names::NodeName;
+
+use crate::subnet::{SubnetError, SubnetPool};
+
+/// What a node asks the store for.
+#[derive(Debug, Clone)]
+pub struct LeaseRequest {
+    pub node: NodeName,
+    pub pool_v4: Option<SubnetPool>,
+    pub pool_v6: Option<SubnetPool>,
+    /// The subnets this node held before (from its state directory); reclaimed if still free.
+    pub preferred: PodCidrs,
+    pub public_ips: PublicIps,
+    pub backend: BackendData,
+}
+
+impl LeaseRequest {
+    /// The lease this request asks for, once subnets are chosen.
+    pub fn lease_with(&self, pod_cidrs: PodCidrs, expires: Option<u64>) -> Lease {
+        Lease {
+            node: self.node.clone(),
+            pod_cidrs,
+            public_ips: self.public_ips,
+            backend: self.backend,
+            expires,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(transparent)]
+    Exhausted(#[from] SubnetError),
+    /// The store cannot be reached right now; retrying later may succeed.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// The lease expired or was taken over; the node must acquire again.
+    #[error("lease of node {node} is lost: {reason}")]
+    LeaseLost { node: NodeName, reason: String },
+    #[error("store file {path}: {source}")]
+    Io {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("could not claim a subnet after {attempts} attempts: other nodes kept winning the race")]
+    Contended { attempts: u32 },
+}
+
+impl StoreError {
+    /// Whether waiting and trying again is the right response.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_) | StoreError::Contended { .. } | StoreError::Io { .. })
+    }
+}
+
+/// One change in the peer view.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerChange {
+    Put(Lease),
+    Delete(NodeName),
+}
+
+/// What a watcher reports: everything (after a start or a reconnect) or what changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerUpdate {
+    Snapshot(Vec<Lease>),
+    Changes(Vec<PeerChange>),
+}
+
+/// A node's own lease.
+pub trait LeaseStore: Send + Sync + 'static {
+    type Watcher: PeerWatcher;
+
+    /// Claim this node's subnets (its current ones, its preferred ones if free, else the first free
+    /// ones) and publish its record.
+    fn acquire(&mut self, request: &LeaseRequest) -> impl Future<Output = Result<Lease, StoreError>> + Send;
+
+    /// Keep the lease alive and publish `lease` again (a changed underlay address goes out here).
+    fn renew(&mut self, lease: &Lease) -> impl Future<Output = Result<Lease, StoreError>> + Send;
+
+    /// Give the lease back: the subnets become free for other nodes.
+    fn release(&mut self, lease: &Lease) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// A watcher of every other node's lease.
+    fn watch_peers(&self, own: &NodeName) -> Self::Watcher;
+}
+
+/// Everyone else's leases.
+pub trait PeerWatcher: Send + 'static {
+    /// The next update; the first call (and the first after an error) returns a snapshot.
+    fn next(&mut self) -> impl Future<Output = Result<PeerUpdate, StoreError>> + Send;
+}
+
+/// Seconds since the Unix epoch, the clock of lease expiry.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}

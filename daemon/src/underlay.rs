@@ -1,0 +1,251 @@
+//! Choosing the node's underlay address: the address tunnels to this node are sent to.
+//!
+//! The order operators know from flannel: an explicit `--public-ip`, else `--iface`, `--iface-regex`
+//! or `--iface-can-reach`, else the interface of the default route (per family). Loopback, link-local
+//! and unspecified addresses are never chosen.
+//!
+//! Every Vagrant VM has 10.0.2.15 on its NAT interface, which is also where its default route points:
+//! picking it gives every node the same address. [`SHARED_NAT_ADDRESS`] is refused when it was found
+//! by detection rather than named explicitly, and the agent refuses any peer publishing the node's own
+//! underlay address.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, UdpSocket};
+
+use regex::Regex;
+use weft_proto::lease::PublicIps;
+
+use crate::config::UnderlaySelector;
+
+/// The address of VirtualBox's (and so Vagrant's) NAT interface, identical on every VM.
+pub const SHARED_NAT_ADDRESS: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 15);
+
+#[derive(Debug, thiserror::Error)]
+pub enum UnderlayError {
+    #[error("cannot list interface addresses: {0}")]
+    ListAddresses(#[source] nix::Error),
+    #[error("interface {0} has no usable unicast address")]
+    NoAddress(String),
+    #[error("no interface name matches --iface-regex {0:?}")]
+    NoMatch(String),
+    #[error("--iface-regex {pattern:?} is not a valid regular expression: {reason}")]
+    BadPattern { pattern: String, reason: String },
+    #[error("no route to {0}: cannot find the interface that reaches it")]
+    NoRoute(IpAddr),
+    #[error("no default route in either family; choose the underlay with --iface, --iface-can-reach or --public-ip")]
+    NoDefaultRoute,
+    #[error("the detected underlay address is 10.0.2.15 on {iface}, the NAT address every Vagrant/VirtualBox VM shares; choose the host-only interface with --iface or --iface-can-reach")]
+    SharedNatAddress { iface: String },
+}
+
+/// One interface address as the system lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InterfaceAddress {
+    pub iface: String,
+    pub ip: IpAddr,
+}
+
+/// The node's public IPs for `selector`, looking at the live system.
+pub fn detect(selector: &UnderlaySelector) -> Result<PublicIps, UnderlayError> {
+    match selector {
+        UnderlaySelector::Addresses(ips) => Ok(from_list(ips)),
+        UnderlaySelector::Interface(name) => {
+            let ips = addresses_of(&list_addresses()?, name.as_str());
+            non_empty(ips, name.as_str())
+        }
+        UnderlaySelector::InterfacePattern(pattern) => {
+            let re = Regex::new(pattern).map_err(|e| UnderlayError::BadPattern {
+                pattern: pattern.clone(),
+                reason: e.to_string(),
+            })?;
+            let all = list_addresses()?;
+            let iface = all
+                .iter()
+                .find(|a| re.is_match(&a.iface) && usable(&a.ip))
+                .map(|a| a.iface.clone())
+                .ok_or_else(|| UnderlayError::NoMatch(pattern.clone()))?;
+            checked_detected(addresses_of(&all, &iface), &iface)
+        }
+        UnderlaySelector::CanReach(targets) => {
+            let mut ips = Vec::new();
+            for target in targets {
+                ips.push(source_address_towards(*target)?);
+            }
+            Ok(from_list(&ips))
+        }
+        UnderlaySelector::DefaultRoute => {
+            let all = list_addresses()?;
+            let v4_iface = default_route_iface_v4();
+            let v6_iface = default_route_iface_v6();
+            if v4_iface.is_none() && v6_iface.is_none() {
+                return Err(UnderlayError::NoDefaultRoute);
+            }
+            let mut ips = PublicIps::default();
+            if let Some(iface) = &v4_iface {
+                ips.v4 = addresses_of(&all, iface).v4;
+                if ips.v4 == Some(SHARED_NAT_ADDRESS) {
+                    return Err(UnderlayError::SharedNatAddress { iface: iface.clone() });
+                }
+            }
+            if let Some(iface) = &v6_iface {
+                ips.v6 = addresses_of(&all, iface).v6;
+            }
+            non_empty(ips, v4_iface.or(v6_iface).as_deref().unwrap_or("default route"))
+        }
+    }
+}
+
+fn checked_detected(ips: PublicIps, iface: &str) -> Result<PublicIps, UnderlayError> {
+    if ips.v4 == Some(SHARED_NAT_ADDRESS) {
+        return Err(UnderlayError::SharedNatAddress { iface: iface.to_string() });
+    }
+    non_empty(ips, iface)
+}
+
+fn non_empty(ips: PublicIps, iface: &str) -> Result<PublicIps, UnderlayError> {
+    if ips.v4.is_none() && ips.v6.is_none() {
+        return Err(UnderlayError::NoAddress(iface.to_string()));
+    }
+    Ok(ips)
+}
+
+fn from_list(ips: &[IpAddr]) -> PublicIps {
+    let mut out = PublicIps::default();
+    for ip in ips {
+        match ip {
+            IpAddr::V4(v4) => out.v4 = out.v4.or(Some(*v4)),
+            IpAddr::V6(v6) => out.v6 = out.v6.or(Some(*v6)),
+        }
+    }
+    out
+}
+
+/// Whether an address can carry tunnels to other nodes.
+pub fn usable(ip: &IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => !(v4.is_loopback() || v4.is_link_local() || v4.is_unspecified() || v4.is_multicast()),
+        IpAddr::V6(v6) => {
+            let link_local = (v6.segments()[0] & 0xffc0) == 0xfe80;
+            !(v6.is_loopback() || link_local || v6.is_unspecified() || v6.is_multicast())
+        }
+    }
+}
+
+/// The first usable address of each family on `iface`.
+pub fn addresses_of(all: &[InterfaceAddress], iface: &str) -> PublicIps {
+    let on_iface: Vec<IpAddr> = all.iter().filter(|a| a.iface == iface && usable(&a.ip)).map(|a| a.ip).collect();
+    from_list(&on_iface)
+}
+
+pub fn list_addresses() -> Result<Vec<InterfaceAddress>, UnderlayError> {
+    let addrs = nix::ifaddrs::getifaddrs().map_err(UnderlayError::ListAddresses)?;
+    Ok(addrs
+        .filter_map(|a| {
+            let storage = a.address?;
+            let ip = if let Some(v4) = storage.as_sockaddr_in() {
+                IpAddr::V4(v4.ip())
+            } else {
+                IpAddr::V6(storage.as_sockaddr_in6()?.ip())
+            };
+            Some(InterfaceAddress { iface: a.interface_name, ip })
+        })
+        .collect())
+}
+
+/// The local address the kernel would use to reach `target`: a connected UDP socket sends nothing.
+fn source_address_towards(target: IpAddr) -> Result<IpAddr, UnderlayError> {
+    let bind: IpAddr = if target.is_ipv4() { Ipv4Addr::UNSPECIFIED.into() } else { Ipv6Addr::UNSPECIFIED.into() };
+    let socket = UdpSocket::bind((bind, 0)).map_err(|_| UnderlayError::NoRoute(target))?;
+    socket.connect((target, 9)).map_err(|_| UnderlayError::NoRoute(target))?;
+    let local = socket.local_addr().map_err(|_| UnderlayError::NoRoute(target))?.ip();
+    if !usable(&local) {
+        return Err(UnderlayError::NoRoute(target));
+    }
+    Ok(local)
+}
+
+fn default_route_iface_v4() -> Option<String> {
+    parse_default_v4(&std::fs::read_to_string("/proc/net/route").ok()?)
+}
+
+fn default_route_iface_v6() -> Option<String> {
+    parse_default_v6(&std::fs::read_to_string("/proc/net/ipv6_route").ok()?)
+}
+
+/// `/proc/net/route`: `Iface Destination Gateway Flags …`; the default route has destination and
+/// mask 00000000. Of several, the lowest metric wins.
+fn parse_default_v4(table: &str) -> Option<String> {
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let is_default = f.len() > 7 && f[1] == "00000000" && f[7] == "00000000";
+            let up = f.get(3).and_then(|flags| u32::from_str_radix(flags, 16).ok()).is_some_and(|fl| fl & 1 == 1);
+            (is_default && up).then(|| (f[6].parse::<u32>().unwrap_or(u32::MAX), f[0].to_string()))
+        })
+        .min()
+        .map(|(_, iface)| iface)
+}
+
+/// `/proc/net/ipv6_route`: `dest plen src splen nexthop metric refcnt use flags iface`.
+fn parse_default_v6(table: &str) -> Option<String> {
+    table
+        .lines()
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let is_default = f.len() == 10 && f[0] == "0".repeat(32) && f[1] == "00" && f[9] != "lo";
+            let metric = u32::from_str_radix(f.get(5)?, 16).ok()?;
+            is_default.then(|| (metric, f[9].to_string()))
+        })
+        .min()
+        .map(|(_, iface)| iface)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_routes_from_proc() {
+        let v4 = "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
+                  eth0\t00000000\t0202000A\t0003\t0\t0\t100\t00000000\t0\t0\t0\n\
+                  eth1\t00000000\t0138A8C0\t0003\t0\t0\t50\t00000000\t0\t0\t0\n\
+                  eth1\t0038A8C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n";
+        assert_eq!(parse_default_v4(v4).as_deref(), Some("eth1"), "lowest metric wins");
+        assert_eq!(parse_default_v4("Iface\tDestination\n"), None);
+        let v6 = "00000000000000000000000000000000 00 00000000000000000000000000000000 00 fe800000000000000000000000000001 00000400 00000001 00000000 00000003 eth0\n\
+                  00000000000000000000000000000000 00 00000000000000000000000000000000 00 00000000000000000000000000000000 ffffffff 00000001 00000000 00200200 lo\n";
+        assert_eq!(parse_default_v6(v6).as_deref(), Some("eth0"));
+    }
+
+    #[test]
+    fn interface_addresses_skip_unusable_ones() {
+        let all = vec![
+            InterfaceAddress { iface: "eth1".into(), ip: "fe80::1".parse().unwrap() },
+            InterfaceAddress { iface: "eth1".into(), ip: "192.168.56.11".parse().unwrap() },
+            InterfaceAddress { iface: "eth1".into(), ip: "2001:db8::11".parse().unwrap() },
+            InterfaceAddress { iface: "lo".into(), ip: "127.0.0.1".parse().unwrap() },
+        ];
+        let ips = addresses_of(&all, "eth1");
+        assert_eq!(ips.v4, Some("192.168.56.11".parse().unwrap()));
+        assert_eq!(ips.v6, Some("2001:db8::11".parse().unwrap()));
+        assert_eq!(addresses_of(&all, "lo"), PublicIps::default());
+    }
+
+    #[test]
+    fn vagrant_nat_address_is_refused_when_detected() {
+        let err = checked_detected(PublicIps { v4: Some(SHARED_NAT_ADDRESS), v6: None }, "eth0").unwrap_err();
+        assert!(err.to_string().contains("10.0.2.15") && err.to_string().contains("--iface"), "{err}");
+        let explicit = detect(&UnderlaySelector::Addresses(vec![SHARED_NAT_ADDRESS.into()])).unwrap();
+        assert_eq!(explicit.v4, Some(SHARED_NAT_ADDRESS), "an explicit address is the operator's call");
+    }
+
+    #[test]
+    fn loopback_is_reachable_but_not_usable() {
+        assert!(detect(&UnderlaySelector::CanReach(vec!["127.0.0.1".parse().unwrap()])).is_err());
+        assert!(matches!(
+            detect(&UnderlaySelector::InterfacePattern("(".into())),
+            Err(UnderlayError::BadPattern { .. })
+        ));
+    }
+}
