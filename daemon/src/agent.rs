@@ -72,9 +72,16 @@ pub async fn run<S: LeaseStore>(
     let (lease_tx, lease_rx) = watch::channel(Some(lease.clone()));
     let (peers_tx, peers_rx) = watch::channel(Arc::new(PeerSet::default()));
     if let Some(tx) = view_tx {
-        let _ = tx.send(AgentView { lease: lease_rx, peers: peers_rx });
+        let _ = tx.send(AgentView {
+            lease: lease_rx,
+            peers: peers_rx,
+        });
     }
-    let tracker = tokio::spawn(track_peers(store.watch_peers(&config.node_name), peers_tx, lease_tx.subscribe()));
+    let tracker = tokio::spawn(track_peers(
+        store.watch_peers(&config.node_name),
+        peers_tx,
+        lease_tx.subscribe(),
+    ));
 
     let renew_every = (config.lease_ttl / 3).max(Duration::from_millis(500));
     let mut backoff = MIN_BACKOFF;
@@ -92,8 +99,14 @@ pub async fn run<S: LeaseStore>(
             }
             Err(StoreError::LeaseLost { reason, .. }) => {
                 warn!(%reason, "lease lost; acquiring it again");
-                let again = LeaseRequest { preferred: lease.pod_cidrs, public_ips: lease.public_ips, ..request.clone() };
-                let Some(new) = acquire(&mut store, &again, &mut shutdown).await? else { break };
+                let again = LeaseRequest {
+                    preferred: lease.pod_cidrs,
+                    public_ips: lease.public_ips,
+                    ..request.clone()
+                };
+                let Some(new) = acquire(&mut store, &again, &mut shutdown).await? else {
+                    break;
+                };
                 if new.pod_cidrs != lease.pod_cidrs {
                     error!(old = %lease.pod_cidrs, new = %new.pod_cidrs, "pod CIDRs changed after the lease was lost: pods started before keep addresses outside this node's CIDRs");
                 }
@@ -155,7 +168,9 @@ fn follow_underlay(config: &Config, lease: &mut Lease) {
             lease.public_ips = ips;
         }
         Ok(_) => {}
-        Err(e) => warn!(error = %e, "cannot detect the underlay address; keeping the published one"),
+        Err(e) => {
+            warn!(error = %e, "cannot detect the underlay address; keeping the published one")
+        }
     }
 }
 
@@ -191,7 +206,9 @@ async fn track_peers<W: PeerWatcher>(
 
 fn log_event(event: &PeerEvent, own: Option<&Lease>) {
     match event {
-        PeerEvent::Added(l) => info!(peer = %l.node, pod_cidrs = %l.pod_cidrs, public_ip = ?l.public_ips, "peer added"),
+        PeerEvent::Added(l) => {
+            info!(peer = %l.node, pod_cidrs = %l.pod_cidrs, public_ip = ?l.public_ips, "peer added")
+        }
         PeerEvent::Updated { old, new } => info!(
             peer = %new.node,
             old_pod_cidrs = %old.pod_cidrs, pod_cidrs = %new.pod_cidrs,
@@ -200,7 +217,8 @@ fn log_event(event: &PeerEvent, own: Option<&Lease>) {
         ),
         PeerEvent::Removed(l) => info!(peer = %l.node, pod_cidrs = %l.pod_cidrs, "peer removed"),
     }
-    if let (PeerEvent::Added(peer) | PeerEvent::Updated { new: peer, .. }, Some(own)) = (event, own) {
+    if let (PeerEvent::Added(peer) | PeerEvent::Updated { new: peer, .. }, Some(own)) = (event, own)
+    {
         let shared = (peer.public_ips.v4.is_some() && peer.public_ips.v4 == own.public_ips.v4)
             || (peer.public_ips.v6.is_some() && peer.public_ips.v6 == own.public_ips.v6);
         if shared {

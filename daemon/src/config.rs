@@ -104,6 +104,10 @@ pub struct RawSettings {
     /// Give the lease back when the daemon exits (otherwise it is kept for a restart).
     #[arg(long, env = "WEFT_RELEASE_ON_EXIT")]
     pub release_on_exit: Option<String>,
+    /// `kernel` programs tunnels, routes and pods; `none` only keeps the lease and follows peers
+    /// (for store debugging and the lease tests) [default: kernel].
+    #[arg(long, env = "WEFT_DATAPATH")]
+    pub datapath: Option<String>,
 }
 
 impl RawSettings {
@@ -129,6 +133,7 @@ impl RawSettings {
             iface_can_reach: self.iface_can_reach.or(file.iface_can_reach),
             mtu: self.mtu.or(file.mtu),
             release_on_exit: self.release_on_exit.or(file.release_on_exit),
+            datapath: self.datapath.or(file.datapath),
         }
     }
 
@@ -139,7 +144,9 @@ impl RawSettings {
             reason,
         };
         let text = std::fs::read_to_string(path).map_err(|e| file_error(e.to_string()))?;
-        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| file_error(e.message().to_string()))?;
+        let table: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| file_error(e.message().to_string()))?;
         // Numbers and booleans are accepted and read as their text, like flags.
         let as_text: toml::Table = table
             .into_iter()
@@ -211,7 +218,13 @@ impl RawSettings {
             Some("true") | Some("1") | Some("") => true,
             Some(other) => return Err(invalid("release-on-exit", other, "expected true or false")),
         };
+        let datapath = match self.datapath.as_deref() {
+            None | Some("kernel") => DatapathMode::Kernel,
+            Some("none") => DatapathMode::None,
+            Some(other) => return Err(invalid("datapath", other, "expected kernel or none")),
+        };
         Ok(Config {
+            datapath,
             node_name,
             pool_v4,
             pool_v6,
@@ -233,12 +246,20 @@ impl RawSettings {
                 dir: path_or(&self.store_dir, "/var/lib/weft/store"),
             }),
             "etcd" => {
-                let text = self.etcd_endpoints.as_deref().unwrap_or("http://127.0.0.1:2379");
+                let text = self
+                    .etcd_endpoints
+                    .as_deref()
+                    .unwrap_or("http://127.0.0.1:2379");
                 let endpoints: Vec<String> = split_list(text).map(str::to_string).collect();
                 for endpoint in &endpoints {
-                    let scheme_ok = endpoint.starts_with("http://") || endpoint.starts_with("https://");
+                    let scheme_ok =
+                        endpoint.starts_with("http://") || endpoint.starts_with("https://");
                     if !scheme_ok || endpoint.len() < 10 {
-                        return Err(invalid("etcd-endpoints", endpoint, "expected http://HOST:PORT or https://HOST:PORT"));
+                        return Err(invalid(
+                            "etcd-endpoints",
+                            endpoint,
+                            "expected http://HOST:PORT or https://HOST:PORT",
+                        ));
                     }
                 }
                 if endpoints.is_empty() {
@@ -246,11 +267,19 @@ impl RawSettings {
                 }
                 let prefix = self.etcd_prefix.clone().unwrap_or_else(|| "/weft".into());
                 if !prefix.starts_with('/') || prefix.ends_with('/') {
-                    return Err(invalid("etcd-prefix", &prefix, "must start with '/' and not end with '/'"));
+                    return Err(invalid(
+                        "etcd-prefix",
+                        &prefix,
+                        "must start with '/' and not end with '/'",
+                    ));
                 }
                 Ok(StoreConfig::Etcd { endpoints, prefix })
             }
-            "kube" => Err(invalid("store", "kube", "the Kubernetes store is not built yet; use file or etcd")),
+            "kube" => Err(invalid(
+                "store",
+                "kube",
+                "the Kubernetes store is not built yet; use file or etcd",
+            )),
             other => Err(invalid("store", other, "expected file, etcd or kube")),
         }
     }
@@ -274,7 +303,8 @@ impl RawSettings {
             return Ok(UnderlaySelector::Addresses(ips));
         }
         if let Some(name) = &self.iface {
-            let name = IfName::new(name.clone()).map_err(|e| invalid("iface", name, e.to_string()))?;
+            let name =
+                IfName::new(name.clone()).map_err(|e| invalid("iface", name, e.to_string()))?;
             return Ok(UnderlaySelector::Interface(name));
         }
         if let Some(pattern) = &self.iface_regex {
@@ -284,7 +314,10 @@ impl RawSettings {
             return Ok(UnderlaySelector::InterfacePattern(pattern.clone()));
         }
         if let Some(text) = &self.iface_can_reach {
-            return Ok(UnderlaySelector::CanReach(parse_ip_list("iface-can-reach", text)?));
+            return Ok(UnderlaySelector::CanReach(parse_ip_list(
+                "iface-can-reach",
+                text,
+            )?));
         }
         Ok(UnderlaySelector::DefaultRoute)
     }
@@ -306,13 +339,26 @@ pub enum UnderlaySelector {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreConfig {
-    File { dir: PathBuf },
-    Etcd { endpoints: Vec<String>, prefix: String },
+    File {
+        dir: PathBuf,
+    },
+    Etcd {
+        endpoints: Vec<String>,
+        prefix: String,
+    },
+}
+
+/// Whether weftd programs the node's datapath.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DatapathMode {
+    Kernel,
+    None,
 }
 
 /// The validated configuration of one `weftd`.
 #[derive(Debug, Clone)]
 pub struct Config {
+    pub datapath: DatapathMode,
     pub node_name: NodeName,
     pub pool_v4: Option<SubnetPool>,
     pub pool_v6: Option<SubnetPool>,
@@ -341,10 +387,18 @@ fn default_node_name() -> Result<NodeName, ConfigError> {
         .and_then(|h| h.into_string().ok())
         .unwrap_or_default()
         .to_lowercase();
-    NodeName::new(host.clone()).map_err(|e| invalid("node-name", &host, format!("the host name is not usable as a node name ({e}); set --node-name")))
+    NodeName::new(host.clone()).map_err(|e| {
+        invalid(
+            "node-name",
+            &host,
+            format!("the host name is not usable as a node name ({e}); set --node-name"),
+        )
+    })
 }
 
-fn parse_cluster_cidrs(text: Option<&str>) -> Result<(Option<Ipv4Net>, Option<Ipv6Net>), ConfigError> {
+fn parse_cluster_cidrs(
+    text: Option<&str>,
+) -> Result<(Option<Ipv4Net>, Option<Ipv6Net>), ConfigError> {
     let text = text.ok_or(ConfigError::Missing {
         setting: "cluster-cidr",
         reason: "give the cluster's pod CIDR(s), e.g. 10.244.0.0/16,fd00:10:244::/48",
@@ -355,7 +409,11 @@ fn parse_cluster_cidrs(text: Option<&str>) -> Result<(Option<Ipv4Net>, Option<Ip
             .parse()
             .map_err(|_| invalid("cluster-cidr", item, "not a CIDR"))?;
         if net.trunc() != net {
-            return Err(invalid("cluster-cidr", item, format!("host bits are set; did you mean {}?", net.trunc())));
+            return Err(invalid(
+                "cluster-cidr",
+                item,
+                format!("host bits are set; did you mean {}?", net.trunc()),
+            ));
         }
         match net {
             IpNet::V4(n) if v4.is_none() => v4 = Some(n),
@@ -369,23 +427,39 @@ fn parse_cluster_cidrs(text: Option<&str>) -> Result<(Option<Ipv4Net>, Option<Ip
     Ok((v4, v6))
 }
 
-fn parse_prefix(setting: &'static str, text: Option<&str>, default: u8, max: u8) -> Result<u8, ConfigError> {
+fn parse_prefix(
+    setting: &'static str,
+    text: Option<&str>,
+    default: u8,
+    max: u8,
+) -> Result<u8, ConfigError> {
     match text {
         None => Ok(default),
         Some(t) => match t.trim_start_matches('/').parse::<u8>() {
             Ok(len) if len <= max => Ok(len),
-            _ => Err(invalid(setting, t, format!("a prefix length between 0 and {max}"))),
+            _ => Err(invalid(
+                setting,
+                t,
+                format!("a prefix length between 0 and {max}"),
+            )),
         },
     }
 }
 
 fn parse_ip_list(setting: &'static str, text: &str) -> Result<Vec<IpAddr>, ConfigError> {
     let ips: Vec<IpAddr> = split_list(text)
-        .map(|item| item.parse().map_err(|_| invalid(setting, item, "not an IP address")))
+        .map(|item| {
+            item.parse()
+                .map_err(|_| invalid(setting, item, "not an IP address"))
+        })
         .collect::<Result<_, _>>()?;
     let v4 = ips.iter().filter(|ip| ip.is_ipv4()).count();
     if ips.is_empty() || v4 > 1 || ips.len() - v4 > 1 {
-        return Err(invalid(setting, text, "one or two addresses, at most one per family"));
+        return Err(invalid(
+            setting,
+            text,
+            "one or two addresses, at most one per family",
+        ));
     }
     Ok(ips)
 }
@@ -408,7 +482,12 @@ mod tests {
         assert_eq!(config.pool_v4.unwrap().prefix_len, 24);
         assert_eq!(config.pool_v6.unwrap().prefix_len, 64);
         assert_eq!(config.backend, Backend::Vxlan);
-        assert_eq!(config.store, StoreConfig::File { dir: "/var/lib/weft/store".into() });
+        assert_eq!(
+            config.store,
+            StoreConfig::File {
+                dir: "/var/lib/weft/store".into()
+            }
+        );
         assert_eq!(config.lease_ttl, Duration::from_secs(60));
         assert_eq!(config.state_dir, PathBuf::from("/var/lib/weft"));
         assert_eq!(config.underlay, UnderlaySelector::DefaultRoute);
@@ -431,27 +510,117 @@ mod tests {
     fn bad_values_name_the_setting() {
         type Edit = fn(&mut RawSettings);
         let cases: &[(Edit, &str, &str)] = &[
-            (|r| r.cluster_cidr = Some("10.244.0.0/33".into()), "--cluster-cidr", "not a CIDR"),
-            (|r| r.cluster_cidr = Some("10.244.1.0/16".into()), "--cluster-cidr", "host bits"),
-            (|r| r.cluster_cidr = Some("10.0.0.0/8,10.1.0.0/16".into()), "--cluster-cidr", "one CIDR per family"),
-            (|r| r.cluster_cidr = Some(" , ".into()), "--cluster-cidr", "no CIDR"),
+            (
+                |r| r.cluster_cidr = Some("10.244.0.0/33".into()),
+                "--cluster-cidr",
+                "not a CIDR",
+            ),
+            (
+                |r| r.cluster_cidr = Some("10.244.1.0/16".into()),
+                "--cluster-cidr",
+                "host bits",
+            ),
+            (
+                |r| r.cluster_cidr = Some("10.0.0.0/8,10.1.0.0/16".into()),
+                "--cluster-cidr",
+                "one CIDR per family",
+            ),
+            (
+                |r| r.cluster_cidr = Some(" , ".into()),
+                "--cluster-cidr",
+                "no CIDR",
+            ),
             (|r| r.cluster_cidr = None, "--cluster-cidr", "missing"),
-            (|r| r.node_prefix_v4 = Some("33".into()), "--node-prefix-v4", "prefix length"),
-            (|r| r.node_prefix_v4 = Some("8".into()), "--node-prefix-v4", "does not fit"),
-            (|r| r.node_prefix_v6 = Some("abc".into()), "--node-prefix-v6", "prefix length"),
-            (|r| r.backend = Some("geneve".into()), "--backend", "unknown backend"),
-            (|r| r.store = Some("consul".into()), "--store", "expected file, etcd or kube"),
-            (|r| { r.store = Some("etcd".into()); r.etcd_endpoints = Some("127.0.0.1:2379".into()) }, "--etcd-endpoints", "http://"),
-            (|r| { r.store = Some("etcd".into()); r.etcd_prefix = Some("weft".into()) }, "--etcd-prefix", "start with '/'"),
-            (|r| r.lease_ttl = Some("1".into()), "--lease-ttl", "between 2 and 86400"),
-            (|r| r.node_name = Some("Node_A".into()), "--node-name", "DNS-1123"),
-            (|r| r.public_ip = Some("192.0.2.1,192.0.2.2".into()), "--public-ip", "one per family"),
-            (|r| r.public_ip = Some("banana".into()), "--public-ip", "not an IP"),
-            (|r| r.iface = Some("much-too-long-interface".into()), "--iface", "at most 15"),
-            (|r| { r.iface = Some("eth0".into()); r.public_ip = Some("192.0.2.1".into()) }, "--public-ip", "only one of"),
+            (
+                |r| r.node_prefix_v4 = Some("33".into()),
+                "--node-prefix-v4",
+                "prefix length",
+            ),
+            (
+                |r| r.node_prefix_v4 = Some("8".into()),
+                "--node-prefix-v4",
+                "does not fit",
+            ),
+            (
+                |r| r.node_prefix_v6 = Some("abc".into()),
+                "--node-prefix-v6",
+                "prefix length",
+            ),
+            (
+                |r| r.backend = Some("geneve".into()),
+                "--backend",
+                "unknown backend",
+            ),
+            (
+                |r| r.store = Some("consul".into()),
+                "--store",
+                "expected file, etcd or kube",
+            ),
+            (
+                |r| {
+                    r.store = Some("etcd".into());
+                    r.etcd_endpoints = Some("127.0.0.1:2379".into())
+                },
+                "--etcd-endpoints",
+                "http://",
+            ),
+            (
+                |r| {
+                    r.store = Some("etcd".into());
+                    r.etcd_prefix = Some("weft".into())
+                },
+                "--etcd-prefix",
+                "start with '/'",
+            ),
+            (
+                |r| r.lease_ttl = Some("1".into()),
+                "--lease-ttl",
+                "between 2 and 86400",
+            ),
+            (
+                |r| r.node_name = Some("Node_A".into()),
+                "--node-name",
+                "DNS-1123",
+            ),
+            (
+                |r| r.public_ip = Some("192.0.2.1,192.0.2.2".into()),
+                "--public-ip",
+                "one per family",
+            ),
+            (
+                |r| r.public_ip = Some("banana".into()),
+                "--public-ip",
+                "not an IP",
+            ),
+            (
+                |r| r.iface = Some("much-too-long-interface".into()),
+                "--iface",
+                "at most 15",
+            ),
+            (
+                |r| {
+                    r.iface = Some("eth0".into());
+                    r.public_ip = Some("192.0.2.1".into())
+                },
+                "--public-ip",
+                "only one of",
+            ),
             (|r| r.mtu = Some("9999999".into()), "--mtu", "between 1280"),
-            (|r| r.release_on_exit = Some("maybe".into()), "--release-on-exit", "true or false"),
-            (|r| r.service_cidr = Some("10.96.0.0/12,x".into()), "--service-cidr", "not a CIDR"),
+            (
+                |r| r.release_on_exit = Some("maybe".into()),
+                "--release-on-exit",
+                "true or false",
+            ),
+            (
+                |r| r.service_cidr = Some("10.96.0.0/12,x".into()),
+                "--service-cidr",
+                "not a CIDR",
+            ),
+            (
+                |r| r.datapath = Some("ebpf".into()),
+                "--datapath",
+                "kernel or none",
+            ),
         ];
         for (edit, setting, reason) in cases {
             let mut raw = base();
@@ -485,7 +654,9 @@ mod tests {
         assert!(err.contains("bakend") && err.contains("weft.toml"), "{err}");
         std::fs::write(&path, "backend = \n").unwrap();
         assert!(RawSettings::from_file(&path).is_err());
-        let err = RawSettings::from_file(&dir.path().join("absent.toml")).unwrap_err().to_string();
+        let err = RawSettings::from_file(&dir.path().join("absent.toml"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("absent.toml"), "{err}");
     }
 }

@@ -33,9 +33,16 @@ impl FileLock {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        let file = OpenOptions::new().create(true).truncate(false).write(true).open(path)?;
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)?;
         file.lock()?;
-        Ok(FileLock { file, path: path.to_path_buf() })
+        Ok(FileLock {
+            file,
+            path: path.to_path_buf(),
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -60,7 +67,10 @@ mod tests {
         atomic_write(&path, b"one").unwrap();
         atomic_write(&path, b"two").unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), b"two");
-        let names: Vec<_> = std::fs::read_dir(path.parent().unwrap()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let names: Vec<_> = std::fs::read_dir(path.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         assert_eq!(names, ["state.json"]);
     }
 
@@ -70,7 +80,10 @@ mod tests {
         let path = dir.path().join("lock");
         let held = FileLock::exclusive(&path).unwrap();
         let other = OpenOptions::new().write(true).open(&path).unwrap();
-        assert!(other.try_lock().is_err(), "a second lock must not be granted");
+        assert!(
+            other.try_lock().is_err(),
+            "a second lock must not be granted"
+        );
         drop(held);
         assert!(other.try_lock().is_ok());
     }

@@ -14,7 +14,11 @@ use weftd::store::LeaseStore;
 use weftd::{agent, state, underlay};
 
 #[derive(Parser)]
-#[command(name = "weftd", version, about = "weft node agent: pod CIDR leases, overlay tunnels, pod wiring")]
+#[command(
+    name = "weftd",
+    version,
+    about = "weft node agent: pod CIDR leases, overlay tunnels, pod wiring"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -75,18 +79,31 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             let shutdown = shutdown_on_signal()?;
             match config.store.clone() {
                 StoreConfig::File { dir } => {
-                    agent::run(config.clone(), FileStore::new(dir, config.lease_ttl), shutdown, None).await
+                    agent::run(
+                        config.clone(),
+                        FileStore::new(dir, config.lease_ttl),
+                        shutdown,
+                        None,
+                    )
+                    .await
                 }
                 StoreConfig::Etcd { endpoints, prefix } => {
-                    agent::run(config.clone(), EtcdStore::new(endpoints, prefix, config.lease_ttl), shutdown, None)
-                        .await
+                    agent::run(
+                        config.clone(),
+                        EtcdStore::new(endpoints, prefix, config.lease_ttl),
+                        shutdown,
+                        None,
+                    )
+                    .await
                 }
             }
         }
         Command::Leave(settings) => {
             let config = load(settings)?;
             match config.store.clone() {
-                StoreConfig::File { dir } => leave(&config, FileStore::new(dir, config.lease_ttl)).await,
+                StoreConfig::File { dir } => {
+                    leave(&config, FileStore::new(dir, config.lease_ttl)).await
+                }
                 StoreConfig::Etcd { endpoints, prefix } => {
                     leave(&config, EtcdStore::new(endpoints, prefix, config.lease_ttl)).await
                 }

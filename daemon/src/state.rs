@@ -49,7 +49,9 @@ pub fn load_previous_cidrs(state_dir: &Path) -> PodCidrs {
 }
 
 pub fn save_cidrs(state_dir: &Path, cidrs: &PodCidrs) -> std::io::Result<()> {
-    let state = LeaseState { pod_cidrs: cidrs.iter().collect() };
+    let state = LeaseState {
+        pod_cidrs: cidrs.iter().collect(),
+    };
     let json = serde_json::to_vec_pretty(&state).expect("state always serialises");
     atomic_write(&lease_path(state_dir), &json)
 }
@@ -62,7 +64,10 @@ mod tests {
     fn round_trip_and_damage() {
         let dir = tempfile::tempdir().unwrap();
         assert!(load_previous_cidrs(dir.path()).is_empty());
-        let cidrs = PodCidrs { v4: Some("10.244.3.0/24".parse().unwrap()), v6: Some("fd00::/64".parse().unwrap()) };
+        let cidrs = PodCidrs {
+            v4: Some("10.244.3.0/24".parse().unwrap()),
+            v6: Some("fd00::/64".parse().unwrap()),
+        };
         save_cidrs(dir.path(), &cidrs).unwrap();
         assert_eq!(load_previous_cidrs(dir.path()), cidrs);
         std::fs::write(dir.path().join("lease.json"), b"{").unwrap();

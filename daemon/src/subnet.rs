@@ -150,7 +150,11 @@ mod tests {
         let p = pool("10.244.0.0/22", 24);
         let taken: BTreeSet<_> = [net("10.244.2.0/24"), net("10.244.3.0/24")].into();
         assert_eq!(p.first_free(&taken, 2).unwrap(), net("10.244.0.0/24"));
-        assert_eq!(p.first_free(&taken, 7).unwrap(), net("10.244.0.0/24"), "start is taken modulo slots");
+        assert_eq!(
+            p.first_free(&taken, 7).unwrap(),
+            net("10.244.0.0/24"),
+            "start is taken modulo slots"
+        );
     }
 
     #[test]
@@ -160,7 +164,11 @@ mod tests {
         let err = p.first_free(&taken, 0).unwrap_err();
         assert_eq!(
             err,
-            SubnetError::Exhausted { cluster: net("10.244.0.0/23"), prefix_len: 24, slots: 2 }
+            SubnetError::Exhausted {
+                cluster: net("10.244.0.0/23"),
+                prefix_len: 24,
+                slots: 2
+            }
         );
         assert!(err.to_string().contains("10.244.0.0/23 is exhausted"));
     }
@@ -173,7 +181,10 @@ mod tests {
         assert_eq!(p.first_free(&taken, 0).unwrap(), net("fd00:10:244:1::/64"));
         let huge = pool("fd00::/16", 120);
         assert_eq!(huge.slots(), 1 << 104);
-        assert_eq!(huge.first_free(&BTreeSet::new(), 0).unwrap(), net("fd00::/120"));
+        assert_eq!(
+            huge.first_free(&BTreeSet::new(), 0).unwrap(),
+            net("fd00::/120")
+        );
         let last = huge.subnet(huge.slots() - 1);
         assert_eq!(last, net("fd00:ffff:ffff:ffff:ffff:ffff:ffff:ff00/120"));
         assert_eq!(huge.index_of(&last), Some(huge.slots() - 1));
@@ -183,10 +194,25 @@ mod tests {
     fn choose_prefers_a_free_previous_subnet() {
         let p = pool("10.244.0.0/16", 24);
         let taken: BTreeSet<_> = [net("10.244.0.0/24")].into();
-        assert_eq!(p.choose(&taken, Some(net("10.244.7.0/24"))).unwrap(), net("10.244.7.0/24"));
-        assert_eq!(p.choose(&taken, Some(net("10.244.0.0/24"))).unwrap(), net("10.244.1.0/24"), "taken");
-        assert_eq!(p.choose(&taken, Some(net("10.99.0.0/24"))).unwrap(), net("10.244.1.0/24"), "outside");
-        assert_eq!(p.choose(&taken, Some(net("10.244.7.0/25"))).unwrap(), net("10.244.1.0/24"), "wrong size");
+        assert_eq!(
+            p.choose(&taken, Some(net("10.244.7.0/24"))).unwrap(),
+            net("10.244.7.0/24")
+        );
+        assert_eq!(
+            p.choose(&taken, Some(net("10.244.0.0/24"))).unwrap(),
+            net("10.244.1.0/24"),
+            "taken"
+        );
+        assert_eq!(
+            p.choose(&taken, Some(net("10.99.0.0/24"))).unwrap(),
+            net("10.244.1.0/24"),
+            "outside"
+        );
+        assert_eq!(
+            p.choose(&taken, Some(net("10.244.7.0/25"))).unwrap(),
+            net("10.244.1.0/24"),
+            "wrong size"
+        );
     }
 
     #[test]
@@ -200,7 +226,8 @@ mod tests {
     #[test]
     fn foreign_taken_entries_do_not_count() {
         let p = pool("10.244.0.0/23", 24);
-        let taken: BTreeSet<_> = [net("10.9.0.0/24"), net("10.244.0.0/24"), net("fd00::/64")].into();
+        let taken: BTreeSet<_> =
+            [net("10.9.0.0/24"), net("10.244.0.0/24"), net("fd00::/64")].into();
         assert_eq!(p.first_free(&taken, 0).unwrap(), net("10.244.1.0/24"));
     }
 }

@@ -83,20 +83,27 @@ pub fn detect(selector: &UnderlaySelector) -> Result<PublicIps, UnderlayError> {
             if let Some(iface) = &v4_iface {
                 ips.v4 = addresses_of(&all, iface).v4;
                 if ips.v4 == Some(SHARED_NAT_ADDRESS) {
-                    return Err(UnderlayError::SharedNatAddress { iface: iface.clone() });
+                    return Err(UnderlayError::SharedNatAddress {
+                        iface: iface.clone(),
+                    });
                 }
             }
             if let Some(iface) = &v6_iface {
                 ips.v6 = addresses_of(&all, iface).v6;
             }
-            non_empty(ips, v4_iface.or(v6_iface).as_deref().unwrap_or("default route"))
+            non_empty(
+                ips,
+                v4_iface.or(v6_iface).as_deref().unwrap_or("default route"),
+            )
         }
     }
 }
 
 fn checked_detected(ips: PublicIps, iface: &str) -> Result<PublicIps, UnderlayError> {
     if ips.v4 == Some(SHARED_NAT_ADDRESS) {
-        return Err(UnderlayError::SharedNatAddress { iface: iface.to_string() });
+        return Err(UnderlayError::SharedNatAddress {
+            iface: iface.to_string(),
+        });
     }
     non_empty(ips, iface)
 }
@@ -122,7 +129,9 @@ fn from_list(ips: &[IpAddr]) -> PublicIps {
 /// Whether an address can carry tunnels to other nodes.
 pub fn usable(ip: &IpAddr) -> bool {
     match ip {
-        IpAddr::V4(v4) => !(v4.is_loopback() || v4.is_link_local() || v4.is_unspecified() || v4.is_multicast()),
+        IpAddr::V4(v4) => {
+            !(v4.is_loopback() || v4.is_link_local() || v4.is_unspecified() || v4.is_multicast())
+        }
         IpAddr::V6(v6) => {
             let link_local = (v6.segments()[0] & 0xffc0) == 0xfe80;
             !(v6.is_loopback() || link_local || v6.is_unspecified() || v6.is_multicast())
@@ -132,7 +141,11 @@ pub fn usable(ip: &IpAddr) -> bool {
 
 /// The first usable address of each family on `iface`.
 pub fn addresses_of(all: &[InterfaceAddress], iface: &str) -> PublicIps {
-    let on_iface: Vec<IpAddr> = all.iter().filter(|a| a.iface == iface && usable(&a.ip)).map(|a| a.ip).collect();
+    let on_iface: Vec<IpAddr> = all
+        .iter()
+        .filter(|a| a.iface == iface && usable(&a.ip))
+        .map(|a| a.ip)
+        .collect();
     from_list(&on_iface)
 }
 
@@ -146,17 +159,29 @@ pub fn list_addresses() -> Result<Vec<InterfaceAddress>, UnderlayError> {
             } else {
                 IpAddr::V6(storage.as_sockaddr_in6()?.ip())
             };
-            Some(InterfaceAddress { iface: a.interface_name, ip })
+            Some(InterfaceAddress {
+                iface: a.interface_name,
+                ip,
+            })
         })
         .collect())
 }
 
 /// The local address the kernel would use to reach `target`: a connected UDP socket sends nothing.
 fn source_address_towards(target: IpAddr) -> Result<IpAddr, UnderlayError> {
-    let bind: IpAddr = if target.is_ipv4() { Ipv4Addr::UNSPECIFIED.into() } else { Ipv6Addr::UNSPECIFIED.into() };
+    let bind: IpAddr = if target.is_ipv4() {
+        Ipv4Addr::UNSPECIFIED.into()
+    } else {
+        Ipv6Addr::UNSPECIFIED.into()
+    };
     let socket = UdpSocket::bind((bind, 0)).map_err(|_| UnderlayError::NoRoute(target))?;
-    socket.connect((target, 9)).map_err(|_| UnderlayError::NoRoute(target))?;
-    let local = socket.local_addr().map_err(|_| UnderlayError::NoRoute(target))?.ip();
+    socket
+        .connect((target, 9))
+        .map_err(|_| UnderlayError::NoRoute(target))?;
+    let local = socket
+        .local_addr()
+        .map_err(|_| UnderlayError::NoRoute(target))?
+        .ip();
     if !usable(&local) {
         return Err(UnderlayError::NoRoute(target));
     }
@@ -180,7 +205,10 @@ fn parse_default_v4(table: &str) -> Option<String> {
         .filter_map(|line| {
             let f: Vec<&str> = line.split_whitespace().collect();
             let is_default = f.len() > 7 && f[1] == "00000000" && f[7] == "00000000";
-            let up = f.get(3).and_then(|flags| u32::from_str_radix(flags, 16).ok()).is_some_and(|fl| fl & 1 == 1);
+            let up = f
+                .get(3)
+                .and_then(|flags| u32::from_str_radix(flags, 16).ok())
+                .is_some_and(|fl| fl & 1 == 1);
             (is_default && up).then(|| (f[6].parse::<u32>().unwrap_or(u32::MAX), f[0].to_string()))
         })
         .min()
@@ -193,7 +221,8 @@ fn parse_default_v6(table: &str) -> Option<String> {
         .lines()
         .filter_map(|line| {
             let f: Vec<&str> = line.split_whitespace().collect();
-            let is_default = f.len() == 10 && f[0] == "0".repeat(32) && f[1] == "00" && f[9] != "lo";
+            let is_default =
+                f.len() == 10 && f[0] == "0".repeat(32) && f[1] == "00" && f[9] != "lo";
             let metric = u32::from_str_radix(f.get(5)?, 16).ok()?;
             is_default.then(|| (metric, f[9].to_string()))
         })
@@ -207,11 +236,16 @@ mod tests {
 
     #[test]
     fn default_routes_from_proc() {
-        let v4 = "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
+        let v4 =
+            "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
                   eth0\t00000000\t0202000A\t0003\t0\t0\t100\t00000000\t0\t0\t0\n\
                   eth1\t00000000\t0138A8C0\t0003\t0\t0\t50\t00000000\t0\t0\t0\n\
                   eth1\t0038A8C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n";
-        assert_eq!(parse_default_v4(v4).as_deref(), Some("eth1"), "lowest metric wins");
+        assert_eq!(
+            parse_default_v4(v4).as_deref(),
+            Some("eth1"),
+            "lowest metric wins"
+        );
         assert_eq!(parse_default_v4("Iface\tDestination\n"), None);
         let v6 = "00000000000000000000000000000000 00 00000000000000000000000000000000 00 fe800000000000000000000000000001 00000400 00000001 00000000 00000003 eth0\n\
                   00000000000000000000000000000000 00 00000000000000000000000000000000 00 00000000000000000000000000000000 ffffffff 00000001 00000000 00200200 lo\n";
@@ -221,10 +255,22 @@ mod tests {
     #[test]
     fn interface_addresses_skip_unusable_ones() {
         let all = vec![
-            InterfaceAddress { iface: "eth1".into(), ip: "fe80::1".parse().unwrap() },
-            InterfaceAddress { iface: "eth1".into(), ip: "192.168.56.11".parse().unwrap() },
-            InterfaceAddress { iface: "eth1".into(), ip: "2001:db8::11".parse().unwrap() },
-            InterfaceAddress { iface: "lo".into(), ip: "127.0.0.1".parse().unwrap() },
+            InterfaceAddress {
+                iface: "eth1".into(),
+                ip: "fe80::1".parse().unwrap(),
+            },
+            InterfaceAddress {
+                iface: "eth1".into(),
+                ip: "192.168.56.11".parse().unwrap(),
+            },
+            InterfaceAddress {
+                iface: "eth1".into(),
+                ip: "2001:db8::11".parse().unwrap(),
+            },
+            InterfaceAddress {
+                iface: "lo".into(),
+                ip: "127.0.0.1".parse().unwrap(),
+            },
         ];
         let ips = addresses_of(&all, "eth1");
         assert_eq!(ips.v4, Some("192.168.56.11".parse().unwrap()));
@@ -234,15 +280,35 @@ mod tests {
 
     #[test]
     fn vagrant_nat_address_is_refused_when_detected() {
-        let err = checked_detected(PublicIps { v4: Some(SHARED_NAT_ADDRESS), v6: None }, "eth0").unwrap_err();
-        assert!(err.to_string().contains("10.0.2.15") && err.to_string().contains("--iface"), "{err}");
-        let explicit = detect(&UnderlaySelector::Addresses(vec![SHARED_NAT_ADDRESS.into()])).unwrap();
-        assert_eq!(explicit.v4, Some(SHARED_NAT_ADDRESS), "an explicit address is the operator's call");
+        let err = checked_detected(
+            PublicIps {
+                v4: Some(SHARED_NAT_ADDRESS),
+                v6: None,
+            },
+            "eth0",
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("10.0.2.15") && err.to_string().contains("--iface"),
+            "{err}"
+        );
+        let explicit = detect(&UnderlaySelector::Addresses(
+            vec![SHARED_NAT_ADDRESS.into()],
+        ))
+        .unwrap();
+        assert_eq!(
+            explicit.v4,
+            Some(SHARED_NAT_ADDRESS),
+            "an explicit address is the operator's call"
+        );
     }
 
     #[test]
     fn loopback_is_reachable_but_not_usable() {
-        assert!(detect(&UnderlaySelector::CanReach(vec!["127.0.0.1".parse().unwrap()])).is_err());
+        assert!(detect(&UnderlaySelector::CanReach(vec!["127.0.0.1"
+            .parse()
+            .unwrap()]))
+        .is_err());
         assert!(matches!(
             detect(&UnderlaySelector::InterfacePattern("(".into())),
             Err(UnderlayError::BadPattern { .. })

@@ -159,7 +159,8 @@ mod tests {
         ] {
             assert!(IfName::new(good).is_ok(), "{good} should be valid");
         }
-        let cases: &[(&str, fn(&NameError) -> bool)] = &[
+        type Check = fn(&NameError) -> bool;
+        let cases: &[(&str, Check)] = &[
             ("", |e| matches!(e, NameError::IfNameEmpty(_))),
             ("weft-0123456789ab", |e| {
                 matches!(e, NameError::IfNameTooLong { len: 17, .. })

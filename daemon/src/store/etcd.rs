@@ -16,8 +16,8 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, KeyValue, LeaseKeepAliveStream,
-    LeaseKeeper, PutOptions, Txn, TxnOp, WatchOptions, WatchStream,
+    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, KeyValue,
+    LeaseKeepAliveStream, LeaseKeeper, PutOptions, Txn, TxnOp, WatchOptions, WatchStream,
 };
 use ipnet::IpNet;
 use tracing::{debug, warn};
@@ -56,13 +56,24 @@ async fn call<T, E: std::fmt::Display>(
     match tokio::time::timeout(CALL_TIMEOUT, fut).await {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(unavailable(what, e)),
-        Err(_) => Err(unavailable(what, format!("no answer within {CALL_TIMEOUT:?}"))),
+        Err(_) => Err(unavailable(
+            what,
+            format!("no answer within {CALL_TIMEOUT:?}"),
+        )),
     }
 }
 
 impl EtcdStore {
     pub fn new(endpoints: Vec<String>, prefix: String, ttl: Duration) -> EtcdStore {
-        EtcdStore { endpoints, prefix, ttl, client: None, lease_id: None, keeper: None, published: None }
+        EtcdStore {
+            endpoints,
+            prefix,
+            ttl,
+            client: None,
+            lease_id: None,
+            keeper: None,
+            published: None,
+        }
     }
 
     async fn client(&mut self) -> Result<Client, StoreError> {
@@ -73,14 +84,23 @@ impl EtcdStore {
             .with_connect_timeout(Duration::from_secs(3))
             .with_timeout(CALL_TIMEOUT)
             .with_keep_alive(Duration::from_secs(5), Duration::from_secs(3));
-        let client = call("connect", Client::connect(self.endpoints.clone(), Some(options))).await?;
+        let client = call(
+            "connect",
+            Client::connect(self.endpoints.clone(), Some(options)),
+        )
+        .await?;
         self.client = Some(client.clone());
         Ok(client)
     }
 
     fn claim_key(&self, net: &IpNet) -> String {
         let family = if net.addr().is_ipv4() { "v4" } else { "v6" };
-        format!("{}/subnets/{family}/{}-{}", self.prefix, net.network(), net.prefix_len())
+        format!(
+            "{}/subnets/{family}/{}-{}",
+            self.prefix,
+            net.network(),
+            net.prefix_len()
+        )
     }
 
     fn claims_prefix(&self) -> String {
@@ -99,7 +119,11 @@ impl EtcdStore {
     async fn read_claims(&mut self) -> Result<Vec<(IpNet, String)>, StoreError> {
         let mut client = self.client().await?;
         let prefix = self.claims_prefix();
-        let resp = call("read claims", client.get(prefix.clone(), Some(GetOptions::new().with_prefix()))).await?;
+        let resp = call(
+            "read claims",
+            client.get(prefix.clone(), Some(GetOptions::new().with_prefix())),
+        )
+        .await?;
         let mut claims = Vec::new();
         for kv in resp.kvs() {
             let key = String::from_utf8_lossy(kv.key()).into_owned();
@@ -119,7 +143,11 @@ impl EtcdStore {
     }
 
     /// One claim transaction; `Ok(None)` when another node won a race and the caller should retry.
-    async fn try_claim(&mut self, request: &LeaseRequest, lease_id: i64) -> Result<Option<Lease>, StoreError> {
+    async fn try_claim(
+        &mut self,
+        request: &LeaseRequest,
+        lease_id: i64,
+    ) -> Result<Option<Lease>, StoreError> {
         let claims = self.read_claims().await?;
         let node = request.node.as_str();
         let taken: BTreeSet<IpNet> = claims.iter().map(|(net, _)| *net).collect();
@@ -127,10 +155,15 @@ impl EtcdStore {
         let mut compares = Vec::new();
         let mut ops = Vec::new();
         let mut chosen = Vec::new();
-        let pools = [(request.pool_v4, request.preferred.v4.map(IpNet::V4)), (request.pool_v6, request.preferred.v6.map(IpNet::V6))];
+        let pools = [
+            (request.pool_v4, request.preferred.v4.map(IpNet::V4)),
+            (request.pool_v6, request.preferred.v6.map(IpNet::V6)),
+        ];
         for (pool, preferred) in pools {
             let Some(pool) = pool else { continue };
-            let held = claims.iter().find(|(net, holder)| holder == node && pool.contains_subnet(net));
+            let held = claims
+                .iter()
+                .find(|(net, holder)| holder == node && pool.contains_subnet(net));
             let net = match held {
                 Some((net, _)) => {
                     compares.push(Compare::value(self.claim_key(net), CompareOp::Equal, node));
@@ -138,7 +171,11 @@ impl EtcdStore {
                 }
                 None => {
                     let net = pool.choose(&taken, preferred)?;
-                    compares.push(Compare::create_revision(self.claim_key(&net), CompareOp::Equal, 0));
+                    compares.push(Compare::create_revision(
+                        self.claim_key(&net),
+                        CompareOp::Equal,
+                        0,
+                    ));
                     net
                 }
             };
@@ -160,7 +197,11 @@ impl EtcdStore {
             }
         }
         let lease = request.lease_with(pod_cidrs, None);
-        ops.push(TxnOp::put(self.node_key(&request.node), record_json(&lease), put()));
+        ops.push(TxnOp::put(
+            self.node_key(&request.node),
+            record_json(&lease),
+            put(),
+        ));
         let mut client = self.client().await?;
         let txn = Txn::new().when(compares).and_then(ops);
         let resp = call("claim transaction", client.txn(txn)).await?;
@@ -185,7 +226,10 @@ impl EtcdStore {
             Ok(Some(resp)) if resp.ttl() > 0 => Ok(()),
             Ok(Some(_)) => {
                 self.keeper = None;
-                Err(StoreError::LeaseLost { node: node.clone(), reason: format!("etcd lease {lease_id:x} expired") })
+                Err(StoreError::LeaseLost {
+                    node: node.clone(),
+                    reason: format!("etcd lease {lease_id:x} expired"),
+                })
             }
             Ok(None) => {
                 self.keeper = None;
@@ -220,7 +264,10 @@ fn decode_node(kv: &KeyValue, nodes_prefix: &str) -> Option<Lease> {
             if key[nodes_prefix.len()..] == *lease.node.as_str() {
                 Ok(lease)
             } else {
-                Err(format!("record names node {} under another node's key", lease.node))
+                Err(format!(
+                    "record names node {} under another node's key",
+                    lease.node
+                ))
             }
         });
     match result {
@@ -248,12 +295,19 @@ impl LeaseStore for EtcdStore {
             let jitter = u64::from(attempt % 7) * 3 + (std::process::id() as u64 % 5);
             tokio::time::sleep(Duration::from_millis(jitter)).await;
         }
-        Err(StoreError::Contended { attempts: MAX_CLAIM_ATTEMPTS })
+        Err(StoreError::Contended {
+            attempts: MAX_CLAIM_ATTEMPTS,
+        })
     }
 
     async fn renew(&mut self, lease: &Lease) -> Result<Lease, StoreError> {
-        let lost = |reason: &str| StoreError::LeaseLost { node: lease.node.clone(), reason: reason.into() };
-        let lease_id = self.lease_id.ok_or_else(|| lost("no etcd lease was acquired"))?;
+        let lost = |reason: &str| StoreError::LeaseLost {
+            node: lease.node.clone(),
+            reason: reason.into(),
+        };
+        let lease_id = self
+            .lease_id
+            .ok_or_else(|| lost("no etcd lease was acquired"))?;
         self.keep_alive_once(lease_id, &lease.node).await?;
         if self.published.as_ref() != Some(lease) {
             let mut client = self.client().await?;
@@ -262,10 +316,20 @@ impl LeaseStore for EtcdStore {
             let compares: Vec<Compare> = lease
                 .pod_cidrs
                 .iter()
-                .map(|net| Compare::value(self.claim_key(&net), CompareOp::Equal, lease.node.as_str()))
+                .map(|net| {
+                    Compare::value(self.claim_key(&net), CompareOp::Equal, lease.node.as_str())
+                })
                 .collect();
-            let put = TxnOp::put(key, record_json(lease), Some(PutOptions::new().with_lease(lease_id)));
-            let resp = call("republish", client.txn(Txn::new().when(compares).and_then([put]))).await?;
+            let put = TxnOp::put(
+                key,
+                record_json(lease),
+                Some(PutOptions::new().with_lease(lease_id)),
+            );
+            let resp = call(
+                "republish",
+                client.txn(Txn::new().when(compares).and_then([put])),
+            )
+            .await?;
             if !resp.succeeded() {
                 return Err(lost("its subnet claims are gone"));
             }
@@ -280,14 +344,22 @@ impl LeaseStore for EtcdStore {
             // Revoking deletes every key attached to the lease: claims and record.
             call("revoke lease", client.lease_revoke(lease_id)).await?;
         }
-        call("delete record", client.delete(self.node_key(&lease.node), None)).await?;
+        call(
+            "delete record",
+            client.delete(self.node_key(&lease.node), None),
+        )
+        .await?;
         self.keeper = None;
         self.published = None;
         Ok(())
     }
 
     fn watch_peers(&self, own: &NodeName) -> EtcdWatcher {
-        EtcdWatcher { store: self.clone(), own: own.clone(), stream: None }
+        EtcdWatcher {
+            store: self.clone(),
+            own: own.clone(),
+            stream: None,
+        }
     }
 }
 
@@ -302,7 +374,11 @@ impl EtcdWatcher {
     async fn start(&mut self) -> Result<PeerUpdate, StoreError> {
         let prefix = self.store.nodes_prefix();
         let mut client = self.store.client().await?;
-        let resp = call("list nodes", client.get(prefix.clone(), Some(GetOptions::new().with_prefix()))).await?;
+        let resp = call(
+            "list nodes",
+            client.get(prefix.clone(), Some(GetOptions::new().with_prefix())),
+        )
+        .await?;
         let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
         let peers: Vec<Lease> = resp
             .kvs()
@@ -310,7 +386,9 @@ impl EtcdWatcher {
             .filter_map(|kv| decode_node(kv, &prefix))
             .filter(|l| l.node != self.own)
             .collect();
-        let options = WatchOptions::new().with_prefix().with_start_revision(revision + 1);
+        let options = WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(revision + 1);
         let stream = call("watch nodes", client.watch(prefix, Some(options))).await?;
         self.stream = Some(stream);
         Ok(PeerUpdate::Snapshot(peers))
@@ -383,7 +461,10 @@ mod tests {
             let net: IpNet = cidr.parse().unwrap();
             let key = store.claim_key(&net);
             assert!(key.starts_with("/weft/subnets/v"), "{key}");
-            assert_eq!(parse_claim_key(&key[store.claims_prefix().len()..]), Some(net));
+            assert_eq!(
+                parse_claim_key(&key[store.claims_prefix().len()..]),
+                Some(net)
+            );
         }
         assert_eq!(parse_claim_key("v4/garbage"), None);
         assert_eq!(parse_claim_key("v4/10.0.0.0-99"), None);

@@ -29,7 +29,11 @@ pub struct FileStore {
 
 impl FileStore {
     pub fn new(dir: impl Into<PathBuf>, ttl: Duration) -> FileStore {
-        FileStore { dir: dir.into(), ttl, poll: Duration::from_millis(200) }
+        FileStore {
+            dir: dir.into(),
+            ttl,
+            poll: Duration::from_millis(200),
+        }
     }
 
     fn nodes_dir(&self) -> PathBuf {
@@ -51,7 +55,8 @@ impl FileStore {
 
     fn write(&self, lease: &Lease) -> Result<(), StoreError> {
         let path = self.record_path(&lease.node);
-        let json = serde_json::to_vec_pretty(&lease.to_record()).expect("a record always serialises");
+        let json =
+            serde_json::to_vec_pretty(&lease.to_record()).expect("a record always serialises");
         atomic_write(&path, &json).map_err(|source| StoreError::Io { path, source })
     }
 
@@ -91,12 +96,18 @@ impl FileStore {
         let _lock = self.lock()?;
         let now = unix_now();
         let records = read_records(&self.nodes_dir())?;
-        let lost = |reason: String| StoreError::LeaseLost { node: lease.node.clone(), reason };
+        let lost = |reason: String| StoreError::LeaseLost {
+            node: lease.node.clone(),
+            reason,
+        };
         let Some(current) = records.iter().find(|l| l.node == lease.node) else {
             return Err(lost("its record is gone from the store".into()));
         };
         if current.pod_cidrs != lease.pod_cidrs {
-            return Err(lost(format!("the store holds {} for it, not {}", current.pod_cidrs, lease.pod_cidrs)));
+            return Err(lost(format!(
+                "the store holds {} for it, not {}",
+                current.pod_cidrs, lease.pod_cidrs
+            )));
         }
         let ours: BTreeSet<IpNet> = lease.pod_cidrs.iter().collect();
         if let Some(thief) = records
@@ -104,7 +115,10 @@ impl FileStore {
             .filter(|l| l.node != lease.node && is_live(l, now))
             .find(|l| l.pod_cidrs.iter().any(|n| ours.contains(&n)))
         {
-            return Err(lost(format!("node {} claimed {} after our lease expired", thief.node, thief.pod_cidrs)));
+            return Err(lost(format!(
+                "node {} claimed {} after our lease expired",
+                thief.node, thief.pod_cidrs
+            )));
         }
         let mut renewed = lease.clone();
         renewed.expires = self.expires(now);
@@ -149,7 +163,12 @@ fn read_records(dir: &Path) -> Result<Vec<Lease>, StoreError> {
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(source) => return Err(StoreError::Io { path: dir.to_path_buf(), source }),
+        Err(source) => {
+            return Err(StoreError::Io {
+                path: dir.to_path_buf(),
+                source,
+            })
+        }
     };
     let mut leases = Vec::new();
     for entry in entries.flatten() {
@@ -159,7 +178,9 @@ fn read_records(dir: &Path) -> Result<Vec<Lease>, StoreError> {
         }
         match read_record(&path) {
             Ok(lease) => leases.push(lease),
-            Err(reason) => warn!(key = %path.display(), %reason, "skipping a store record that does not parse"),
+            Err(reason) => {
+                warn!(key = %path.display(), %reason, "skipping a store record that does not parse")
+            }
         }
     }
     leases.sort_by(|a, b| a.node.cmp(&b.node));
@@ -172,7 +193,10 @@ fn read_record(path: &Path) -> Result<Lease, String> {
     let lease = Lease::from_record(&record).map_err(|e| e.to_string())?;
     let expected = format!("{}.json", lease.node);
     if path.file_name().and_then(|n| n.to_str()) != Some(expected.as_str()) {
-        return Err(format!("record names node {} but the file is not {expected}", lease.node));
+        return Err(format!(
+            "record names node {} but the file is not {expected}",
+            lease.node
+        ));
     }
     Ok(lease)
 }
@@ -196,7 +220,11 @@ impl LeaseStore for FileStore {
     }
 
     fn watch_peers(&self, own: &NodeName) -> FileWatcher {
-        FileWatcher { store: self.clone(), own: own.clone(), last: None }
+        FileWatcher {
+            store: self.clone(),
+            own: own.clone(),
+            last: None,
+        }
     }
 }
 
@@ -244,7 +272,10 @@ mod tests {
             pool_v4: Some(SubnetPool::new(cluster.parse().unwrap(), 24).unwrap()),
             pool_v6: Some(SubnetPool::new("fd00:10:244::/48".parse().unwrap(), 64).unwrap()),
             preferred: PodCidrs::default(),
-            public_ips: PublicIps { v4: Some("192.0.2.1".parse().unwrap()), v6: None },
+            public_ips: PublicIps {
+                v4: Some("192.0.2.1".parse().unwrap()),
+                v6: None,
+            },
             backend: BackendData::Vxlan {
                 vtep_mac: Some(MacAddr::stable_local(name)),
                 vtep_mac_v6: Some(MacAddr::stable_local(name)),
@@ -262,7 +293,10 @@ mod tests {
         assert_eq!(b.pod_cidrs.v4.unwrap().to_string(), "10.244.1.0/24");
         assert_eq!(b.pod_cidrs.v6.unwrap().to_string(), "fd00:10:244:1::/64");
         let again = store.acquire(&request("a", "10.244.0.0/16")).await.unwrap();
-        assert_eq!(again.pod_cidrs, a.pod_cidrs, "a restarted node finds its record");
+        assert_eq!(
+            again.pod_cidrs, a.pod_cidrs,
+            "a restarted node finds its record"
+        );
         store.renew(&a).await.unwrap();
     }
 
@@ -272,13 +306,19 @@ mod tests {
         let mut store = FileStore::new(dir.path(), Duration::from_secs(30));
         let a = store.acquire(&request("a", "10.244.0.0/23")).await.unwrap();
         store.acquire(&request("b", "10.244.0.0/23")).await.unwrap();
-        let err = store.acquire(&request("c", "10.244.0.0/23")).await.unwrap_err();
+        let err = store
+            .acquire(&request("c", "10.244.0.0/23"))
+            .await
+            .unwrap_err();
         assert!(matches!(err, StoreError::Exhausted(_)), "{err}");
         assert!(err.to_string().contains("exhausted"));
         store.release(&a).await.unwrap();
         let c = store.acquire(&request("c", "10.244.0.0/23")).await.unwrap();
         assert_eq!(c.pod_cidrs.v4, a.pod_cidrs.v4);
-        assert!(matches!(store.renew(&a).await, Err(StoreError::LeaseLost { .. })));
+        assert!(matches!(
+            store.renew(&a).await,
+            Err(StoreError::LeaseLost { .. })
+        ));
     }
 
     #[tokio::test]
@@ -287,11 +327,17 @@ mod tests {
         let mut store = FileStore::new(dir.path(), Duration::from_secs(30));
         store.acquire(&request("a", "10.244.0.0/16")).await.unwrap();
         std::fs::write(dir.path().join("nodes/garbage.json"), b"{not json").unwrap();
-        std::fs::write(dir.path().join("nodes/evil.json"), br#"{"name":"a","podCIDRs":["10.244.9.0/24"],"annotations":{}}"#).unwrap();
+        std::fs::write(
+            dir.path().join("nodes/evil.json"),
+            br#"{"name":"a","podCIDRs":["10.244.9.0/24"],"annotations":{}}"#,
+        )
+        .unwrap();
         let b = store.acquire(&request("b", "10.244.0.0/16")).await.unwrap();
         assert_eq!(b.pod_cidrs.v4.unwrap().to_string(), "10.244.1.0/24");
         let mut watcher = store.watch_peers(&b.node);
-        let PeerUpdate::Snapshot(peers) = watcher.next().await.unwrap() else { panic!("snapshot first") };
+        let PeerUpdate::Snapshot(peers) = watcher.next().await.unwrap() else {
+            panic!("snapshot first")
+        };
         let names: Vec<&str> = peers.iter().map(|l| l.node.as_str()).collect();
         assert_eq!(names, ["a"]);
     }
@@ -306,7 +352,13 @@ mod tests {
         let watcher = store.watch_peers(&NodeName::new("b").unwrap());
         assert!(watcher.live_peers().unwrap().is_empty());
         let b = store.acquire(&request("b", "10.244.0.0/24")).await.unwrap();
-        assert_eq!(b.pod_cidrs.v4, a.pod_cidrs.v4, "the only subnet was free again");
-        assert!(matches!(store.renew(&a).await, Err(StoreError::LeaseLost { .. })));
+        assert_eq!(
+            b.pod_cidrs.v4, a.pod_cidrs.v4,
+            "the only subnet was free again"
+        );
+        assert!(matches!(
+            store.renew(&a).await,
+            Err(StoreError::LeaseLost { .. })
+        ));
     }
 }

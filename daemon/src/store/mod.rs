@@ -61,14 +61,19 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
-    #[error("could not claim a subnet after {attempts} attempts: other nodes kept winning the race")]
+    #[error(
+        "could not claim a subnet after {attempts} attempts: other nodes kept winning the race"
+    )]
     Contended { attempts: u32 },
 }
 
 impl StoreError {
     /// Whether waiting and trying again is the right response.
     pub fn is_transient(&self) -> bool {
-        matches!(self, StoreError::Unavailable(_) | StoreError::Contended { .. } | StoreError::Io { .. })
+        matches!(
+            self,
+            StoreError::Unavailable(_) | StoreError::Contended { .. } | StoreError::Io { .. }
+        )
     }
 }
 
@@ -92,7 +97,10 @@ pub trait LeaseStore: Send + Sync + 'static {
 
     /// Claim this node's subnets (its current ones, its preferred ones if free, else the first free
     /// ones) and publish its record.
-    fn acquire(&mut self, request: &LeaseRequest) -> impl Future<Output = Result<Lease, StoreError>> + Send;
+    fn acquire(
+        &mut self,
+        request: &LeaseRequest,
+    ) -> impl Future<Output = Result<Lease, StoreError>> + Send;
 
     /// Keep the lease alive and publish `lease` again (a changed underlay address goes out here).
     fn renew(&mut self, lease: &Lease) -> impl Future<Output = Result<Lease, StoreError>> + Send;

@@ -51,7 +51,9 @@ impl PeerSet {
     pub fn apply(&mut self, update: PeerUpdate) -> Vec<PeerEvent> {
         match update {
             PeerUpdate::Snapshot(leases) => self.reset(leases),
-            PeerUpdate::Changes(changes) => changes.into_iter().filter_map(|c| self.change(c)).collect(),
+            PeerUpdate::Changes(changes) => {
+                changes.into_iter().filter_map(|c| self.change(c)).collect()
+            }
         }
     }
 
@@ -90,7 +92,10 @@ impl PeerSet {
 
 /// Equal but for the expiry time, which every renewal moves.
 fn same_content(a: &Lease, b: &Lease) -> bool {
-    a.node == b.node && a.pod_cidrs == b.pod_cidrs && a.public_ips == b.public_ips && a.backend == b.backend
+    a.node == b.node
+        && a.pod_cidrs == b.pod_cidrs
+        && a.public_ips == b.public_ips
+        && a.backend == b.backend
 }
 
 #[cfg(test)]
@@ -105,7 +110,10 @@ mod tests {
                 v4: Some(format!("10.244.{octet}.0/24").parse().unwrap()),
                 v6: None,
             },
-            public_ips: PublicIps { v4: Some(ip.parse().unwrap()), v6: None },
+            public_ips: PublicIps {
+                v4: Some(ip.parse().unwrap()),
+                v6: None,
+            },
             backend: BackendData::Vxlan {
                 vtep_mac: Some(MacAddr::stable_local(name)),
                 vtep_mac_v6: None,
@@ -117,14 +125,23 @@ mod tests {
     #[test]
     fn snapshot_then_changes_give_the_same_events_as_a_fresh_snapshot() {
         let mut set = PeerSet::default();
-        let first = set.apply(PeerUpdate::Snapshot(vec![lease("a", 1, "192.0.2.1"), lease("b", 2, "192.0.2.2")]));
+        let first = set.apply(PeerUpdate::Snapshot(vec![
+            lease("a", 1, "192.0.2.1"),
+            lease("b", 2, "192.0.2.2"),
+        ]));
         assert_eq!(first.len(), 2);
         assert!(first.iter().all(|e| matches!(e, PeerEvent::Added(_))));
 
         let moved = lease("b", 2, "192.0.2.22");
-        let events = set.apply(PeerUpdate::Snapshot(vec![lease("a", 1, "192.0.2.1"), moved.clone(), lease("c", 3, "192.0.2.3")]));
+        let events = set.apply(PeerUpdate::Snapshot(vec![
+            lease("a", 1, "192.0.2.1"),
+            moved.clone(),
+            lease("c", 3, "192.0.2.3"),
+        ]));
         assert_eq!(events.len(), 2, "{events:?}");
-        assert!(matches!(&events[0], PeerEvent::Updated { old, new } if old.public_ips.v4 != new.public_ips.v4));
+        assert!(
+            matches!(&events[0], PeerEvent::Updated { old, new } if old.public_ips.v4 != new.public_ips.v4)
+        );
         assert!(matches!(&events[1], PeerEvent::Added(l) if l.node.as_str() == "c"));
 
         let events = set.apply(PeerUpdate::Snapshot(vec![moved.clone()]));
@@ -140,13 +157,17 @@ mod tests {
         set.apply(PeerUpdate::Snapshot(vec![lease("a", 1, "192.0.2.1")]));
         let mut renewed = lease("a", 1, "192.0.2.1");
         renewed.expires = Some(200);
-        assert!(set.apply(PeerUpdate::Changes(vec![PeerChange::Put(renewed)])).is_empty());
+        assert!(set
+            .apply(PeerUpdate::Changes(vec![PeerChange::Put(renewed)]))
+            .is_empty());
     }
 
     #[test]
     fn deleting_an_unknown_peer_is_no_event() {
         let mut set = PeerSet::default();
-        let events = set.apply(PeerUpdate::Changes(vec![PeerChange::Delete(NodeName::new("ghost").unwrap())]));
+        let events = set.apply(PeerUpdate::Changes(vec![PeerChange::Delete(
+            NodeName::new("ghost").unwrap(),
+        )]));
         assert!(events.is_empty());
     }
 }

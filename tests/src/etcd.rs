@@ -1,0 +1,114 @@
+//! A real etcd server for tests and the lab: Debian's `etcd` binary, on free loopback ports, with a
+//! temporary data directory; stopped and removed when the guard drops.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::procs::{wait_for, ChildGuard};
+
+pub struct EtcdServer {
+    process: Option<ChildGuard>,
+    data: tempfile::TempDir,
+    client_port: u16,
+    peer_port: u16,
+}
+
+/// A port that was free a moment ago (bind port 0, read it, release it).
+fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
+    listener.local_addr().expect("local address").port()
+}
+
+/// The etcd binary: `$WEFT_ETCD_BIN`, else `etcd` on PATH (Debian's `etcd-server` package).
+pub fn etcd_binary() -> PathBuf {
+    std::env::var_os("WEFT_ETCD_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("etcd"))
+}
+
+impl EtcdServer {
+    /// Start etcd and wait until it answers.
+    pub fn start() -> std::io::Result<EtcdServer> {
+        let data = tempfile::Builder::new().prefix("weft-etcd-").tempdir()?;
+        let mut server = EtcdServer {
+            process: None,
+            data,
+            client_port: free_port(),
+            peer_port: free_port(),
+        };
+        server.spawn()?;
+        Ok(server)
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        self.data.path()
+    }
+
+    fn spawn(&mut self) -> std::io::Result<()> {
+        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let log = std::fs::File::create(self.data.path().join("etcd.log"))?;
+        let mut command = Command::new(etcd_binary());
+        command
+            .arg("--name=weft-test")
+            .arg(format!(
+                "--data-dir={}",
+                self.data.path().join("data").display()
+            ))
+            .arg(format!("--listen-client-urls={}", self.endpoint()))
+            .arg(format!("--advertise-client-urls={}", self.endpoint()))
+            .arg(format!("--listen-peer-urls={peer}"))
+            .arg(format!("--initial-advertise-peer-urls={peer}"))
+            .arg(format!("--initial-cluster=weft-test={peer}"))
+            .arg("--log-level=warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        self.process = Some(ChildGuard::spawn("etcd", &mut command)?);
+        self.wait_ready()
+    }
+
+    fn wait_ready(&self) -> std::io::Result<()> {
+        let addr = format!("127.0.0.1:{}", self.client_port);
+        let health = || {
+            let mut stream = std::net::TcpStream::connect(&addr).ok()?;
+            use std::io::{Read, Write};
+            stream.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+            stream.write_all(b"GET /health HTTP/1.0\r\n\r\n").ok()?;
+            let mut reply = String::new();
+            stream.read_to_string(&mut reply).ok()?;
+            reply.contains("\"health\":\"true\"").then_some(())
+        };
+        wait_for(Duration::from_secs(20), health).ok_or_else(|| {
+            let log =
+                std::fs::read_to_string(self.data.path().join("etcd.log")).unwrap_or_default();
+            std::io::Error::other(format!(
+                "etcd did not become healthy on {addr}; its log:\n{log}"
+            ))
+        })
+    }
+
+    /// Kill the server (SIGKILL), keeping its data for [`EtcdServer::restart`].
+    pub fn stop(&mut self) {
+        if let Some(mut process) = self.process.take() {
+            process.kill();
+        }
+    }
+
+    /// Start again on the same ports and data directory.
+    pub fn restart(&mut self) -> std::io::Result<()> {
+        self.stop();
+        self.spawn()
+    }
+}
+
+impl Drop for EtcdServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
