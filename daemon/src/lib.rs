@@ -10,6 +10,7 @@
 pub mod agent;
 pub mod config;
 pub mod fsutil;
+pub mod plan;
 pub mod state;
 pub mod store;
 pub mod subnet;
