@@ -16,7 +16,8 @@ use tokio::sync::watch;
 use tracing::{error, info, warn};
 use weft_proto::lease::{BackendData, Lease, MacAddr, PublicIps};
 
-use crate::config::Config;
+use crate::config::{Config, DatapathMode};
+use crate::node;
 use crate::state;
 use crate::store::peers::{PeerEvent, PeerSet};
 use crate::store::{LeaseRequest, LeaseStore, PeerWatcher, StoreError};
@@ -71,11 +72,16 @@ pub async fn run<S: LeaseStore>(
 
     let (lease_tx, lease_rx) = watch::channel(Some(lease.clone()));
     let (peers_tx, peers_rx) = watch::channel(Arc::new(PeerSet::default()));
+    let view = AgentView {
+        lease: lease_rx,
+        peers: peers_rx,
+    };
+    let datapath_tasks = match config.datapath {
+        DatapathMode::Kernel => node::start(&config, &lease, view.clone()).await?,
+        DatapathMode::None => Vec::new(),
+    };
     if let Some(tx) = view_tx {
-        let _ = tx.send(AgentView {
-            lease: lease_rx,
-            peers: peers_rx,
-        });
+        let _ = tx.send(view);
     }
     let tracker = tokio::spawn(track_peers(
         store.watch_peers(&config.node_name),
@@ -122,6 +128,9 @@ pub async fn run<S: LeaseStore>(
         lease_tx.send_replace(Some(lease.clone()));
     }
     tracker.abort();
+    for task in datapath_tasks {
+        task.abort();
+    }
     if config.release_on_exit {
         store.release(&lease).await.context("release the lease")?;
         info!(pod_cidrs = %lease.pod_cidrs, "lease released");

@@ -8,8 +8,12 @@
 //! - [`state`], [`fsutil`]: what survives a restart, written atomically.
 
 pub mod agent;
+pub mod cni_server;
 pub mod config;
+pub mod datapath;
 pub mod fsutil;
+pub mod ipam;
+pub mod node;
 pub mod plan;
 pub mod state;
 pub mod store;

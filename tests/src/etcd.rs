@@ -93,6 +93,15 @@ impl EtcdServer {
         })
     }
 
+    /// Let the server and its data outlive the guard (for `weft-lab up`).
+    pub fn detach(mut self) {
+        if let Some(process) = self.process.take() {
+            process.detach();
+        }
+        let data = std::mem::replace(&mut self.data, tempfile::tempdir().expect("tempdir"));
+        let _ = data.keep();
+    }
+
     /// Kill the server (SIGKILL), keeping its data for [`EtcdServer::restart`].
     pub fn stop(&mut self) {
         if let Some(mut process) = self.process.take() {

@@ -5,4 +5,6 @@
 //!   killed when their guard drops.
 
 pub mod etcd;
+pub mod lab;
+pub mod netns;
 pub mod procs;

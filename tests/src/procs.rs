@@ -69,6 +69,11 @@ impl ChildGuard {
         None
     }
 
+    /// Let the process outlive the guard (for `weft-lab up`).
+    pub fn detach(mut self) {
+        self.child.take();
+    }
+
     /// Kill now (SIGKILL) and reap.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

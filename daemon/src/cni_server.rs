@@ -1,0 +1,400 @@
+//! The daemon side of the CNI shim: a unix socket (`RUN_DIR/cni.sock`, mode 0600) serving one
+//! request per connection, as `weft_proto::shim` documents.
+//!
+//! [`CniService::handle`] is the whole logic and takes a request straight (tests call it without a
+//! socket); [`serve`] only frames bytes. Every daemon-side failure maps to a CNI error here:
+//!
+//! | code | when |
+//! | --- | --- |
+//! | 4 | CNI_NETNS is not a network namespace, CNI_IFNAME already exists in the pod |
+//! | 5 | netlink or state-file failure while wiring |
+//! | 7 | the network configuration is invalid (from `NetConf`) |
+//! | 11 | the node has no lease yet (try again later) |
+//! | 50 | STATUS: no lease yet, or no free address |
+//! | 100 | ADD: the node's pod CIDR has no free address |
+//! | 101 | CHECK: the pod's interface, addresses or routes are not what ADD made |
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use ipnet::IpNet;
+use rtnetlink::Handle;
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{watch, Mutex};
+use tracing::{debug, info, warn};
+use weft_proto::cni::{
+    self, CniCommand, CniEnv, CniError, CniResult, Interface, IpConfig, NetConf, Route,
+};
+use weft_proto::lease::Lease;
+use weft_proto::names::IfName;
+use weft_proto::shim::{self, ShimReply, ShimRequest};
+
+use crate::datapath::netns::{Netns, NetnsError};
+use crate::datapath::nl;
+use crate::datapath::pod::{self, PodError, PodSpec, GATEWAY_V4, GATEWAY_V6};
+use crate::ipam::{Allocation, AttachmentKey, Ipam, IpamError};
+
+/// ADD: no free address in the node's pod CIDR.
+pub const CODE_POOL_EXHAUSTED: u32 = 100;
+/// CHECK: the pod's network is not what ADD made.
+pub const CODE_CHECK_FAILED: u32 = 101;
+
+pub struct CniService {
+    host: Handle,
+    ipam: Mutex<Ipam>,
+    lease: watch::Receiver<Option<Lease>>,
+    /// MTU of pod interfaces unless the network configuration sets one.
+    pod_mtu: u32,
+}
+
+impl CniService {
+    pub fn new(
+        host: Handle,
+        ipam: Ipam,
+        lease: watch::Receiver<Option<Lease>>,
+        pod_mtu: u32,
+    ) -> CniService {
+        CniService {
+            host,
+            ipam: Mutex::new(ipam),
+            lease,
+            pod_mtu,
+        }
+    }
+
+    /// Answer one shim request.
+    pub async fn handle(&self, request: &ShimRequest) -> ShimReply {
+        let outcome = match (request.cni_env(), NetConf::from_value(&request.config)) {
+            (Err(e), _) | (Ok(_), Err(e)) => Err(e),
+            (Ok(env), Ok(conf)) => self.dispatch(&env, &conf).await,
+        };
+        match outcome {
+            Ok(result) => ShimReply::Success { result },
+            Err(error) => {
+                debug!(command = %request.command, code = error.code, msg = %error.msg, "CNI request failed");
+                ShimReply::Error { error }
+            }
+        }
+    }
+
+    async fn dispatch(&self, env: &CniEnv, conf: &NetConf) -> Result<Value, CniError> {
+        match env.command {
+            CniCommand::Version => Ok(cni::version_result()),
+            CniCommand::Add => self.add(env, conf).await,
+            CniCommand::Del => self.del(env).await.map(|()| Value::Null),
+            CniCommand::Check => self.check(env, conf).await.map(|()| Value::Null),
+            CniCommand::Status => self.status().await.map(|()| Value::Null),
+            CniCommand::Gc => self.gc(conf).await.map(|()| Value::Null),
+        }
+    }
+
+    async fn add(&self, env: &CniEnv, conf: &NetConf) -> Result<Value, CniError> {
+        let (key, ifname) = attachment(env)?;
+        let netns = open_netns(env)?;
+        let lease = self.lease.borrow().clone().ok_or_else(not_ready)?;
+        let (allocation, fresh) = {
+            let mut ipam = self.ipam.lock().await;
+            ipam.set_cidrs(lease.pod_cidrs);
+            let existed = ipam.get(&key).is_some();
+            (ipam.allocate(&key).map_err(ipam_error)?, !existed)
+        };
+        let spec = PodSpec {
+            netns: &netns,
+            ifname: &ifname,
+            host_veth: pod::host_veth_name(&key.container_id, &key.ifname),
+            addresses: allocation,
+            mtu: conf.mtu.unwrap_or(self.pod_mtu),
+        };
+        let wiring = match pod::setup(&self.host, &spec).await {
+            Ok(wiring) => wiring,
+            Err(e) => {
+                if fresh {
+                    let _ = self.ipam.lock().await.release(&key);
+                }
+                return Err(pod_error(e));
+            }
+        };
+        info!(container = %key.container_id, ifname = %key.ifname, ips = ?allocation, veth = %spec.host_veth, "pod added");
+        let result = CniResult {
+            interfaces: vec![
+                Interface {
+                    name: spec.host_veth.to_string(),
+                    mac: Some(mac_text(wiring.host_mac)),
+                    ..Interface::default()
+                },
+                Interface {
+                    name: ifname.to_string(),
+                    mac: Some(mac_text(wiring.pod_mac)),
+                    mtu: Some(spec.mtu),
+                    sandbox: Some(netns.path().display().to_string()),
+                    ..Interface::default()
+                },
+            ],
+            ips: ip_configs(&allocation),
+            routes: default_routes(&allocation),
+            dns: conf.dns.clone().unwrap_or_default(),
+        };
+        Ok(result.to_json(&conf.cni_version))
+    }
+
+    async fn del(&self, env: &CniEnv) -> Result<(), CniError> {
+        let (key, _) = attachment(env)?;
+        pod::teardown(
+            &self.host,
+            &pod::host_veth_name(&key.container_id, &key.ifname),
+        )
+        .await
+        .map_err(pod_error)?;
+        let released = self.ipam.lock().await.release(&key).map_err(ipam_error)?;
+        if let Some(allocation) = released {
+            info!(container = %key.container_id, ifname = %key.ifname, ips = ?allocation, "pod deleted");
+        }
+        Ok(())
+    }
+
+    async fn check(&self, env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
+        let (key, ifname) = attachment(env)?;
+        let netns = open_netns(env)?;
+        let allocation = self.ipam.lock().await.get(&key).ok_or_else(|| {
+            CniError::new(
+                CniError::UNKNOWN_CONTAINER,
+                format!(
+                    "no addresses are allocated to {}/{}",
+                    key.container_id, key.ifname
+                ),
+            )
+        })?;
+        if let Some(prev) = conf.prev_result()? {
+            let ours: BTreeSet<IpAddr> = allocation.addresses().collect();
+            let theirs: BTreeSet<IpAddr> = prev.ips.iter().map(|ip| ip.address.addr()).collect();
+            if !ours.is_subset(&theirs) {
+                return Err(CniError::new(
+                    CODE_CHECK_FAILED,
+                    format!("prevResult lists {theirs:?}, weft allocated {ours:?}"),
+                ));
+            }
+        }
+        let spec = PodSpec {
+            netns: &netns,
+            ifname: &ifname,
+            host_veth: pod::host_veth_name(&key.container_id, &key.ifname),
+            addresses: allocation,
+            mtu: conf.mtu.unwrap_or(self.pod_mtu),
+        };
+        pod::check(&self.host, &spec).await.map_err(|e| match e {
+            PodError::Missing(what) => CniError::new(CODE_CHECK_FAILED, what),
+            other => pod_error(other),
+        })
+    }
+
+    async fn status(&self) -> Result<(), CniError> {
+        if self.lease.borrow().is_none() {
+            return Err(CniError::new(
+                CniError::PLUGIN_NOT_AVAILABLE,
+                "the node has no pod CIDR lease yet",
+            ));
+        }
+        if !self.ipam.lock().await.has_room() {
+            return Err(CniError::new(
+                CniError::PLUGIN_NOT_AVAILABLE,
+                "the node's pod CIDR has no free address",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Release every allocation the runtime no longer lists, and remove weft veths that belong to no
+    /// allocation (left by a daemon killed in the middle of an ADD).
+    async fn gc(&self, conf: &NetConf) -> Result<(), CniError> {
+        let Some(valid) = conf.gc_attachments() else {
+            return Ok(());
+        };
+        let valid: BTreeSet<AttachmentKey> = valid
+            .iter()
+            .map(|a| AttachmentKey::new(a.container_id.clone(), a.ifname.clone()))
+            .collect();
+        let mut ipam = self.ipam.lock().await;
+        let released = ipam.retain(|key| valid.contains(key)).map_err(ipam_error)?;
+        let keep: BTreeSet<String> = ipam
+            .allocations()
+            .map(|(key, _)| pod::host_veth_name(&key.container_id, &key.ifname).to_string())
+            .collect();
+        drop(ipam);
+        let links = nl::links(&self.host)
+            .await
+            .map_err(|e| io_error("list links", e))?;
+        let mut removed = 0;
+        let mut failures = Vec::new();
+        for link in links.iter().filter(|l| pod::is_weft_veth(l)) {
+            let name = nl::link_name(link).unwrap_or_default().to_string();
+            if keep.contains(&name) {
+                continue;
+            }
+            let Ok(ifname) = IfName::new(name.clone()) else {
+                continue;
+            };
+            match pod::teardown(&self.host, &ifname).await {
+                Ok(()) => removed += 1,
+                Err(e) => failures.push(format!("{name}: {e}")),
+            }
+        }
+        info!(
+            released = released.len(),
+            veths_removed = removed,
+            "GC done"
+        );
+        if failures.is_empty() {
+            Ok(())
+        } else {
+            Err(CniError::new(
+                CniError::IO_FAILURE,
+                format!("GC could not remove {}", failures.join("; ")),
+            ))
+        }
+    }
+}
+
+fn attachment(env: &CniEnv) -> Result<(AttachmentKey, IfName), CniError> {
+    let container_id = env
+        .container_id
+        .clone()
+        .ok_or_else(|| CniError::invalid_env("CNI_CONTAINERID is required"))?;
+    let ifname = env
+        .ifname
+        .clone()
+        .ok_or_else(|| CniError::invalid_env("CNI_IFNAME is required"))?;
+    Ok((AttachmentKey::new(container_id, ifname.to_string()), ifname))
+}
+
+fn open_netns(env: &CniEnv) -> Result<Netns, CniError> {
+    let path = env
+        .netns
+        .as_deref()
+        .ok_or_else(|| CniError::invalid_env("CNI_NETNS is required"))?;
+    Netns::open(Path::new(path))
+        .map_err(|e| CniError::invalid_env(format!("CNI_NETNS={path}: {e}")))
+}
+
+fn not_ready() -> CniError {
+    CniError::new(
+        CniError::TRY_AGAIN_LATER,
+        "weftd has no pod CIDR lease yet; try again later",
+    )
+}
+
+fn ipam_error(e: IpamError) -> CniError {
+    match e {
+        IpamError::Exhausted { .. } => CniError::new(CODE_POOL_EXHAUSTED, e.to_string()),
+        other => CniError::new(CniError::IO_FAILURE, other.to_string()),
+    }
+}
+
+fn pod_error(e: PodError) -> CniError {
+    match e {
+        PodError::Netns(NetnsError::NotANetns { .. }) | PodError::IfnameTaken { .. } => {
+            CniError::invalid_env(e.to_string())
+        }
+        other => CniError::new(CniError::IO_FAILURE, other.to_string()),
+    }
+}
+
+fn io_error(what: &str, e: rtnetlink::Error) -> CniError {
+    CniError::new(CniError::IO_FAILURE, format!("{what}: {e}"))
+}
+
+fn mac_text(mac: [u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+fn ip_configs(allocation: &Allocation) -> Vec<IpConfig> {
+    let mut ips = Vec::new();
+    if let Some(v4) = allocation.v4 {
+        ips.push(IpConfig {
+            address: IpNet::new(IpAddr::V4(v4), 32).expect("/32"),
+            gateway: Some(IpAddr::V4(GATEWAY_V4)),
+            interface: Some(1),
+        });
+    }
+    if let Some(v6) = allocation.v6 {
+        ips.push(IpConfig {
+            address: IpNet::new(IpAddr::V6(v6), 128).expect("/128"),
+            gateway: Some(IpAddr::V6(GATEWAY_V6)),
+            interface: Some(1),
+        });
+    }
+    ips
+}
+
+fn default_routes(allocation: &Allocation) -> Vec<Route> {
+    let mut routes = Vec::new();
+    if allocation.v4.is_some() {
+        routes.push(Route::new(
+            "0.0.0.0/0".parse().expect("default"),
+            Some(IpAddr::V4(GATEWAY_V4)),
+        ));
+    }
+    if allocation.v6.is_some() {
+        routes.push(Route::new(
+            "::/0".parse().expect("default"),
+            Some(IpAddr::V6(GATEWAY_V6)),
+        ));
+    }
+    routes
+}
+
+/// Bind the socket: a stale file from a previous run is replaced; only root may connect.
+pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+/// Accept connections until the listener fails; each is served on its own task.
+pub async fn serve(listener: UnixListener, service: Arc<CniService>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                let service = service.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = serve_one(stream, &service).await {
+                        warn!(error = %e, "CNI connection failed");
+                    }
+                });
+            }
+            Err(e) => {
+                warn!(error = %e, "accept on the CNI socket failed");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn serve_one(mut stream: UnixStream, service: &CniService) -> std::io::Result<()> {
+    let mut bytes = Vec::new();
+    (&mut stream)
+        .take(shim::MAX_MESSAGE_BYTES as u64 + 1)
+        .read_to_end(&mut bytes)
+        .await?;
+    let reply = match shim::decode_request(&bytes) {
+        Ok(request) => service.handle(&request).await,
+        Err(e) => ShimReply::from(e.to_cni_error()),
+    };
+    stream.write_all(&shim::encode_reply(&reply)).await?;
+    stream.shutdown().await
+}

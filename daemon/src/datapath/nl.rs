@@ -1,0 +1,127 @@
+//! Small rtnetlink helpers shared by the datapath modules.
+
+use std::net::IpAddr;
+
+use futures::TryStreamExt;
+use ipnet::IpNet;
+use netlink_packet_route::link::{LinkAttribute, LinkMessage};
+use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteHeader, RouteMessage};
+use netlink_packet_route::AddressFamily;
+use nix::errno::Errno;
+use rtnetlink::Handle;
+
+/// The errno of a kernel NACK, if that is what the error is.
+pub fn errno(e: &rtnetlink::Error) -> Option<Errno> {
+    match e {
+        rtnetlink::Error::NetlinkError(m) => m.code.map(|c| Errno::from_raw(-c.get())),
+        _ => None,
+    }
+}
+
+/// Whether the error is one of `errnos` (e.g. "already gone" on a delete).
+pub fn is_errno(e: &rtnetlink::Error, errnos: &[Errno]) -> bool {
+    errno(e).is_some_and(|n| errnos.contains(&n))
+}
+
+/// A link by name; `None` if there is none.
+pub async fn link_by_name(
+    handle: &Handle,
+    name: &str,
+) -> Result<Option<LinkMessage>, rtnetlink::Error> {
+    match handle
+        .link()
+        .get()
+        .match_name(name.to_string())
+        .execute()
+        .try_next()
+        .await
+    {
+        Ok(link) => Ok(link),
+        Err(e) if is_errno(&e, &[Errno::ENODEV]) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+pub fn link_mac(link: &LinkMessage) -> Option<[u8; 6]> {
+    link.attributes.iter().find_map(|a| match a {
+        LinkAttribute::Address(mac) => mac.as_slice().try_into().ok(),
+        _ => None,
+    })
+}
+
+pub fn link_name(link: &LinkMessage) -> Option<&str> {
+    link.attributes.iter().find_map(|a| match a {
+        LinkAttribute::IfName(name) => Some(name.as_str()),
+        _ => None,
+    })
+}
+
+pub fn link_mtu(link: &LinkMessage) -> Option<u32> {
+    link.attributes.iter().find_map(|a| match a {
+        LinkAttribute::Mtu(mtu) => Some(*mtu),
+        _ => None,
+    })
+}
+
+/// Every link in the namespace.
+pub async fn links(handle: &Handle) -> Result<Vec<LinkMessage>, rtnetlink::Error> {
+    handle.link().get().execute().try_collect().await
+}
+
+/// A route as weft compares it: destination, gateway, output interface.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteView {
+    pub dst: IpNet,
+    pub gateway: Option<IpAddr>,
+    pub oif: Option<u32>,
+    pub message: RouteMessage,
+}
+
+/// The main table's routes of one family.
+pub async fn main_routes(
+    handle: &Handle,
+    family: AddressFamily,
+) -> Result<Vec<RouteView>, rtnetlink::Error> {
+    let mut query = RouteMessage::default();
+    query.header.address_family = family;
+    let messages: Vec<RouteMessage> = handle.route().get(query).execute().try_collect().await?;
+    Ok(messages
+        .into_iter()
+        .filter(|m| m.header.table == RouteHeader::RT_TABLE_MAIN)
+        .filter_map(|m| route_view(m, family))
+        .collect())
+}
+
+fn route_view(message: RouteMessage, family: AddressFamily) -> Option<RouteView> {
+    let mut dst_ip: Option<IpAddr> = None;
+    let mut gateway = None;
+    let mut oif = None;
+    for attr in &message.attributes {
+        match attr {
+            RouteAttribute::Destination(addr) => dst_ip = route_address(addr),
+            RouteAttribute::Gateway(addr) => gateway = route_address(addr),
+            RouteAttribute::Oif(index) => oif = Some(*index),
+            _ => {}
+        }
+    }
+    let len = message.header.destination_prefix_length;
+    let ip = dst_ip.unwrap_or(match family {
+        AddressFamily::Inet6 => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+        _ => IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+    });
+    let dst = IpNet::new(ip, len).ok()?;
+    Some(RouteView {
+        dst,
+        gateway,
+        oif,
+        message,
+    })
+}
+
+fn route_address(addr: &RouteAddress) -> Option<IpAddr> {
+    match addr {
+        RouteAddress::Inet(ip) => Some(IpAddr::V4(*ip)),
+        RouteAddress::Inet6(ip) => Some(IpAddr::V6(*ip)),
+        _ => None,
+    }
+}

@@ -1,0 +1,382 @@
+//! A pod's network: a routed veth pair, no bridge.
+//!
+//! ```text
+//!   pod netns                          node netns
+//!   eth0 10.244.1.5/32, fd00::5/128 ── weftXXXXXXXXXXX (host end)
+//!   default via 169.254.1.1 dev eth0   10.244.1.5/32 dev weftXXX scope link
+//!   default via fe80::1 dev eth0       fd00::5/128 dev weftXXX
+//!   169.254.1.1, fe80::1 → host-end MAC (permanent neighbours)
+//! ```
+//! The veth is created with its peer already inside the pod's namespace (one request: no link
+//! moved between namespaces). IPv6 duplicate address detection is off on both ends before they come
+//! up: our IPAM guarantees uniqueness, and IPv6 must work the moment ADD returns. The gateway is a
+//! link-local address answered by permanent neighbour entries, so the node needs no address of its
+//! own on the veth and no proxy ARP.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::os::fd::AsRawFd;
+
+use futures::TryStreamExt;
+use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressHeaderFlags};
+use netlink_packet_route::link::{
+    InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo,
+};
+use netlink_packet_route::neighbour::NeighbourState;
+use netlink_packet_route::route::RouteScope;
+use netlink_packet_route::AddressFamily;
+use nix::errno::Errno;
+use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
+use weft_proto::names::IfName;
+
+use super::netns::{Netns, NetnsError};
+use super::nl;
+use crate::ipam::Allocation;
+
+/// The pods' IPv4 gateway: link-local, the same on every node.
+pub const GATEWAY_V4: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
+/// The pods' IPv6 gateway.
+pub const GATEWAY_V6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1);
+/// Prefix of every host-side veth weft makes.
+pub const HOST_VETH_PREFIX: &str = "weft";
+
+#[derive(Debug, thiserror::Error)]
+pub enum PodError {
+    #[error(transparent)]
+    Netns(#[from] NetnsError),
+    #[error("{what}: {source}")]
+    Netlink {
+        what: String,
+        #[source]
+        source: rtnetlink::Error,
+    },
+    #[error("{0}")]
+    Sysctl(String),
+    #[error("interface {ifname} already exists in {netns}")]
+    IfnameTaken { ifname: String, netns: String },
+    #[error("{0}")]
+    Missing(String),
+}
+
+fn netlink(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> PodError {
+    let what = what.into();
+    move |source| PodError::Netlink { what, source }
+}
+
+/// The host-side veth name of a pod interface: `weft` + 11 hex digits of a hash of container ID and
+/// interface name (15 bytes, IFNAMSIZ). Stable, so DEL and GC find it without state.
+pub fn host_veth_name(container_id: &str, ifname: &str) -> IfName {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in container_id.bytes().chain([b'/']).chain(ifname.bytes()) {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    IfName::new(format!("{HOST_VETH_PREFIX}{:011x}", hash >> 20)).expect("15 ASCII bytes")
+}
+
+/// What a pod interface should look like.
+pub struct PodSpec<'a> {
+    pub netns: &'a Netns,
+    pub ifname: &'a IfName,
+    pub host_veth: IfName,
+    pub addresses: Allocation,
+    pub mtu: u32,
+}
+
+/// What the wiring produced, for the CNI result.
+#[derive(Debug, Clone)]
+pub struct PodWiring {
+    pub host_mac: [u8; 6],
+    pub pod_mac: [u8; 6],
+}
+
+/// Wire the pod. A repeated ADD for the same pod interface re-creates its veth.
+pub async fn setup(host: &Handle, spec: &PodSpec<'_>) -> Result<PodWiring, PodError> {
+    let has_v6 = spec.addresses.v6.is_some();
+    let pod_sysctls: &[(&str, &str)] = if has_v6 {
+        &[
+            ("/proc/sys/net/ipv6/conf/default/accept_dad", "0"),
+            ("/proc/sys/net/ipv6/conf/all/accept_dad", "0"),
+        ]
+    } else {
+        &[]
+    };
+    let pod = spec.netns.connect(pod_sysctls)?;
+    teardown(host, &spec.host_veth).await?;
+    if nl::link_by_name(&pod, spec.ifname.as_str())
+        .await
+        .map_err(netlink("look up the pod interface"))?
+        .is_some()
+    {
+        return Err(PodError::IfnameTaken {
+            ifname: spec.ifname.to_string(),
+            netns: spec.netns.path().display().to_string(),
+        });
+    }
+    create_veth(host, spec).await?;
+    let wired = configure(host, &pod, spec).await;
+    if wired.is_err() {
+        let _ = teardown(host, &spec.host_veth).await;
+    }
+    wired
+}
+
+async fn create_veth(host: &Handle, spec: &PodSpec<'_>) -> Result<(), PodError> {
+    let peer = LinkUnspec::new_with_name(spec.ifname.as_str())
+        .setns_by_fd(spec.netns.file().as_raw_fd())
+        .mtu(spec.mtu)
+        .build();
+    let veth = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
+        .name(spec.host_veth.to_string())
+        .mtu(spec.mtu)
+        .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
+        .build();
+    host.link().add(veth).execute().await.map_err(|source| {
+        if nl::is_errno(&source, &[Errno::EEXIST]) {
+            PodError::IfnameTaken {
+                ifname: spec.ifname.to_string(),
+                netns: spec.netns.path().display().to_string(),
+            }
+        } else {
+            PodError::Netlink {
+                what: format!("create veth {}", spec.host_veth),
+                source,
+            }
+        }
+    })
+}
+
+async fn configure(host: &Handle, pod: &Handle, spec: &PodSpec<'_>) -> Result<PodWiring, PodError> {
+    let host_link = nl::link_by_name(host, spec.host_veth.as_str())
+        .await
+        .map_err(netlink("look up the host veth"))?
+        .ok_or_else(|| PodError::Missing(format!("host veth {} vanished", spec.host_veth)))?;
+    let host_index = host_link.header.index;
+    let host_mac =
+        nl::link_mac(&host_link).ok_or_else(|| PodError::Missing("host veth has no MAC".into()))?;
+    if spec.addresses.v6.is_some() {
+        let key = format!("/proc/sys/net/ipv6/conf/{}/accept_dad", spec.host_veth);
+        std::fs::write(&key, "0").map_err(|e| PodError::Sysctl(format!("{key}: {e}")))?;
+    }
+    host.link()
+        .change(LinkUnspec::new_with_index(host_index).up().build())
+        .execute()
+        .await
+        .map_err(netlink("set the host veth up"))?;
+
+    let pod_link = nl::link_by_name(pod, spec.ifname.as_str())
+        .await
+        .map_err(netlink("look up the pod interface"))?
+        .ok_or_else(|| PodError::Missing(format!("{} did not appear in the pod", spec.ifname)))?;
+    let pod_index = pod_link.header.index;
+    let pod_mac = nl::link_mac(&pod_link)
+        .ok_or_else(|| PodError::Missing("pod interface has no MAC".into()))?;
+    pod.link()
+        .change(LinkUnspec::new_with_index(pod_index).up().build())
+        .execute()
+        .await
+        .map_err(netlink("set the pod interface up"))?;
+
+    if let Some(v4) = spec.addresses.v4 {
+        pod.address()
+            .add(pod_index, IpAddr::V4(v4), 32)
+            .replace()
+            .execute()
+            .await
+            .map_err(netlink("add the pod's IPv4 address"))?;
+        pod.neighbours()
+            .add(pod_index, IpAddr::V4(GATEWAY_V4))
+            .link_layer_address(&host_mac)
+            .state(NeighbourState::Permanent)
+            .replace()
+            .execute()
+            .await
+            .map_err(netlink("add the IPv4 gateway neighbour"))?;
+        let gateway_route = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(GATEWAY_V4, 32)
+            .output_interface(pod_index)
+            .scope(RouteScope::Link)
+            .build();
+        pod.route()
+            .add(gateway_route)
+            .replace()
+            .execute()
+            .await
+            .map_err(netlink("add the IPv4 gateway route"))?;
+        let default = RouteMessageBuilder::<Ipv4Addr>::new()
+            .gateway(GATEWAY_V4)
+            .output_interface(pod_index)
+            .build();
+        pod.route()
+            .add(default)
+            .replace()
+            .execute()
+            .await
+            .map_err(netlink("add the pod's IPv4 default route"))?;
+        let to_pod = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(v4, 32)
+            .output_interface(host_index)
+            .scope(RouteScope::Link)
+            .build();
+        host.route()
+            .add(to_pod)
+            .replace()
+            .execute()
+            .await
+            .map_err(netlink("add the node's route to the pod"))?;
+    }
+    if let Some(v6) = spec.addresses.v6 {
+        let mut add = pod.address().add(pod_index, IpAddr::V6(v6), 128).replace();
+        add.message_mut().header.flags |= AddressHeaderFlags::Nodad;
+        add.message_mut()
+            .attributes
+            .push(AddressAttribute::Flags(AddressFlags::Nodad));
+        add.execute()
+            .await
+            .map_err(netlink("add the pod's IPv6 address"))?;
+        pod.neighbours()
+            .add(pod_index, IpAddr::V6(GATEWAY_V6))
+            .link_layer_address(&host_mac)
+            .state(NeighbourState::Permanent)
+            .replace()
+            .execute()
+            .await
+            .map_err(netlink("add the IPv6 gateway neighbour"))?;
+        let default = RouteMessageBuilder::<Ipv6Addr>::new()
+            .gateway(GATEWAY_V6)
+            .output_interface(pod_index)
+            .build();
+        pod.route()
+            .add(default)
+            .replace()
+            .execute()
+            .await
+            .map_err(netlink("add the pod's IPv6 default route"))?;
+        let to_pod = RouteMessageBuilder::<Ipv6Addr>::new()
+            .destination_prefix(v6, 128)
+            .output_interface(host_index)
+            .build();
+        host.route()
+            .add(to_pod)
+            .replace()
+            .execute()
+            .await
+            .map_err(netlink("add the node's route to the pod"))?;
+    }
+    Ok(PodWiring { host_mac, pod_mac })
+}
+
+/// Remove the pod's veth (the pod end and every route through it go with it). Nothing there is fine.
+pub async fn teardown(host: &Handle, host_veth: &IfName) -> Result<(), PodError> {
+    let Some(link) = nl::link_by_name(host, host_veth.as_str())
+        .await
+        .map_err(netlink("look up the host veth"))?
+    else {
+        return Ok(());
+    };
+    match host.link().del(link.header.index).execute().await {
+        Ok(()) => Ok(()),
+        Err(e) if nl::is_errno(&e, &[Errno::ENODEV]) => Ok(()),
+        Err(source) => Err(PodError::Netlink {
+            what: format!("delete veth {host_veth}"),
+            source,
+        }),
+    }
+}
+
+/// Whether a link is one of weft's host-side pod veths.
+pub fn is_weft_veth(link: &netlink_packet_route::link::LinkMessage) -> bool {
+    let is_veth = link.attributes.iter().any(|a| {
+        matches!(a, LinkAttribute::LinkInfo(infos) if infos.iter().any(|i| matches!(i, LinkInfo::Kind(InfoKind::Veth))))
+    });
+    is_veth && nl::link_name(link).is_some_and(|n| n.starts_with(HOST_VETH_PREFIX) && n.len() == 15)
+}
+
+/// Verify the pod's interface, addresses and routes exist, in the pod and on the node.
+pub async fn check(host: &Handle, spec: &PodSpec<'_>) -> Result<(), PodError> {
+    let pod = spec.netns.connect(&[])?;
+    let missing = |what: String| PodError::Missing(what);
+    let host_link = nl::link_by_name(host, spec.host_veth.as_str())
+        .await
+        .map_err(netlink("look up the host veth"))?
+        .ok_or_else(|| missing(format!("host veth {} is missing", spec.host_veth)))?;
+    let pod_link = nl::link_by_name(&pod, spec.ifname.as_str())
+        .await
+        .map_err(netlink("look up the pod interface"))?
+        .ok_or_else(|| {
+            missing(format!(
+                "interface {} is missing in {}",
+                spec.ifname,
+                spec.netns.path().display()
+            ))
+        })?;
+    if !pod_link.header.flags.contains(LinkFlags::Up) {
+        return Err(missing(format!("interface {} is down", spec.ifname)));
+    }
+    let pod_addresses: Vec<IpAddr> = pod
+        .address()
+        .get()
+        .set_link_index_filter(pod_link.header.index)
+        .execute()
+        .try_collect::<Vec<_>>()
+        .await
+        .map_err(netlink("list the pod's addresses"))?
+        .iter()
+        .flat_map(|m| m.attributes.iter())
+        .filter_map(|a| match a {
+            AddressAttribute::Address(ip) => Some(*ip),
+            _ => None,
+        })
+        .collect();
+    for ip in spec.addresses.addresses() {
+        if !pod_addresses.contains(&ip) {
+            return Err(missing(format!(
+                "address {ip} is missing on {}",
+                spec.ifname
+            )));
+        }
+        let (family, gateway, host_len) = match ip {
+            IpAddr::V4(_) => (AddressFamily::Inet, IpAddr::V4(GATEWAY_V4), 32),
+            IpAddr::V6(_) => (AddressFamily::Inet6, IpAddr::V6(GATEWAY_V6), 128),
+        };
+        let pod_routes = nl::main_routes(&pod, family)
+            .await
+            .map_err(netlink("list the pod's routes"))?;
+        if !pod_routes
+            .iter()
+            .any(|r| r.dst.prefix_len() == 0 && r.gateway == Some(gateway))
+        {
+            return Err(missing(format!(
+                "the pod's default route via {gateway} is missing"
+            )));
+        }
+        let host_routes = nl::main_routes(host, family)
+            .await
+            .map_err(netlink("list the node's routes"))?;
+        let to_pod = ipnet::IpNet::new(ip, host_len).expect("host prefix");
+        if !host_routes
+            .iter()
+            .any(|r| r.dst == to_pod && r.oif == Some(host_link.header.index))
+        {
+            return Err(missing(format!(
+                "the node's route to {to_pod} via {} is missing",
+                spec.host_veth
+            )));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_veth_names_are_stable_distinct_and_fit_ifnamsiz() {
+        let a = host_veth_name("0123456789abcdef", "eth0");
+        assert_eq!(a, host_veth_name("0123456789abcdef", "eth0"));
+        assert_ne!(a, host_veth_name("0123456789abcdef", "eth1"));
+        assert_ne!(a, host_veth_name("0123456789abcdee", "eth0"));
+        assert_eq!(a.as_str().len(), 15);
+        assert!(a.as_str().starts_with("weft"));
+    }
+}

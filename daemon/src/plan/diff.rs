@@ -1,0 +1,277 @@
+//! Desired against observed → the minimal list of operations, in an order that applies cleanly.
+//!
+//! Order, and why:
+//! 1. devices: deletions, then creations and re-creations, then in-place MTU and up changes — every
+//!    later operation needs its device;
+//! 2. addresses: set the desired, delete the stale;
+//! 3. stale routes are deleted before the neighbour and FDB entries they lead to;
+//! 4. stale neighbour entries;
+//! 5. FDB entries replaced, then neighbour entries replaced (a neighbour's MAC is in the FDB before
+//!    the neighbour points at it), then stale FDB entries deleted (a peer's old VTEP MAC goes only
+//!    after its neighbour entry moved to the new one);
+//! 6. routes last: each one's gateway already resolves, through a permanent neighbour entry, to a
+//!    MAC the FDB knows.
+//!
+//! So traffic to an unchanged peer is never interrupted, and a changed peer's traffic has a path at
+//! every step but the ones that remove it.
+//!
+//! A device that is created or re-created comes back empty: every desired entry on it is added
+//! again, whatever the observed state listed. A device that is deleted takes its entries with it:
+//! they get no operations of their own. Everything else is compared by key: missing → replace,
+//! same key with other content → one replace (never delete + add), stale → delete.
+
+use std::collections::BTreeSet;
+use std::fmt;
+
+use weft_proto::names::IfName;
+
+use super::state::{Address, Datapath, Fdb, Neighbour, Route, VxlanDevice};
+
+/// One change to the kernel. [`super::Datapath::apply`] defines what each one does; `Display` gives
+/// the equivalent `ip` / `bridge` command, one line, for logs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    /// Create the device, up, with all its attributes.
+    CreateDevice(VxlanDevice),
+    /// Delete the device and create it anew: a VXLAN link cannot be changed in place (`replace`
+    /// fails with EOPNOTSUPP) when one of vni, port, local, learning or mac differs. `reason`
+    /// lists the differences, old → new.
+    RecreateDevice {
+        device: VxlanDevice,
+        reason: String,
+    },
+    /// Change a device's MTU in place.
+    SetMtu {
+        dev: IfName,
+        mtu: u32,
+    },
+    /// Set a device administratively up.
+    SetUp(IfName),
+    /// Delete one of weft's devices; its addresses and entries go with it.
+    DeleteDevice(IfName),
+    /// Add an address to a device (`ip addr replace`: idempotent).
+    SetAddress(Address),
+    /// Remove a stale address from a device.
+    DeleteAddress(Address),
+    /// Add or replace the route to `dst` (`ip route replace`).
+    ReplaceRoute(Route),
+    DeleteRoute(Route),
+    /// Add or replace the permanent neighbour entry for `(dev, ip)`.
+    ReplaceNeighbour(Neighbour),
+    DeleteNeighbour(Neighbour),
+    /// Add or replace the permanent FDB entry for `(dev, mac)`.
+    ReplaceFdb(Fdb),
+    DeleteFdb(Fdb),
+}
+
+impl Op {
+    /// The device the operation acts on.
+    pub fn dev(&self) -> &IfName {
+        match self {
+            Op::CreateDevice(d) | Op::RecreateDevice { device: d, .. } => &d.name,
+            Op::SetMtu { dev, .. } | Op::SetUp(dev) | Op::DeleteDevice(dev) => dev,
+            Op::SetAddress(a) | Op::DeleteAddress(a) => &a.dev,
+            Op::ReplaceRoute(r) | Op::DeleteRoute(r) => &r.dev,
+            Op::ReplaceNeighbour(n) | Op::DeleteNeighbour(n) => &n.dev,
+            Op::ReplaceFdb(f) | Op::DeleteFdb(f) => &f.dev,
+        }
+    }
+}
+
+struct LinkAdd<'a>(&'a VxlanDevice);
+
+impl fmt::Display for LinkAdd<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let d = self.0;
+        write!(f, "ip link add {}", d.name)?;
+        if d.up {
+            f.write_str(" up")?;
+        }
+        write!(
+            f,
+            " address {} mtu {} type vxlan id {} local {} dstport {} {}",
+            d.mac,
+            d.mtu,
+            d.vni,
+            d.local,
+            d.port,
+            if d.learning { "learning" } else { "nolearning" }
+        )
+    }
+}
+
+impl fmt::Display for Op {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Op::CreateDevice(d) => LinkAdd(d).fmt(f),
+            Op::RecreateDevice { device, reason } => write!(
+                f,
+                "ip link del {} && {} # {reason}",
+                device.name,
+                LinkAdd(device)
+            ),
+            Op::SetMtu { dev, mtu } => write!(f, "ip link set {dev} mtu {mtu}"),
+            Op::SetUp(dev) => write!(f, "ip link set {dev} up"),
+            Op::DeleteDevice(dev) => write!(f, "ip link del {dev}"),
+            Op::SetAddress(a) => write!(f, "ip addr replace {} dev {}", a.address, a.dev),
+            Op::DeleteAddress(a) => write!(f, "ip addr del {} dev {}", a.address, a.dev),
+            Op::ReplaceRoute(r) | Op::DeleteRoute(r) => {
+                let verb = if matches!(self, Op::ReplaceRoute(_)) {
+                    "replace"
+                } else {
+                    "del"
+                };
+                write!(
+                    f,
+                    "ip route {verb} {} via {} dev {}{}",
+                    r.dst,
+                    r.gateway,
+                    r.dev,
+                    if r.onlink { " onlink" } else { "" }
+                )
+            }
+            Op::ReplaceNeighbour(n) => write!(
+                f,
+                "ip neigh replace {} lladdr {} dev {} nud permanent",
+                n.ip, n.mac, n.dev
+            ),
+            Op::DeleteNeighbour(n) => write!(f, "ip neigh del {} dev {}", n.ip, n.dev),
+            Op::ReplaceFdb(e) => write!(
+                f,
+                "bridge fdb replace {} dev {} dst {} self permanent",
+                e.mac, e.dev, e.dst
+            ),
+            Op::DeleteFdb(e) => write!(
+                f,
+                "bridge fdb del {} dev {} dst {} self",
+                e.mac, e.dev, e.dst
+            ),
+        }
+    }
+}
+
+/// Why `observed` cannot become `desired` in place: the attributes a VXLAN link cannot change,
+/// old → new; `None` when it can.
+fn incompatible(desired: &VxlanDevice, observed: &VxlanDevice) -> Option<String> {
+    let mut changes = Vec::new();
+    let mut check = |name: &str, old: String, new: String| {
+        if old != new {
+            changes.push(format!("{name} {old} → {new}"));
+        }
+    };
+    check("vni", observed.vni.to_string(), desired.vni.to_string());
+    check("port", observed.port.to_string(), desired.port.to_string());
+    check(
+        "local",
+        observed.local.to_string(),
+        desired.local.to_string(),
+    );
+    check(
+        "learning",
+        observed.learning.to_string(),
+        desired.learning.to_string(),
+    );
+    check("mac", observed.mac.to_string(), desired.mac.to_string());
+    (!changes.is_empty()).then(|| changes.join(", "))
+}
+
+/// The minimal operations that make `observed` equal `desired`, ordered as the module explains.
+///
+/// `observed` holds weft's own devices only (see [`Datapath`]): a device in it that `desired` does
+/// not name is deleted.
+pub fn diff(desired: &Datapath, observed: &Datapath) -> Vec<Op> {
+    let mut ops = Vec::new();
+
+    // 1. Devices. `fresh`: created or re-created now, so nothing observed on them survives.
+    let mut fresh: BTreeSet<&IfName> = BTreeSet::new();
+    for name in observed.devices.keys() {
+        if !desired.devices.contains_key(name) {
+            ops.push(Op::DeleteDevice(name.clone()));
+        }
+    }
+    let mut in_place = Vec::new();
+    for (name, want) in &desired.devices {
+        match observed.devices.get(name) {
+            None => {
+                ops.push(Op::CreateDevice(want.clone()));
+                fresh.insert(name);
+            }
+            Some(have) => match incompatible(want, have) {
+                Some(reason) => {
+                    ops.push(Op::RecreateDevice {
+                        device: want.clone(),
+                        reason,
+                    });
+                    fresh.insert(name);
+                }
+                None => {
+                    if have.mtu != want.mtu {
+                        in_place.push(Op::SetMtu {
+                            dev: name.clone(),
+                            mtu: want.mtu,
+                        });
+                    }
+                    if want.up && !have.up {
+                        in_place.push(Op::SetUp(name.clone()));
+                    }
+                }
+            },
+        }
+    }
+    ops.extend(in_place);
+
+    // An observed object counts only on a device that stays as it is: one on a deleted or
+    // (re-)created device is gone with it.
+    let kept = |dev: &IfName| desired.devices.contains_key(dev) && !fresh.contains(dev);
+
+    // 2. Addresses.
+    for address in &desired.addresses {
+        if !(kept(&address.dev) && observed.addresses.contains(address)) {
+            ops.push(Op::SetAddress(address.clone()));
+        }
+    }
+    for address in &observed.addresses {
+        if kept(&address.dev) && !desired.addresses.contains(address) {
+            ops.push(Op::DeleteAddress(address.clone()));
+        }
+    }
+
+    // 3. Stale routes.
+    for (dst, route) in &observed.routes {
+        if kept(&route.dev) && !desired.routes.contains_key(dst) {
+            ops.push(Op::DeleteRoute(route.clone()));
+        }
+    }
+    // 4. Stale neighbour entries.
+    for (key, neighbour) in &observed.neighbours {
+        if kept(&key.0) && !desired.neighbours.contains_key(key) {
+            ops.push(Op::DeleteNeighbour(neighbour.clone()));
+        }
+    }
+    // 5. FDB, neighbours, then stale FDB entries.
+    for (key, fdb) in &desired.fdb {
+        let have = observed.fdb.get(key).filter(|e| kept(&e.dev));
+        if have != Some(fdb) {
+            ops.push(Op::ReplaceFdb(fdb.clone()));
+        }
+    }
+    for (key, neighbour) in &desired.neighbours {
+        let have = observed.neighbours.get(key).filter(|n| kept(&n.dev));
+        if have != Some(neighbour) {
+            ops.push(Op::ReplaceNeighbour(neighbour.clone()));
+        }
+    }
+    for (key, fdb) in &observed.fdb {
+        if kept(&key.0) && !desired.fdb.contains_key(key) {
+            ops.push(Op::DeleteFdb(fdb.clone()));
+        }
+    }
+    // 6. Routes.
+    for (dst, route) in &desired.routes {
+        let have = observed.routes.get(dst).filter(|r| kept(&r.dev));
+        if have != Some(route) {
+            ops.push(Op::ReplaceRoute(route.clone()));
+        }
+    }
+    ops
+}

@@ -1,0 +1,510 @@
+//! The single-host lab: "nodes" are network namespaces joined by a bridge (the underlay, in a
+//! namespace of its own), each running a real `weftd`; "pods" are namespaces wired through the real
+//! `weft-cni` binary, called exactly as a container runtime calls a CNI plugin; an "outside"
+//! namespace on the underlay stands for the world beyond the cluster.
+//!
+//! ```text
+//!            [outside 192.0.2.254, 2001:db8::254]
+//!                          |
+//!   underlay ns: br0 ------+------------------+---- …
+//!                |                            |
+//!   [node-1 eth0 192.0.2.11]      [node-2 eth0 192.0.2.12]
+//!     weftd, pods p1..pM            weftd, pods …
+//! ```
+//! Everything the lab makes carries a prefix unique to the run, and is removed when the [`Lab`]
+//! drops — unless it was detached for `weft-lab up`, in which case `weft-lab down` removes it.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::etcd::EtcdServer;
+use crate::netns::{ip, unique_prefix, NetnsGuard};
+use crate::procs::{bin_path, wait_for, ChildGuard};
+
+pub const CLUSTER_CIDR_V4: &str = "10.244.0.0/16";
+pub const CLUSTER_CIDR_V6: &str = "fd00:10:244::/48";
+pub const OUTSIDE_V4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 254);
+pub const OUTSIDE_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x254);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreKind {
+    File,
+    Etcd,
+}
+
+#[derive(Debug, Clone)]
+pub struct LabConfig {
+    pub nodes: usize,
+    pub pods_per_node: usize,
+    /// Pod families: IPv4 always unless `ipv6_only`; IPv6 when `ipv6` (dual stack) or `ipv6_only`.
+    pub ipv6: bool,
+    pub ipv6_only: bool,
+    pub store: StoreKind,
+    /// Extra `weftd run` arguments for every node.
+    pub weftd_args: Vec<String>,
+}
+
+impl Default for LabConfig {
+    fn default() -> Self {
+        LabConfig {
+            nodes: 1,
+            pods_per_node: 0,
+            ipv6: true,
+            ipv6_only: false,
+            store: StoreKind::File,
+            weftd_args: Vec::new(),
+        }
+    }
+}
+
+/// The output of one CNI plugin call.
+#[derive(Debug, Clone)]
+pub struct CniOutput {
+    pub success: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl CniOutput {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout).unwrap_or(Value::Null)
+    }
+
+    /// The CNI error code, if the call failed with a CNI error object.
+    pub fn code(&self) -> Option<u64> {
+        self.json().get("code").and_then(Value::as_u64)
+    }
+}
+
+pub struct LabNode {
+    pub index: usize,
+    pub name: String,
+    pub netns: NetnsGuard,
+    pub underlay_v4: Ipv4Addr,
+    pub underlay_v6: Ipv6Addr,
+    pub dir: PathBuf,
+    pub daemon: Option<ChildGuard>,
+}
+
+impl LabNode {
+    pub fn socket(&self) -> PathBuf {
+        self.dir.join("run").join("cni.sock")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("weftd.log")).unwrap_or_default()
+    }
+}
+
+pub struct LabPod {
+    pub node: usize,
+    pub name: String,
+    pub netns: NetnsGuard,
+    pub container_id: String,
+    pub ifname: String,
+    pub v4: Option<Ipv4Addr>,
+    pub v6: Option<Ipv6Addr>,
+}
+
+impl LabPod {
+    pub fn addresses(&self) -> Vec<IpAddr> {
+        self.v4
+            .map(IpAddr::V4)
+            .into_iter()
+            .chain(self.v6.map(IpAddr::V6))
+            .collect()
+    }
+}
+
+pub struct Lab {
+    pub config: LabConfig,
+    pub prefix: String,
+    pub dir: PathBuf,
+    // Field order is drop order: pods and nodes go before the underlay they hang on.
+    pub pods: Vec<LabPod>,
+    pub nodes: Vec<LabNode>,
+    pub outside: NetnsGuard,
+    pub underlay: NetnsGuard,
+    pub etcd: Option<EtcdServer>,
+    remove_dir: bool,
+}
+
+impl Lab {
+    /// Build the underlay and the outside, start `config.nodes` nodes, add the pods.
+    pub fn up(config: LabConfig) -> Result<Lab, String> {
+        let prefix = unique_prefix();
+        let dir = std::env::temp_dir().join(format!("weft-lab-{prefix}"));
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        let underlay = NetnsGuard::create(&format!("{prefix}-underlay"))?;
+        underlay.exec(&["ip", "link", "add", "br0", "type", "bridge"])?;
+        underlay.exec(&["ip", "link", "set", "br0", "up"])?;
+        let outside = NetnsGuard::create(&format!("{prefix}-outside"))?;
+        attach(&underlay, &outside, "out", OUTSIDE_V4, OUTSIDE_V6)?;
+        let etcd = match config.store {
+            StoreKind::Etcd => Some(EtcdServer::start().map_err(|e| format!("start etcd: {e}"))?),
+            StoreKind::File => None,
+        };
+        let mut lab = Lab {
+            config: config.clone(),
+            prefix,
+            dir,
+            pods: Vec::new(),
+            nodes: Vec::new(),
+            outside,
+            underlay,
+            etcd,
+            remove_dir: true,
+        };
+        for _ in 0..config.nodes {
+            lab.add_node()?;
+        }
+        for node in 0..config.nodes {
+            for _ in 0..config.pods_per_node {
+                lab.add_pod(node)?;
+            }
+        }
+        Ok(lab)
+    }
+
+    /// Add a node namespace on the underlay and start its weftd; returns its index.
+    pub fn add_node(&mut self) -> Result<usize, String> {
+        let index = self.nodes.len();
+        let number = index + 1;
+        let name = format!("node-{number}");
+        let netns = NetnsGuard::create(&format!("{}-{name}", self.prefix))?;
+        let v4 = Ipv4Addr::new(192, 0, 2, 10 + number as u8);
+        let v6 = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x10 + number as u16);
+        attach(&self.underlay, &netns, &format!("n{number}"), v4, v6)?;
+        netns.exec(&[
+            "ip",
+            "route",
+            "add",
+            "default",
+            "via",
+            &OUTSIDE_V4.to_string(),
+        ])?;
+        netns.exec(&[
+            "ip",
+            "-6",
+            "route",
+            "add",
+            "default",
+            "via",
+            &OUTSIDE_V6.to_string(),
+        ])?;
+        let dir = self.dir.join(&name);
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        self.nodes.push(LabNode {
+            index,
+            name,
+            netns,
+            underlay_v4: v4,
+            underlay_v6: v6,
+            dir,
+            daemon: None,
+        });
+        self.start_daemon(index)?;
+        Ok(index)
+    }
+
+    fn cluster_cidr(&self) -> String {
+        match (self.config.ipv6_only, self.config.ipv6) {
+            (true, _) => CLUSTER_CIDR_V6.to_string(),
+            (false, true) => format!("{CLUSTER_CIDR_V4},{CLUSTER_CIDR_V6}"),
+            (false, false) => CLUSTER_CIDR_V4.to_string(),
+        }
+    }
+
+    /// The `weftd run` command line of a node.
+    pub fn weftd_command(&self, index: usize) -> Command {
+        let node = &self.nodes[index];
+        let mut command = node
+            .netns
+            .command(bin_path("weftd").to_str().expect("utf-8 path"));
+        command
+            .arg("run")
+            .args(["--node-name", &node.name])
+            .args(["--cluster-cidr", &self.cluster_cidr()])
+            .args([
+                "--public-ip",
+                &format!("{},{}", node.underlay_v4, node.underlay_v6),
+            ])
+            .args(["--lease-ttl", "10"])
+            .arg("--state-dir")
+            .arg(node.dir.join("state"))
+            .arg("--run-dir")
+            .arg(node.dir.join("run"));
+        match &self.etcd {
+            Some(etcd) => command.args(["--store", "etcd", "--etcd-endpoints", &etcd.endpoint()]),
+            None => command
+                .args(["--store", "file", "--store-dir"])
+                .arg(self.dir.join("store")),
+        };
+        command.args(&self.config.weftd_args);
+        command
+    }
+
+    /// Start (or restart) a node's weftd and wait until its CNI socket answers.
+    pub fn start_daemon(&mut self, index: usize) -> Result<(), String> {
+        let mut command = self.weftd_command(index);
+        let node = &mut self.nodes[index];
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(node.dir.join("weftd.log"))
+            .map_err(|e| e.to_string())?;
+        command.env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+        );
+        command
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().map_err(|e| e.to_string())?)
+            .stderr(log);
+        let _ = std::fs::remove_file(node.socket());
+        node.daemon =
+            Some(ChildGuard::spawn(node.name.clone(), &mut command).map_err(|e| e.to_string())?);
+        let socket = node.socket();
+        let ready = wait_for(Duration::from_secs(20), || {
+            std::os::unix::net::UnixStream::connect(&socket)
+                .ok()
+                .map(|_| ())
+        });
+        if ready.is_none() {
+            return Err(format!(
+                "{}: weftd did not open {}; its log:\n{}",
+                node.name,
+                socket.display(),
+                node.log()
+            ));
+        }
+        Ok(())
+    }
+
+    /// Stop a node's weftd: SIGKILL when `kill`, else SIGTERM and wait.
+    pub fn stop_daemon(&mut self, index: usize, kill: bool) {
+        if let Some(mut daemon) = self.nodes[index].daemon.take() {
+            if !kill {
+                daemon.signal(nix::sys::signal::Signal::SIGTERM);
+                daemon.wait_timeout(Duration::from_secs(10));
+            }
+            daemon.kill();
+        }
+    }
+
+    /// The network configuration a node's runtime passes to the plugin.
+    pub fn netconf(&self, index: usize) -> Value {
+        json!({
+            "cniVersion": "1.1.0",
+            "name": "weft",
+            "type": "weft",
+            "daemonSocket": self.nodes[index].socket(),
+        })
+    }
+
+    /// Call the real `weft-cni` binary as a runtime does.
+    pub fn cni(
+        &self,
+        command: &str,
+        container_id: &str,
+        netns: Option<&str>,
+        ifname: &str,
+        config: &Value,
+    ) -> CniOutput {
+        call_plugin(
+            &bin_path("weft-cni"),
+            command,
+            container_id,
+            netns,
+            ifname,
+            config,
+        )
+    }
+
+    /// Make a pod namespace on a node and ADD it; returns its index in `pods`.
+    pub fn add_pod(&mut self, node: usize) -> Result<usize, String> {
+        let number = self.pods.iter().filter(|p| p.node == node).count() + 1;
+        let name = format!("{}-p{number}", self.nodes[node].name);
+        let netns = NetnsGuard::create(&format!("{}-{name}", self.prefix))?;
+        let container_id = format!("{}{}", self.prefix, name.replace('-', ""));
+        let out = self.cni(
+            "ADD",
+            &container_id,
+            Some(&netns.path()),
+            "eth0",
+            &self.netconf(node),
+        );
+        if !out.success {
+            return Err(format!("ADD {name}: {} {}", out.stdout, out.stderr));
+        }
+        let (v4, v6) = result_addresses(&out.json());
+        self.pods.push(LabPod {
+            node,
+            name,
+            netns,
+            container_id,
+            ifname: "eth0".into(),
+            v4,
+            v6,
+        });
+        Ok(self.pods.len() - 1)
+    }
+
+    /// DEL a pod and drop its namespace.
+    pub fn remove_pod(&mut self, pod: usize) -> CniOutput {
+        let p = self.pods.remove(pod);
+        self.cni(
+            "DEL",
+            &p.container_id,
+            Some(&p.netns.path()),
+            &p.ifname,
+            &self.netconf(p.node),
+        )
+    }
+
+    /// Keep everything running after this value drops (for `weft-lab up`).
+    pub fn detach(mut self) {
+        self.remove_dir = false;
+        for pod in &mut self.pods {
+            pod.netns.keep();
+        }
+        for node in &mut self.nodes {
+            node.netns.keep();
+            if let Some(daemon) = node.daemon.take() {
+                daemon.detach();
+            }
+        }
+        self.outside.keep();
+        self.underlay.keep();
+        if let Some(etcd) = self.etcd.take() {
+            etcd.detach();
+        }
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            if let Some(mut daemon) = node.daemon.take() {
+                daemon.kill();
+            }
+        }
+        if self.remove_dir {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// Connect `netns` to the underlay bridge: a veth `<port>` on br0, `eth0` in `netns` with the
+/// given addresses (no IPv6 DAD: the lab's addresses are unique by construction).
+fn attach(
+    underlay: &NetnsGuard,
+    netns: &NetnsGuard,
+    port: &str,
+    v4: Ipv4Addr,
+    v6: Ipv6Addr,
+) -> Result<(), String> {
+    underlay.exec(&[
+        "ip",
+        "link",
+        "add",
+        port,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "netns",
+        netns.name(),
+    ])?;
+    underlay.exec(&["ip", "link", "set", port, "master", "br0", "up"])?;
+    netns.exec(&["sysctl", "-qw", "net.ipv6.conf.eth0.accept_dad=0"])?;
+    netns.exec(&["ip", "addr", "add", &format!("{v4}/24"), "dev", "eth0"])?;
+    netns.exec(&[
+        "ip",
+        "addr",
+        "add",
+        &format!("{v6}/64"),
+        "dev",
+        "eth0",
+        "nodad",
+    ])?;
+    netns.exec(&["ip", "link", "set", "eth0", "up"])?;
+    Ok(())
+}
+
+/// Run a CNI plugin binary with the CNI environment and `config` on stdin.
+pub fn call_plugin(
+    plugin: &Path,
+    command: &str,
+    container_id: &str,
+    netns: Option<&str>,
+    ifname: &str,
+    config: &Value,
+) -> CniOutput {
+    use std::io::Write;
+    let mut cmd = Command::new(plugin);
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("CNI_COMMAND", command)
+        .env("CNI_CONTAINERID", container_id)
+        .env("CNI_IFNAME", ifname)
+        .env("CNI_PATH", "/usr/lib/cni")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if let Some(path) = netns {
+        cmd.env("CNI_NETNS", path);
+    }
+    let mut child = cmd.spawn().expect("spawn the CNI plugin");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(config.to_string().as_bytes())
+        .expect("write config");
+    let output = child.wait_with_output().expect("plugin output");
+    CniOutput {
+        success: output.status.success(),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+/// The pod addresses in a CNI result.
+pub fn result_addresses(result: &Value) -> (Option<Ipv4Addr>, Option<Ipv6Addr>) {
+    let mut v4 = None;
+    let mut v6 = None;
+    for ip in result
+        .get("ips")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let text = ip
+            .get("address")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        match text
+            .split('/')
+            .next()
+            .and_then(|a| a.parse::<IpAddr>().ok())
+        {
+            Some(IpAddr::V4(a)) => v4 = Some(a),
+            Some(IpAddr::V6(a)) => v6 = Some(a),
+            None => {}
+        }
+    }
+    (v4, v6)
+}
+
+/// The remaining `ip` helper, re-exported for tests that inspect a namespace.
+pub fn ip_in(netns: &NetnsGuard, args: &[&str]) -> String {
+    let mut full = vec!["-n", netns.name()];
+    full.extend_from_slice(args);
+    ip(&full)
+}

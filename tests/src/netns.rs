@@ -1,0 +1,149 @@
+//! Network namespaces for tests and the lab, removed when their guard drops.
+//!
+//! The harness uses `ip` (iproute2) to build topologies and to run commands inside namespaces: it
+//! plays the part of the operator and the container runtime. weftd itself never shells out.
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A short prefix unique to this process and call: `w` + pid (hex) + a counter, e.g. `w1a2b3`.
+/// Interface names built from it stay within IFNAMSIZ.
+pub fn unique_prefix() -> String {
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("w{:x}{n:x}", std::process::id() & 0xfffff)
+}
+
+/// Run a command; its stdout on success, else an error carrying the command line and its stderr.
+pub fn run(args: &[&str]) -> Result<String, String> {
+    let output = Command::new(args[0])
+        .args(&args[1..])
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("{}: {e}", args.join(" ")))?;
+    output_text(args, output)
+}
+
+fn output_text(args: &[&str], output: Output) -> Result<String, String> {
+    if output.status.success() {
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    } else {
+        Err(format!(
+            "`{}` failed ({}): {}",
+            args.join(" "),
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        ))
+    }
+}
+
+/// Run `ip ARGS…`, panicking with the error (test set-up that must not fail).
+pub fn ip(args: &[&str]) -> String {
+    let mut full = vec!["ip"];
+    full.extend_from_slice(args);
+    run(&full).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// A named network namespace (`/run/netns/NAME`) with `lo` up.
+pub struct NetnsGuard {
+    name: String,
+    keep: bool,
+}
+
+impl NetnsGuard {
+    pub fn create(name: &str) -> Result<NetnsGuard, String> {
+        run(&["ip", "netns", "add", name])?;
+        let guard = NetnsGuard {
+            name: name.to_string(),
+            keep: false,
+        };
+        guard.exec(&["ip", "link", "set", "lo", "up"])?;
+        Ok(guard)
+    }
+
+    /// Adopt an existing namespace (for `weft-lab down`).
+    pub fn adopt(name: &str) -> NetnsGuard {
+        NetnsGuard {
+            name: name.to_string(),
+            keep: false,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn path(&self) -> String {
+        format!("/run/netns/{}", self.name)
+    }
+
+    /// Leave the namespace in place when the guard drops (a lab that outlives `weft-lab up`).
+    pub fn keep(&mut self) {
+        self.keep = true;
+    }
+
+    /// Run a command inside the namespace.
+    pub fn exec(&self, args: &[&str]) -> Result<String, String> {
+        let mut full = vec!["ip", "netns", "exec", &self.name];
+        full.extend_from_slice(args);
+        run(&full)
+    }
+
+    /// A `Command` that runs `program` inside the namespace.
+    pub fn command(&self, program: &str) -> Command {
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", &self.name, program]);
+        command
+    }
+
+    /// Run `work` on a thread that has entered the namespace; sockets it opens stay there.
+    pub fn within<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+    ) -> std::io::Result<T> {
+        let path = self.path();
+        std::thread::spawn(move || {
+            let file = std::fs::File::open(&path)?;
+            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+                .map_err(std::io::Error::from)?;
+            work()
+        })
+        .join()
+        .map_err(|_| std::io::Error::other("namespace thread panicked"))?
+    }
+
+    /// A TCP listener inside the namespace.
+    pub fn tcp_listen(&self, addr: SocketAddr) -> std::io::Result<TcpListener> {
+        self.within(move || TcpListener::bind(addr))
+    }
+
+    /// A TCP connection made from inside the namespace.
+    pub fn tcp_connect(&self, addr: SocketAddr, timeout: Duration) -> std::io::Result<TcpStream> {
+        self.within(move || TcpStream::connect_timeout(&addr, timeout))
+    }
+
+    /// `ping` once (both families by address); whether a reply came back within `wait_secs`.
+    pub fn ping(&self, target: &str, wait_secs: u32) -> bool {
+        self.exec(&[
+            "ping",
+            "-c",
+            "1",
+            "-W",
+            &wait_secs.to_string(),
+            "-q",
+            target,
+        ])
+        .is_ok()
+    }
+}
+
+impl Drop for NetnsGuard {
+    fn drop(&mut self) {
+        if !self.keep {
+            let _ = run(&["ip", "netns", "del", &self.name]);
+        }
+    }
+}
