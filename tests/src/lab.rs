@@ -131,6 +131,8 @@ pub struct Lab {
     pub underlay: NetnsGuard,
     pub etcd: Option<EtcdServer>,
     remove_dir: bool,
+    /// Pods ever made: numbers pod names so a removed pod's name is never reused.
+    pods_made: usize,
 }
 
 impl Lab {
@@ -158,6 +160,7 @@ impl Lab {
             underlay,
             etcd,
             remove_dir: true,
+            pods_made: 0,
         };
         for _ in 0..config.nodes {
             lab.add_node()?;
@@ -327,7 +330,8 @@ impl Lab {
 
     /// Make a pod namespace on a node and ADD it; returns its index in `pods`.
     pub fn add_pod(&mut self, node: usize) -> Result<usize, String> {
-        let number = self.pods.iter().filter(|p| p.node == node).count() + 1;
+        self.pods_made += 1;
+        let number = self.pods_made;
         let name = format!("{}-p{number}", self.nodes[node].name);
         let netns = NetnsGuard::create(&format!("{}-{name}", self.prefix))?;
         let container_id = format!("{}{}", self.prefix, name.replace('-', ""));

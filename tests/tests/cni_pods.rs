@@ -1,0 +1,563 @@
+//! Pods on one node through the real `weft-cni` binary and a real `weftd`, in network namespaces
+//! made by each test (root).
+//!
+//! Run: `cargo build --workspace && cargo test -p weft-lab --test cni_pods`.
+
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use weft_lab::lab::{call_plugin, result_addresses, Lab, LabConfig};
+use weft_lab::netns::NetnsGuard;
+
+fn lab(pods: usize, weftd_args: &[&str]) -> Lab {
+    let config = LabConfig {
+        nodes: 1,
+        pods_per_node: pods,
+        weftd_args: weftd_args.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    };
+    Lab::up(config).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The node's weft veths (`weft` + 11 hex digits).
+fn weft_veths(lab: &Lab) -> BTreeSet<String> {
+    let out = lab.nodes[0]
+        .netns
+        .exec(&["ip", "-o", "link", "show", "type", "veth"])
+        .unwrap();
+    out.lines()
+        .filter_map(|l| l.split(": ").nth(1))
+        .map(|n| n.split('@').next().unwrap().to_string())
+        .filter(|n| n.starts_with("weft") && n.len() == 15)
+        .collect()
+}
+
+/// Container IDs holding addresses in the node's IPAM state.
+fn allocations(lab: &Lab) -> Vec<(String, Value)> {
+    let path = lab.nodes[0].dir.join("state").join("ipam.json");
+    let Ok(bytes) = std::fs::read(path) else {
+        return Vec::new();
+    };
+    let state: Value = serde_json::from_slice(&bytes).unwrap();
+    state["allocations"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+fn routes(lab: &Lab) -> String {
+    let node = &lab.nodes[0].netns;
+    node.exec(&["ip", "route"]).unwrap() + &node.exec(&["ip", "-6", "route"]).unwrap()
+}
+
+#[test]
+fn twenty_pods_get_distinct_dual_stack_addresses_and_reach_everything() {
+    let lab = lab(20, &[]);
+    let v4: BTreeSet<_> = lab
+        .pods
+        .iter()
+        .map(|p| p.v4.expect("IPv4 address"))
+        .collect();
+    let v6: BTreeSet<_> = lab
+        .pods
+        .iter()
+        .map(|p| p.v6.expect("IPv6 address"))
+        .collect();
+    assert_eq!((v4.len(), v6.len()), (20, 20), "distinct addresses");
+
+    let node = &lab.nodes[0];
+    let failures: Vec<String> = std::thread::scope(|scope| {
+        let handles: Vec<_> = lab
+            .pods
+            .iter()
+            .map(|from| {
+                let lab = &lab;
+                scope.spawn(move || {
+                    let mut targets: Vec<IpAddr> =
+                        vec![node.underlay_v4.into(), node.underlay_v6.into()];
+                    for to in lab.pods.iter().filter(|p| p.name != from.name) {
+                        targets.extend(to.addresses());
+                    }
+                    targets
+                        .into_iter()
+                        .filter(|t| !from.netns.ping(&t.to_string(), 2))
+                        .map(|t| format!("{} -> {t}", from.name))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
+    });
+    assert!(failures.is_empty(), "unreachable: {failures:?}");
+
+    // CHECK passes for each pod …
+    for pod in &lab.pods {
+        let out = lab.cni(
+            "CHECK",
+            &pod.container_id,
+            Some(&pod.netns.path()),
+            "eth0",
+            &lab.netconf(0),
+        );
+        assert!(out.success, "CHECK {}: {}", pod.name, out.stdout);
+    }
+    // … and fails once a route the pod needs is gone.
+    let victim = &lab.pods[3];
+    victim
+        .netns
+        .exec(&["ip", "route", "del", "default"])
+        .unwrap();
+    let out = lab.cni(
+        "CHECK",
+        &victim.container_id,
+        Some(&victim.netns.path()),
+        "eth0",
+        &lab.netconf(0),
+    );
+    assert!(!out.success);
+    assert_eq!(out.code(), Some(101), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("default route via 169.254.1.1"),
+        "{}",
+        out.stdout
+    );
+}
+
+#[test]
+fn del_removes_every_trace_and_is_idempotent() {
+    let mut lab = lab(2, &[]);
+    let pod = &lab.pods[0];
+    let (cid, v4, v6) = (pod.container_id.clone(), pod.v4.unwrap(), pod.v6.unwrap());
+    assert_eq!(weft_veths(&lab).len(), 2);
+    assert!(routes(&lab).contains(&v4.to_string()));
+
+    let out = lab.remove_pod(0);
+    assert!(out.success, "DEL: {}", out.stdout);
+    assert_eq!(weft_veths(&lab).len(), 1, "the pod's veth is gone");
+    let routes = routes(&lab);
+    assert!(
+        !routes.contains(&format!("{v4} ")) && !routes.contains(&format!("{v6} ")),
+        "{routes}"
+    );
+    assert!(
+        allocations(&lab).iter().all(|(k, _)| !k.starts_with(&cid)),
+        "allocation released"
+    );
+
+    // A second DEL, a DEL without a netns, and a DEL of a container never seen all succeed.
+    let conf = lab.netconf(0);
+    assert!(lab.cni("DEL", &cid, None, "eth0", &conf).success);
+    assert!(lab.cni("DEL", "never-seen", None, "eth0", &conf).success);
+    // The other pod still works.
+    assert!(lab.pods[0]
+        .netns
+        .ping(&lab.nodes[0].underlay_v4.to_string(), 2));
+}
+
+#[test]
+fn gc_releases_what_the_runtime_no_longer_knows() {
+    let lab = lab(4, &[]);
+    let keep = [&lab.pods[0], &lab.pods[2]];
+    let mut conf = lab.netconf(0);
+    conf["cni.dev/valid-attachments"] = json!(keep
+        .iter()
+        .map(|p| json!({"containerID": p.container_id, "ifname": "eth0"}))
+        .collect::<Vec<_>>());
+    let out = lab.cni("GC", "", None, "", &conf);
+    assert!(out.success, "GC: {} {}", out.stdout, out.stderr);
+    let left: BTreeSet<String> = allocations(&lab).into_iter().map(|(k, _)| k).collect();
+    let expected: BTreeSet<String> = keep
+        .iter()
+        .map(|p| format!("{}/eth0", p.container_id))
+        .collect();
+    assert_eq!(left, expected);
+    assert_eq!(
+        weft_veths(&lab).len(),
+        2,
+        "the released pods' veths are gone"
+    );
+    assert!(
+        lab.pods[2]
+            .netns
+            .ping(&lab.pods[0].v6.unwrap().to_string(), 2),
+        "kept pods still talk"
+    );
+}
+
+#[test]
+fn status_reports_ready_and_version_lists_the_spec_versions() {
+    let lab = lab(0, &[]);
+    let out = lab.cni("STATUS", "", None, "", &lab.netconf(0));
+    assert!(out.success, "{}", out.stdout);
+    let out = lab.cni("VERSION", "", None, "", &lab.netconf(0));
+    assert!(out.json()["supportedVersions"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("1.1.0")));
+}
+
+#[test]
+fn results_are_valid_for_every_supported_version() {
+    let lab = lab(0, &[]);
+    let netns = NetnsGuard::create(&format!("{}-versions", lab.prefix)).unwrap();
+    for (i, version) in ["0.4.0", "1.0.0", "1.1.0"].iter().enumerate() {
+        let mut conf = lab.netconf(0);
+        conf["cniVersion"] = json!(version);
+        let cid = format!("{}v{i}", lab.prefix);
+        let ifname = format!("eth{i}");
+        let out = lab.cni("ADD", &cid, Some(&netns.path()), &ifname, &conf);
+        assert!(out.success, "{version}: {}", out.stdout);
+        let result = out.json();
+        assert_eq!(result["cniVersion"], json!(version));
+        let ips = result["ips"].as_array().unwrap();
+        assert_eq!(ips.len(), 2);
+        if *version == "0.4.0" {
+            assert_eq!(
+                ips[0]["version"],
+                json!("4"),
+                "0.4.0 results carry the IP version"
+            );
+        } else {
+            assert!(ips[0].get("version").is_none());
+        }
+        assert_eq!(result["interfaces"][1]["sandbox"], json!(netns.path()));
+        assert!(
+            lab.cni("DEL", &cid, Some(&netns.path()), &ifname, &conf)
+                .success
+        );
+    }
+}
+
+/// Bad input: a clear CNI error with the right code; nothing allocated, nothing left behind.
+#[test]
+fn bad_input_is_a_clear_error_and_leaves_nothing_behind() {
+    let lab = lab(1, &[]);
+    let netns = NetnsGuard::create(&format!("{}-bad", lab.prefix)).unwrap();
+    let not_a_netns = lab.dir.join("not-a-netns");
+    std::fs::write(&not_a_netns, b"").unwrap();
+    let base = lab.netconf(0);
+    let with = |key: &str, value: Value| {
+        let mut c = base.clone();
+        c[key] = value;
+        c
+    };
+    let good_ns = netns.path();
+    let bad_ns = not_a_netns.display().to_string();
+    // (name, config, netns, ifname, expected code, words in msg)
+    let cases: Vec<(&str, Value, Option<&str>, &str, u64, &str)> = vec![
+        (
+            "unknown field",
+            with("mtuu", json!(1400)),
+            Some(&good_ns),
+            "eth0",
+            7,
+            "mtuu",
+        ),
+        (
+            "wrong type",
+            with("mtu", json!("big")),
+            Some(&good_ns),
+            "eth0",
+            7,
+            "mtu",
+        ),
+        (
+            "bad cniVersion",
+            with("cniVersion", json!("9.9.9")),
+            Some(&good_ns),
+            "eth0",
+            1,
+            "9.9.9",
+        ),
+        ("missing netns", base.clone(), None, "eth0", 4, "CNI_NETNS"),
+        (
+            "not a netns",
+            base.clone(),
+            Some(&bad_ns),
+            "eth0",
+            4,
+            "not a network namespace",
+        ),
+        (
+            "missing netns path",
+            base.clone(),
+            Some("/run/netns/does-not-exist"),
+            "eth0",
+            4,
+            "CNI_NETNS",
+        ),
+        (
+            "ifname too long",
+            base.clone(),
+            Some(&good_ns),
+            "eth0-much-too-long",
+            4,
+            "CNI_IFNAME",
+        ),
+        (
+            "ifname taken",
+            base.clone(),
+            Some(&good_ns),
+            "lo",
+            4,
+            "already exists",
+        ),
+    ];
+    let allocations_before = allocations(&lab);
+    let veths_before = weft_veths(&lab);
+    for (name, conf, ns, ifname, code, words) in cases {
+        let out = lab.cni("ADD", &format!("{}bad", lab.prefix), ns, ifname, &conf);
+        assert!(!out.success, "{name}: should fail");
+        assert_eq!(out.code(), Some(code), "{name}: {}", out.stdout);
+        let msg = out.json()["msg"].as_str().unwrap_or_default().to_string()
+            + out.json()["details"].as_str().unwrap_or_default();
+        assert!(msg.contains(words), "{name}: {msg}");
+        assert_eq!(
+            allocations(&lab),
+            allocations_before,
+            "{name}: nothing allocated"
+        );
+        assert_eq!(
+            weft_veths(&lab),
+            veths_before,
+            "{name}: nothing left behind"
+        );
+    }
+    assert!(
+        lab.pods[0]
+            .netns
+            .ping(&lab.nodes[0].underlay_v4.to_string(), 2),
+        "the existing pod is unaffected"
+    );
+}
+
+#[test]
+fn an_exhausted_pod_cidr_is_a_clear_error_and_others_keep_their_addresses() {
+    // A /29 per node: six usable IPv4 addresses.
+    let mut lab = lab(6, &["--node-prefix-v4", "29"]);
+    let before = allocations(&lab);
+    let err = lab.add_pod(0).unwrap_err();
+    assert!(
+        err.contains("\"code\":100")
+            && err.contains("no free address in 10.244.0.0/29: 6 of 6 in use"),
+        "{err}"
+    );
+    assert_eq!(allocations(&lab), before);
+    let out = lab.cni("STATUS", "", None, "", &lab.netconf(0));
+    assert_eq!(
+        out.code(),
+        Some(50),
+        "STATUS says the plugin cannot serve ADD: {}",
+        out.stdout
+    );
+    assert!(lab.pods[5]
+        .netns
+        .ping(&lab.pods[0].v4.unwrap().to_string(), 2));
+    lab.remove_pod(2);
+    lab.add_pod(0).expect("an address is free again");
+}
+
+#[test]
+fn daemon_killed_during_a_hundred_adds_loses_and_duplicates_nothing() {
+    let mut lab = lab(0, &[]);
+    let netns: Vec<NetnsGuard> = (0..100)
+        .map(|i| NetnsGuard::create(&format!("{}-k{i}", lab.prefix)).unwrap())
+        .collect();
+    let conf = lab.netconf(0);
+    let plugin = weft_lab::procs::bin_path("weft-cni");
+    let done = Arc::new(AtomicUsize::new(0));
+    let succeeded: Vec<usize> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..4)
+            .map(|w| {
+                let (netns, conf, plugin, done, prefix) =
+                    (&netns, &conf, &plugin, done.clone(), lab.prefix.clone());
+                scope.spawn(move || {
+                    let mut ok = Vec::new();
+                    for i in (w..100).step_by(4) {
+                        let out = call_plugin(
+                            plugin,
+                            "ADD",
+                            &format!("{prefix}k{i}"),
+                            Some(&netns[i].path()),
+                            "eth0",
+                            conf,
+                        );
+                        if out.success {
+                            ok.push(i);
+                        } else {
+                            assert_eq!(
+                                out.code(),
+                                Some(11),
+                                "a failed ADD says try again later: {}",
+                                out.stdout
+                            );
+                        }
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
+                    ok
+                })
+            })
+            .collect();
+        while done.load(Ordering::Relaxed) < 40 {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        lab.stop_daemon(0, true); // SIGKILL in the middle
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap())
+            .collect()
+    });
+    assert!(
+        succeeded.len() >= 40 && succeeded.len() < 100,
+        "{} ADDs succeeded",
+        succeeded.len()
+    );
+
+    lab.start_daemon(0).unwrap();
+    let mut gc = conf.clone();
+    gc["cni.dev/valid-attachments"] = json!(succeeded
+        .iter()
+        .map(|i| json!({"containerID": format!("{}k{i}", lab.prefix), "ifname": "eth0"}))
+        .collect::<Vec<_>>());
+    let out = lab.cni("GC", "", None, "", &gc);
+    assert!(out.success, "GC: {}", out.stdout);
+
+    let held = allocations(&lab);
+    let keys: BTreeSet<String> = held.iter().map(|(k, _)| k.clone()).collect();
+    let expected: BTreeSet<String> = succeeded
+        .iter()
+        .map(|i| format!("{}k{i}/eth0", lab.prefix))
+        .collect();
+    assert_eq!(
+        keys, expected,
+        "exactly the surviving attachments hold addresses"
+    );
+    let v4: BTreeSet<String> = held.iter().map(|(_, a)| a["v4"].to_string()).collect();
+    let v6: BTreeSet<String> = held.iter().map(|(_, a)| a["v6"].to_string()).collect();
+    assert_eq!(
+        (v4.len(), v6.len()),
+        (held.len(), held.len()),
+        "no address handed out twice"
+    );
+    assert_eq!(
+        weft_veths(&lab).len(),
+        succeeded.len(),
+        "no host-side veth left over"
+    );
+    // The survivors still work, and a new ADD after the restart gets a fresh address.
+    let first = &netns[succeeded[0]];
+    assert!(first.ping(&lab.nodes[0].underlay_v4.to_string(), 2));
+    let fresh = NetnsGuard::create(&format!("{}-fresh", lab.prefix)).unwrap();
+    let out = lab.cni(
+        "ADD",
+        &format!("{}fresh", lab.prefix),
+        Some(&fresh.path()),
+        "eth0",
+        &conf,
+    );
+    assert!(out.success, "{}", out.stdout);
+    let (v4_new, _) = result_addresses(&out.json());
+    assert!(
+        !v4.contains(&format!("\"{}\"", v4_new.unwrap())),
+        "the new address was not in use"
+    );
+}
+
+#[test]
+fn portmap_chained_after_weft_gets_a_correct_prev_result() {
+    let lab = lab(0, &[]);
+    let netns = NetnsGuard::create(&format!("{}-web", lab.prefix)).unwrap();
+    let cid = format!("{}web", lab.prefix);
+    let mut weft_conf = lab.netconf(0);
+    weft_conf["cniVersion"] = json!("1.0.0"); // the newest version Debian's portmap speaks
+    let added = lab.cni("ADD", &cid, Some(&netns.path()), "eth0", &weft_conf);
+    assert!(added.success, "{}", added.stdout);
+
+    // What libcni does for the next plugin of a conflist: the previous result as prevResult.
+    let portmap_conf = json!({
+        "cniVersion": "1.0.0",
+        "name": "weft",
+        "type": "portmap",
+        "capabilities": {"portMappings": true},
+        "runtimeConfig": {"portMappings": [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]},
+        "prevResult": added.json(),
+    });
+    let portmap = std::path::Path::new("/usr/lib/cni/portmap");
+    let node_ns = lab.nodes[0].netns.path();
+    let out = call_in_node(&lab, portmap, "ADD", &cid, &netns.path(), &portmap_conf);
+    assert!(out.success, "portmap ADD: {} {}", out.stdout, out.stderr);
+    assert_eq!(
+        out.json()["ips"],
+        added.json()["ips"],
+        "portmap passes weft's result on"
+    );
+
+    let pod_v4 = result_addresses(&added.json()).0.unwrap();
+    let listener = netns
+        .tcp_listen(SocketAddr::new(IpAddr::V4(pod_v4), 80))
+        .unwrap();
+    let server = std::thread::spawn(move || {
+        let (mut stream, peer) = listener.accept().unwrap();
+        stream.write_all(b"hello from the pod").unwrap();
+        peer
+    });
+    let node_addr = SocketAddr::new(lab.nodes[0].underlay_v4.into(), 8080);
+    let mut client = lab
+        .outside
+        .tcp_connect(node_addr, Duration::from_secs(3))
+        .expect("connect to the host port");
+    let mut reply = String::new();
+    client.read_to_string(&mut reply).unwrap();
+    assert_eq!(reply, "hello from the pod");
+    let peer = server.join().unwrap();
+    assert_eq!(
+        peer.ip().to_string(),
+        "192.0.2.254",
+        "the pod sees the outside client's address"
+    );
+
+    let del = call_in_node(&lab, portmap, "DEL", &cid, &netns.path(), &portmap_conf);
+    assert!(del.success, "portmap DEL: {}", del.stderr);
+    assert!(
+        lab.cni("DEL", &cid, Some(&netns.path()), "eth0", &weft_conf)
+            .success
+    );
+    let _ = node_ns;
+}
+
+/// Run a plugin inside the node's namespace (portmap programs the node's iptables).
+fn call_in_node(
+    lab: &Lab,
+    plugin: &std::path::Path,
+    command: &str,
+    cid: &str,
+    netns: &str,
+    conf: &Value,
+) -> weft_lab::lab::CniOutput {
+    let wrapper = lab.dir.join(format!(
+        "in-node-{}",
+        plugin.file_name().unwrap().to_string_lossy()
+    ));
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nexec ip netns exec {} {} \"$@\"\n",
+            lab.nodes[0].netns.name(),
+            plugin.display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    call_plugin(&wrapper, command, cid, Some(netns), "eth0", conf)
+}
