@@ -4,6 +4,7 @@
 //! - [`procs`]: weft binaries located next to the test executable, and child processes that are
 //!   killed when their guard drops.
 
+pub mod bench;
 pub mod etcd;
 pub mod lab;
 pub mod netns;

@@ -1,1 +1,1231 @@
+//! The plan from a node's point of view (Kilo style: one fixture of named nodes, whole expected
+//! lists), the trust checks, the diff's operation counts, and a model test of random peer changes.
 
+use std::net::IpAddr;
+use std::time::Instant;
+
+use weft_proto::lease::{BackendData, Lease, MacAddr, PodCidrs, PublicIps, WgPublicKey};
+use weft_proto::names::{IfName, NodeName};
+
+use super::*;
+
+// ---------------------------------------------------------------------------------------------
+// Fixture: nodes a, b, c (index 1, 2, 3), dual-stack pods, IPv4 + IPv6 underlay.
+//   node i: pods 10.244.i.0/24 and fd00:10:244:i::/64, underlay 192.0.2.i and 2001:db8::i,
+//           VTEP MACs 02:00:00:00:0i:04 (weft.vxlan) and 02:00:00:00:0i:06 (weft-v6.vxlan).
+// ---------------------------------------------------------------------------------------------
+
+fn name(s: &str) -> NodeName {
+    NodeName::new(s).unwrap()
+}
+
+fn dev(s: &str) -> IfName {
+    IfName::new(s).unwrap()
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+fn mac(node: u8, family: u8) -> MacAddr {
+    MacAddr([0x02, 0, 0, 0, node, family])
+}
+
+fn node(n: &str, i: u8) -> Lease {
+    Lease {
+        node: name(n),
+        pod_cidrs: PodCidrs {
+            v4: Some(format!("10.244.{i}.0/24").parse().unwrap()),
+            v6: Some(format!("fd00:10:244:{i}::/64").parse().unwrap()),
+        },
+        public_ips: PublicIps {
+            v4: Some(format!("192.0.2.{i}").parse().unwrap()),
+            v6: Some(format!("2001:db8::{i}").parse().unwrap()),
+        },
+        backend: BackendData::Vxlan {
+            vtep_mac: Some(mac(i, 4)),
+            vtep_mac_v6: Some(mac(i, 6)),
+        },
+        expires: None,
+    }
+}
+
+fn a() -> Lease {
+    node("a", 1)
+}
+fn b() -> Lease {
+    node("b", 2)
+}
+fn c() -> Lease {
+    node("c", 3)
+}
+fn d() -> Lease {
+    node("d", 4)
+}
+
+fn v4_only(mut lease: Lease) -> Lease {
+    lease.pod_cidrs.v6 = None;
+    if let BackendData::Vxlan { vtep_mac_v6, .. } = &mut lease.backend {
+        *vtep_mac_v6 = None;
+    }
+    lease
+}
+
+fn v6_only(mut lease: Lease) -> Lease {
+    lease.pod_cidrs.v4 = None;
+    if let BackendData::Vxlan { vtep_mac, .. } = &mut lease.backend {
+        *vtep_mac = None;
+    }
+    lease
+}
+
+fn v6_underlay(mut lease: Lease) -> Lease {
+    lease.public_ips.v4 = None;
+    lease
+}
+
+fn set_mac(lease: &mut Lease, family: Family, new: Option<MacAddr>) {
+    if let BackendData::Vxlan {
+        vtep_mac,
+        vtep_mac_v6,
+    } = &mut lease.backend
+    {
+        match family {
+            Family::V4 => *vtep_mac = new,
+            Family::V6 => *vtep_mac_v6 = new,
+        }
+    }
+}
+
+fn cfg() -> PlanConfig {
+    PlanConfig {
+        cluster_cidrs: vec![
+            "10.244.0.0/16".parse().unwrap(),
+            "fd00:10:244::/56".parse().unwrap(),
+        ],
+        service_cidrs: vec![
+            "10.96.0.0/12".parse().unwrap(),
+            "fd00:10:96::/112".parse().unwrap(),
+        ],
+        underlay_mtu: 1500,
+        mtu: None,
+    }
+}
+
+fn plan_with(own: &Lease, peers: &[&Lease], config: &PlanConfig) -> Plan {
+    desired(own, peers.iter().copied(), config).unwrap()
+}
+
+fn plan(own: &Lease, peers: &[&Lease]) -> Plan {
+    plan_with(own, peers, &cfg())
+}
+
+fn lines(ops: &[Op]) -> Vec<String> {
+    ops.iter().map(|op| op.to_string()).collect()
+}
+
+/// Every route's gateway resolves through a neighbour entry to a MAC the FDB knows: what must hold
+/// between any two operations for traffic to keep flowing.
+fn assert_resolvable(dp: &Datapath, after: &Op) {
+    for route in dp.routes.values() {
+        let neighbour = dp
+            .neighbours
+            .get(&(route.dev.clone(), route.gateway))
+            .unwrap_or_else(|| panic!("after `{after}`: route {route:?} has no neighbour"));
+        assert!(
+            dp.fdb.contains_key(&(neighbour.dev.clone(), neighbour.mac)),
+            "after `{after}`: neighbour {neighbour:?} has no FDB entry"
+        );
+    }
+}
+
+/// Diff `observed` against `desired`, apply the ops to a model of the kernel one by one (checking
+/// the model accepts each and traffic stays resolvable), and check the result is `desired` and a
+/// second diff is empty. Returns the ops.
+fn converge(desired: &Datapath, observed: &mut Datapath) -> Vec<Op> {
+    let ops = diff(desired, observed);
+    for op in &ops {
+        observed
+            .apply(op)
+            .unwrap_or_else(|e| panic!("{e}\nall ops:\n{}", lines(&ops).join("\n")));
+        assert_resolvable(observed, op);
+    }
+    assert_eq!(observed, desired, "ops:\n{}", lines(&ops).join("\n"));
+    assert_eq!(diff(desired, observed), vec![], "a second diff is empty");
+    ops
+}
+
+/// The state the kernel has once `desired` was applied to an empty node.
+fn applied(desired: &Datapath) -> Datapath {
+    let mut observed = Datapath::default();
+    converge(desired, &mut observed);
+    observed
+}
+
+// ---------------------------------------------------------------------------------------------
+// Whole plans from one node's point of view.
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn full_from_a_on_an_empty_node() {
+    let (a, b, c) = (a(), b(), c());
+    let plan = plan(&a, &[&b, &c]);
+    assert_eq!(plan.refused, vec![]);
+    let ops = converge(&plan.datapath, &mut Datapath::default());
+    assert_eq!(
+        lines(&ops),
+        [
+            "ip link add weft-v6.vxlan up address 02:00:00:00:01:06 mtu 1450 type vxlan id 2 local 192.0.2.1 dstport 8472 nolearning",
+            "ip link add weft.vxlan up address 02:00:00:00:01:04 mtu 1450 type vxlan id 1 local 192.0.2.1 dstport 8472 nolearning",
+            "ip addr replace fd00:10:244:1::/128 dev weft-v6.vxlan",
+            "ip addr replace 10.244.1.0/32 dev weft.vxlan",
+            "bridge fdb replace 02:00:00:00:02:06 dev weft-v6.vxlan dst 192.0.2.2 self permanent",
+            "bridge fdb replace 02:00:00:00:03:06 dev weft-v6.vxlan dst 192.0.2.3 self permanent",
+            "bridge fdb replace 02:00:00:00:02:04 dev weft.vxlan dst 192.0.2.2 self permanent",
+            "bridge fdb replace 02:00:00:00:03:04 dev weft.vxlan dst 192.0.2.3 self permanent",
+            "ip neigh replace fd00:10:244:2:: lladdr 02:00:00:00:02:06 dev weft-v6.vxlan nud permanent",
+            "ip neigh replace fd00:10:244:3:: lladdr 02:00:00:00:03:06 dev weft-v6.vxlan nud permanent",
+            "ip neigh replace 10.244.2.0 lladdr 02:00:00:00:02:04 dev weft.vxlan nud permanent",
+            "ip neigh replace 10.244.3.0 lladdr 02:00:00:00:03:04 dev weft.vxlan nud permanent",
+            "ip route replace 10.244.2.0/24 via 10.244.2.0 dev weft.vxlan onlink",
+            "ip route replace 10.244.3.0/24 via 10.244.3.0 dev weft.vxlan onlink",
+            "ip route replace fd00:10:244:2::/64 via fd00:10:244:2:: dev weft-v6.vxlan onlink",
+            "ip route replace fd00:10:244:3::/64 via fd00:10:244:3:: dev weft-v6.vxlan onlink",
+        ]
+    );
+}
+
+#[test]
+fn full_from_b_as_data() {
+    let (a, b, c) = (a(), b(), c());
+    let plan = plan(&b, &[&c, &a]);
+    assert_eq!(plan.refused, vec![]);
+
+    let (v4, v6) = (dev("weft.vxlan"), dev("weft-v6.vxlan"));
+    let mut expected = Datapath::default();
+    for (name, vni, mac) in [(&v4, 1, mac(2, 4)), (&v6, 2, mac(2, 6))] {
+        expected.insert_device(VxlanDevice {
+            name: name.clone(),
+            vni,
+            port: 8472,
+            local: ip("192.0.2.2"),
+            mac,
+            mtu: 1450,
+            learning: false,
+            up: true,
+        });
+    }
+    expected.insert_address(Address {
+        dev: v4.clone(),
+        address: "10.244.2.0/32".parse().unwrap(),
+    });
+    expected.insert_address(Address {
+        dev: v6.clone(),
+        address: "fd00:10:244:2::/128".parse().unwrap(),
+    });
+    for i in [1u8, 3] {
+        for (dev, dst, gateway, family) in [
+            (&v4, format!("10.244.{i}.0/24"), format!("10.244.{i}.0"), 4),
+            (
+                &v6,
+                format!("fd00:10:244:{i}::/64"),
+                format!("fd00:10:244:{i}::"),
+                6,
+            ),
+        ] {
+            expected.insert_route(Route {
+                dst: dst.parse().unwrap(),
+                gateway: ip(&gateway),
+                dev: dev.clone(),
+                onlink: true,
+            });
+            expected.insert_neighbour(Neighbour {
+                dev: dev.clone(),
+                ip: ip(&gateway),
+                mac: mac(i, family),
+            });
+            expected.insert_fdb(Fdb {
+                dev: dev.clone(),
+                mac: mac(i, family),
+                dst: ip(&format!("192.0.2.{i}")),
+            });
+        }
+    }
+    assert_eq!(plan.datapath, expected);
+}
+
+#[test]
+fn peer_order_does_not_matter() {
+    let (a, b, c, d) = (a(), b(), c(), d());
+    assert_eq!(plan(&a, &[&b, &c, &d]), plan(&a, &[&d, &c, &b]));
+}
+
+#[test]
+fn alone_a_node_has_its_devices_and_addresses_only() {
+    let plan = plan(&a(), &[]);
+    assert_eq!(plan.datapath.devices.len(), 2);
+    assert_eq!(plan.datapath.addresses.len(), 2);
+    assert!(plan.datapath.routes.is_empty());
+    assert!(plan.datapath.neighbours.is_empty());
+    assert!(plan.datapath.fdb.is_empty());
+}
+
+#[test]
+fn single_stack_v4_cluster() {
+    let (a, b, c) = (v4_only(a()), v4_only(b()), v4_only(c()));
+    let config = PlanConfig {
+        cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap()],
+        service_cidrs: vec!["10.96.0.0/12".parse().unwrap()],
+        ..cfg()
+    };
+    let plan = plan_with(&a, &[&b, &c], &config);
+    assert_eq!(plan.refused, vec![]);
+    let ops = converge(&plan.datapath, &mut Datapath::default());
+    assert_eq!(
+        lines(&ops),
+        [
+            "ip link add weft.vxlan up address 02:00:00:00:01:04 mtu 1450 type vxlan id 1 local 192.0.2.1 dstport 8472 nolearning",
+            "ip addr replace 10.244.1.0/32 dev weft.vxlan",
+            "bridge fdb replace 02:00:00:00:02:04 dev weft.vxlan dst 192.0.2.2 self permanent",
+            "bridge fdb replace 02:00:00:00:03:04 dev weft.vxlan dst 192.0.2.3 self permanent",
+            "ip neigh replace 10.244.2.0 lladdr 02:00:00:00:02:04 dev weft.vxlan nud permanent",
+            "ip neigh replace 10.244.3.0 lladdr 02:00:00:00:03:04 dev weft.vxlan nud permanent",
+            "ip route replace 10.244.2.0/24 via 10.244.2.0 dev weft.vxlan onlink",
+            "ip route replace 10.244.3.0/24 via 10.244.3.0 dev weft.vxlan onlink",
+        ]
+    );
+}
+
+#[test]
+fn single_stack_v6_cluster_over_a_v6_underlay() {
+    let nodes: Vec<Lease> = [a(), b(), c()]
+        .into_iter()
+        .map(|l| v6_underlay(v6_only(l)))
+        .collect();
+    let config = PlanConfig {
+        cluster_cidrs: vec!["fd00:10:244::/56".parse().unwrap()],
+        service_cidrs: vec!["fd00:10:96::/112".parse().unwrap()],
+        ..cfg()
+    };
+    let plan = plan_with(&nodes[0], &[&nodes[1], &nodes[2]], &config);
+    assert_eq!(plan.refused, vec![]);
+    let ops = converge(&plan.datapath, &mut Datapath::default());
+    assert_eq!(
+        lines(&ops),
+        [
+            "ip link add weft-v6.vxlan up address 02:00:00:00:01:06 mtu 1430 type vxlan id 2 local 2001:db8::1 dstport 8472 nolearning",
+            "ip addr replace fd00:10:244:1::/128 dev weft-v6.vxlan",
+            "bridge fdb replace 02:00:00:00:02:06 dev weft-v6.vxlan dst 2001:db8::2 self permanent",
+            "bridge fdb replace 02:00:00:00:03:06 dev weft-v6.vxlan dst 2001:db8::3 self permanent",
+            "ip neigh replace fd00:10:244:2:: lladdr 02:00:00:00:02:06 dev weft-v6.vxlan nud permanent",
+            "ip neigh replace fd00:10:244:3:: lladdr 02:00:00:00:03:06 dev weft-v6.vxlan nud permanent",
+            "ip route replace fd00:10:244:2::/64 via fd00:10:244:2:: dev weft-v6.vxlan onlink",
+            "ip route replace fd00:10:244:3::/64 via fd00:10:244:3:: dev weft-v6.vxlan onlink",
+        ]
+    );
+}
+
+#[test]
+fn single_stack_v6_pods_over_a_v4_underlay() {
+    let (a, b) = (v6_only(a()), v6_only(b()));
+    let plan = plan(&a, &[&b]);
+    assert_eq!(plan.refused, vec![]);
+    let device = &plan.datapath.devices[&dev("weft-v6.vxlan")];
+    assert_eq!((device.local, device.mtu), (ip("192.0.2.1"), 1450));
+    assert_eq!(plan.datapath.devices.len(), 1);
+    let fdb: Vec<&Fdb> = plan.datapath.fdb.values().collect();
+    assert_eq!(fdb.len(), 1);
+    assert_eq!(fdb[0].dst, ip("192.0.2.2"));
+}
+
+#[test]
+fn v6_only_underlay_with_dual_stack_pods() {
+    let (a, b) = (v6_underlay(a()), v6_underlay(b()));
+    let c = c(); // has both underlay families: its IPv6 one is used
+    let mut d = d();
+    d.public_ips.v6 = None; // IPv4 underlay only: unreachable from a
+    let plan = plan(&a, &[&b, &c, &d]);
+
+    for device in plan.datapath.devices.values() {
+        assert_eq!(device.local, ip("2001:db8::1"), "{}", device.name);
+        assert_eq!(device.mtu, 1430, "{}", device.name);
+    }
+    let dsts: Vec<String> = plan
+        .datapath
+        .fdb
+        .values()
+        .map(|e| format!("{} {}", e.dev, e.dst))
+        .collect();
+    assert_eq!(
+        dsts,
+        [
+            "weft-v6.vxlan 2001:db8::2",
+            "weft-v6.vxlan 2001:db8::3",
+            "weft.vxlan 2001:db8::2",
+            "weft.vxlan 2001:db8::3",
+        ]
+    );
+    assert_eq!(
+        plan.refused,
+        vec![Refusal {
+            node: name("d"),
+            reason: "publishes no IPv6 underlay address, and this node's tunnels run over IPv6"
+                .into(),
+        }]
+    );
+}
+
+#[test]
+fn a_peer_of_another_stack_shares_what_it_can() {
+    // a is dual-stack; b only IPv4 pods, c only IPv6 pods.
+    let (a, b, c) = (a(), v4_only(b()), v6_only(c()));
+    let plan = plan(&a, &[&b, &c]);
+    assert_eq!(plan.refused, vec![]);
+    let routes: Vec<String> = plan
+        .datapath
+        .routes
+        .keys()
+        .map(|k| k.to_string())
+        .collect();
+    assert_eq!(routes, ["10.244.2.0/24", "fd00:10:244:3::/64"]);
+}
+
+#[test]
+fn families_this_node_does_not_run_are_not_checked() {
+    // a runs IPv4 only; b's IPv6 claim is absurd but programs nothing here, so b's IPv4 tunnel
+    // stays up (a cluster moving to dual stack keeps working while nodes change over).
+    let a = v4_only(a());
+    let mut b = b();
+    b.pod_cidrs.v6 = Some("::/0".parse().unwrap());
+    let plan = plan(&a, &[&b]);
+    assert_eq!(plan.refused, vec![]);
+    assert_eq!(plan.datapath.routes.len(), 1);
+}
+
+// ---------------------------------------------------------------------------------------------
+// MTU.
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn mtu_rules() {
+    let mtu_of = |own: &Lease, underlay_mtu: u32, mtu: Option<u32>| -> Vec<u32> {
+        let config = PlanConfig {
+            underlay_mtu,
+            mtu,
+            ..cfg()
+        };
+        plan_with(own, &[], &config)
+            .datapath
+            .devices
+            .values()
+            .map(|d| d.mtu)
+            .collect()
+    };
+    assert_eq!(mtu_of(&a(), 1500, None), [1450, 1450], "IPv4 underlay: − 50");
+    assert_eq!(mtu_of(&a(), 9000, None), [8950, 8950]);
+    let v6 = v6_underlay(a());
+    assert_eq!(mtu_of(&v6, 1500, None), [1430, 1430], "IPv6 underlay: − 70");
+    assert_eq!(mtu_of(&v6, 9000, None), [8930, 8930]);
+    assert_eq!(mtu_of(&a(), 1500, Some(1400)), [1400, 1400], "override");
+    assert_eq!(mtu_of(&v6, 9000, Some(1280)), [1280, 1280], "override");
+}
+
+#[test]
+fn an_mtu_change_is_set_in_place() {
+    let (a, b) = (a(), b());
+    let mut observed = applied(&plan(&a, &[&b]).datapath);
+    let config = PlanConfig {
+        underlay_mtu: 9000,
+        ..cfg()
+    };
+    let ops = converge(&plan_with(&a, &[&b], &config).datapath, &mut observed);
+    assert_eq!(
+        lines(&ops),
+        [
+            "ip link set weft-v6.vxlan mtu 8950",
+            "ip link set weft.vxlan mtu 8950",
+        ]
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Trust nothing a peer publishes.
+// ---------------------------------------------------------------------------------------------
+
+type Mutate = fn(&mut [Lease; 3], &mut PlanConfig);
+
+/// From a, with peers b, c, d: each case spoils something and names who is refused (with a part of
+/// the reason) and who must still be programmed exactly as before.
+#[test]
+fn refusals_program_nothing_for_the_refused_and_leave_the_others_alone() {
+    let cases: &[(&str, Mutate, &[(&str, &str)], &[&str])] = &[
+        (
+            "overlaps this node's pod CIDR",
+            |p, _| p[2].pod_cidrs.v4 = Some("10.244.1.128/25".parse().unwrap()),
+            &[("d", "pod CIDR 10.244.1.128/25 overlaps this node's pod CIDR 10.244.1.0/24")],
+            &["b", "c"],
+        ),
+        (
+            "contains this node's pod CIDR (IPv6), and everyone else's: refused alone",
+            |p, _| p[2].pod_cidrs.v6 = Some("fd00:10:244::/56".parse().unwrap()),
+            &[("d", "pod CIDR fd00:10:244::/56 overlaps this node's pod CIDR fd00:10:244:1::/64")],
+            &["b", "c"],
+        ),
+        (
+            "inside the service CIDR",
+            |p, _| p[2].pod_cidrs.v4 = Some("10.96.4.0/24".parse().unwrap()),
+            &[("d", "pod CIDR 10.96.4.0/24 overlaps the service CIDR 10.96.0.0/12")],
+            &["b", "c"],
+        ),
+        (
+            "around a service CIDR inside the cluster range",
+            |p, config| {
+                config.service_cidrs.push("10.244.4.128/26".parse().unwrap());
+                let _ = p;
+            },
+            &[("d", "pod CIDR 10.244.4.0/24 overlaps the service CIDR 10.244.4.128/26")],
+            &["b", "c"],
+        ),
+        (
+            "default route",
+            |p, _| p[2].pod_cidrs.v4 = Some("0.0.0.0/0".parse().unwrap()),
+            &[("d", "pod CIDR 0.0.0.0/0 is a default route")],
+            &["b", "c"],
+        ),
+        (
+            "IPv6 default route",
+            |p, _| p[2].pod_cidrs.v6 = Some("::/0".parse().unwrap()),
+            &[("d", "pod CIDR ::/0 is a default route")],
+            &["b", "c"],
+        ),
+        (
+            "outside the cluster CIDRs",
+            |p, _| p[2].pod_cidrs.v4 = Some("10.245.4.0/24".parse().unwrap()),
+            &[("d", "pod CIDR 10.245.4.0/24 lies outside the cluster CIDRs (10.244.0.0/16, fd00:10:244::/56)")],
+            &["b", "c"],
+        ),
+        (
+            "host bits set",
+            |p, _| p[2].pod_cidrs.v4 = Some("10.244.4.1/24".parse().unwrap()),
+            &[("d", "pod CIDR 10.244.4.1/24 has host bits set")],
+            &["b", "c"],
+        ),
+        (
+            "underlay address inside this node's pod CIDR",
+            |p, _| p[2].public_ips.v4 = Some("10.244.1.7".parse().unwrap()),
+            &[("d", "underlay address 10.244.1.7 lies inside this node's pod CIDR 10.244.1.0/24")],
+            &["b", "c"],
+        ),
+        (
+            "underlay address inside the cluster CIDR",
+            |p, _| p[2].public_ips.v4 = Some("10.244.77.1".parse().unwrap()),
+            &[("d", "underlay address 10.244.77.1 lies inside the cluster CIDR 10.244.0.0/16")],
+            &["b", "c"],
+        ),
+        (
+            "underlay address (the unused family) inside its own pod CIDR",
+            |p, _| p[2].public_ips.v6 = Some("fd00:10:244:4::1".parse().unwrap()),
+            &[("d", "underlay address fd00:10:244:4::1 lies inside its own pod CIDR fd00:10:244:4::/64")],
+            &["b", "c"],
+        ),
+        (
+            "underlay address inside the service CIDR",
+            |p, _| p[2].public_ips.v4 = Some("10.96.0.1".parse().unwrap()),
+            &[("d", "underlay address 10.96.0.1 lies inside the service CIDR 10.96.0.0/12")],
+            &["b", "c"],
+        ),
+        (
+            "underlay address is this node's own (Vagrant)",
+            |p, _| p[2].public_ips.v4 = Some("192.0.2.1".parse().unwrap()),
+            &[("d", "underlay address 192.0.2.1 is this node's own")],
+            &["b", "c"],
+        ),
+        (
+            "underlay address is loopback",
+            |p, _| p[2].public_ips.v4 = Some("127.0.0.1".parse().unwrap()),
+            &[("d", "underlay address 127.0.0.1 is not a unicast address")],
+            &["b", "c"],
+        ),
+        (
+            "no underlay address of the tunnels' family",
+            |p, _| p[2].public_ips.v4 = None,
+            &[("d", "publishes no IPv4 underlay address")],
+            &["b", "c"],
+        ),
+        (
+            "not vxlan",
+            |p, _| {
+                p[2].backend = BackendData::WireGuard {
+                    public_key: WgPublicKey([7; 32]),
+                    port: 51820,
+                }
+            },
+            &[("d", "runs the wireguard backend, not vxlan")],
+            &["b", "c"],
+        ),
+        (
+            "no VTEP MAC for a family it holds a pod CIDR of",
+            |p, _| set_mac(&mut p[2], Family::V6, None),
+            &[("d", "publishes no VTEP MAC for its IPv6 pod CIDR fd00:10:244:4::/64")],
+            &["b", "c"],
+        ),
+        (
+            "this node's own VTEP MAC",
+            |p, _| set_mac(&mut p[2], Family::V4, Some(mac(1, 4))),
+            &[("d", "VTEP MAC 02:00:00:00:01:04 is this node's own on weft.vxlan")],
+            &["b", "c"],
+        ),
+        (
+            "a multicast VTEP MAC",
+            |p, _| set_mac(&mut p[2], Family::V4, Some(MacAddr([1, 0, 0x5e, 0, 0, 1]))),
+            &[("d", "VTEP MAC 01:00:5e:00:00:01 is not a unicast address")],
+            &["b", "c"],
+        ),
+        (
+            "this node's own name",
+            |p, _| p[2].node = NodeName::new("a").unwrap(),
+            &[("a", "carries this node's own name")],
+            &["b", "c"],
+        ),
+        // Conflicts between peers: every claimant is refused, bystanders are not.
+        (
+            "the same pod CIDR as another peer",
+            |p, _| p[2].pod_cidrs.v4 = Some("10.244.3.0/24".parse().unwrap()),
+            &[
+                ("c", "pod CIDR 10.244.3.0/24 overlaps the pod CIDR of d (10.244.3.0/24); every claimant of a conflict is refused"),
+                ("d", "pod CIDR 10.244.3.0/24 overlaps the pod CIDR of c (10.244.3.0/24); every claimant of a conflict is refused"),
+            ],
+            &["b"],
+        ),
+        (
+            "a pod CIDR around two other peers'",
+            |p, _| p[2].pod_cidrs.v4 = Some("10.244.2.0/23".parse().unwrap()),
+            &[
+                ("b", "pod CIDR 10.244.2.0/24 overlaps the pod CIDR of d (10.244.2.0/23)"),
+                ("c", "pod CIDR 10.244.3.0/24 overlaps the pod CIDR of d (10.244.2.0/23)"),
+                ("d", "pod CIDR 10.244.2.0/23 overlaps the pod CIDR of b (10.244.2.0/24), c (10.244.3.0/24)"),
+            ],
+            &[],
+        ),
+        (
+            "another peer's VTEP MAC",
+            |p, _| set_mac(&mut p[2], Family::V6, Some(mac(2, 6))),
+            &[
+                ("b", "VTEP MAC 02:00:00:00:02:06 on weft-v6.vxlan is also published by d"),
+                ("d", "VTEP MAC 02:00:00:00:02:06 on weft-v6.vxlan is also published by b"),
+            ],
+            &["c"],
+        ),
+        (
+            "another peer's underlay address",
+            |p, _| p[2].public_ips.v4 = Some("192.0.2.3".parse().unwrap()),
+            &[
+                ("c", "underlay address 192.0.2.3 is also published by d"),
+                ("d", "underlay address 192.0.2.3 is also published by c"),
+            ],
+            &["b"],
+        ),
+        (
+            "another peer's name",
+            |p, _| p[2].node = NodeName::new("c").unwrap(),
+            &[
+                ("c", "another lease carries the same node name"),
+                ("c", "another lease carries the same node name"),
+            ],
+            &["b"],
+        ),
+    ];
+
+    let own = a();
+    for (label, mutate, refused, kept) in cases {
+        let mut peers = [b(), c(), d()];
+        let mut config = cfg();
+        mutate(&mut peers, &mut config);
+        let plan = desired(&own, peers.iter(), &config).unwrap();
+
+        let got: Vec<(String, String)> = plan
+            .refused
+            .iter()
+            .map(|r| (r.node.to_string(), r.reason.clone()))
+            .collect();
+        assert_eq!(got.len(), refused.len(), "{label}: {got:#?}");
+        for ((node, reason), (want_node, want_reason)) in got.iter().zip(refused.iter()) {
+            assert_eq!(node, want_node, "{label}");
+            assert!(
+                reason.contains(want_reason),
+                "{label}: {node}: {reason:?} should contain {want_reason:?}"
+            );
+        }
+
+        // The others are programmed exactly as if the spoilt peers did not exist.
+        let unaffected: Vec<Lease> = [b(), c(), d()]
+            .into_iter()
+            .filter(|l| kept.contains(&l.node.as_str()))
+            .collect();
+        let expected = desired(&own, unaffected.iter(), &config).unwrap();
+        assert_eq!(plan.datapath, expected.datapath, "{label}");
+    }
+}
+
+#[test]
+fn a_refusal_lists_every_problem_and_displays_the_peer() {
+    let mut d = d();
+    d.pod_cidrs.v4 = Some("10.96.0.0/24".parse().unwrap());
+    d.public_ips.v4 = Some("192.0.2.1".parse().unwrap());
+    let plan = plan(&a(), &[&d]);
+    assert_eq!(plan.refused.len(), 1);
+    assert_eq!(
+        plan.refused[0].to_string(),
+        "peer d refused: pod CIDR 10.96.0.0/24 lies outside the cluster CIDRs (10.244.0.0/16, \
+         fd00:10:244::/56); pod CIDR 10.96.0.0/24 overlaps the service CIDR 10.96.0.0/12; \
+         underlay address 192.0.2.1 is this node's own (nodes sharing one address, such as \
+         Vagrant's 10.0.2.15 NAT address, need --iface or --public-ip)"
+    );
+}
+
+#[test]
+fn a_crowd_of_claimants_is_named_briefly() {
+    // Ten peers publishing one underlay address: each is refused, naming three others and a count.
+    let leases: Vec<Lease> = (10..20)
+        .map(|i| {
+            let mut l = node(&format!("n{i}"), i);
+            l.public_ips.v4 = Some("192.0.2.99".parse().unwrap());
+            l
+        })
+        .collect();
+    let plan = desired(&a(), leases.iter(), &cfg()).unwrap();
+    assert_eq!(plan.refused.len(), 10);
+    assert_eq!(
+        plan.refused[0].reason,
+        "underlay address 192.0.2.99 is also published by n11, n12, n13 and 6 more; every \
+         claimant of a conflict is refused"
+    );
+    assert!(plan.datapath.routes.is_empty());
+}
+
+#[test]
+fn a_newly_refused_peer_loses_exactly_its_entries() {
+    let (a, b, c) = (a(), b(), c());
+    let mut observed = applied(&plan(&a, &[&b, &c]).datapath);
+    let mut bad_c = c.clone();
+    bad_c.public_ips.v4 = Some("10.244.3.1".parse().unwrap());
+    let plan = plan(&a, &[&b, &bad_c]);
+    assert_eq!(plan.refused.len(), 1);
+    let ops = converge(&plan.datapath, &mut observed);
+    assert_eq!(ops.len(), 6);
+    assert!(lines(&ops).iter().all(|l| l.contains(":03:") || l.contains(".3") || l.contains(":3:")));
+}
+
+#[test]
+fn own_lease_problems_are_errors_not_an_empty_plan() {
+    let mut wg = a();
+    wg.backend = BackendData::WireGuard {
+        public_key: WgPublicKey([1; 32]),
+        port: 51820,
+    };
+    assert!(matches!(
+        desired(&wg, [], &cfg()),
+        Err(PlanError::NotVxlan { .. })
+    ));
+
+    let mut no_ip = a();
+    no_ip.public_ips = PublicIps::default();
+    assert!(matches!(
+        desired(&no_ip, [], &cfg()),
+        Err(PlanError::NoUnderlay { .. })
+    ));
+
+    let mut no_mac = a();
+    set_mac(&mut no_mac, Family::V6, None);
+    let err = desired(&no_mac, [], &cfg()).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "this node (a) holds IPv6 pod CIDR fd00:10:244:1::/64 but its lease has no VTEP MAC for \
+         weft-v6.vxlan"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// One peer changes: only that peer's operations.
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn a_peer_added_gives_only_its_operations() {
+    let (a, b, c, d) = (a(), b(), c(), d());
+    let mut observed = applied(&plan(&a, &[&b, &c]).datapath);
+    let ops = converge(&plan(&a, &[&b, &c, &d]).datapath, &mut observed);
+    assert_eq!(
+        lines(&ops),
+        [
+            "bridge fdb replace 02:00:00:00:04:06 dev weft-v6.vxlan dst 192.0.2.4 self permanent",
+            "bridge fdb replace 02:00:00:00:04:04 dev weft.vxlan dst 192.0.2.4 self permanent",
+            "ip neigh replace fd00:10:244:4:: lladdr 02:00:00:00:04:06 dev weft-v6.vxlan nud permanent",
+            "ip neigh replace 10.244.4.0 lladdr 02:00:00:00:04:04 dev weft.vxlan nud permanent",
+            "ip route replace 10.244.4.0/24 via 10.244.4.0 dev weft.vxlan onlink",
+            "ip route replace fd00:10:244:4::/64 via fd00:10:244:4:: dev weft-v6.vxlan onlink",
+        ]
+    );
+}
+
+#[test]
+fn a_peer_removed_gives_exactly_its_deletions() {
+    let (a, b, c) = (a(), b(), c());
+    let mut observed = applied(&plan(&a, &[&b, &c]).datapath);
+    let ops = converge(&plan(&a, &[&b]).datapath, &mut observed);
+    assert_eq!(
+        lines(&ops),
+        [
+            "ip route del 10.244.3.0/24 via 10.244.3.0 dev weft.vxlan onlink",
+            "ip route del fd00:10:244:3::/64 via fd00:10:244:3:: dev weft-v6.vxlan onlink",
+            "ip neigh del fd00:10:244:3:: dev weft-v6.vxlan",
+            "ip neigh del 10.244.3.0 dev weft.vxlan",
+            "bridge fdb del 02:00:00:00:03:06 dev weft-v6.vxlan dst 192.0.2.3 self",
+            "bridge fdb del 02:00:00:00:03:04 dev weft.vxlan dst 192.0.2.3 self",
+        ]
+    );
+}
+
+#[test]
+fn a_peer_whose_underlay_address_moved_is_one_fdb_replace_per_device() {
+    // Single stack: exactly one operation.
+    let (a, b) = (v4_only(a()), v4_only(b()));
+    let mut observed = applied(&plan(&a, &[&b]).datapath);
+    let mut moved = b.clone();
+    moved.public_ips.v4 = Some("192.0.2.22".parse().unwrap());
+    let ops = converge(&plan(&a, &[&moved]).datapath, &mut observed);
+    assert_eq!(
+        lines(&ops),
+        ["bridge fdb replace 02:00:00:00:02:04 dev weft.vxlan dst 192.0.2.22 self permanent"]
+    );
+
+    // Dual stack: one per device (both tunnel over the IPv4 underlay).
+    let (a, b) = (self::a(), self::b());
+    let mut observed = applied(&plan(&a, &[&b]).datapath);
+    let mut moved = b.clone();
+    moved.public_ips.v4 = Some("192.0.2.22".parse().unwrap());
+    let ops = converge(&plan(&a, &[&moved]).datapath, &mut observed);
+    assert_eq!(
+        lines(&ops),
+        [
+            "bridge fdb replace 02:00:00:00:02:06 dev weft-v6.vxlan dst 192.0.2.22 self permanent",
+            "bridge fdb replace 02:00:00:00:02:04 dev weft.vxlan dst 192.0.2.22 self permanent",
+        ]
+    );
+
+    // Its unused-family address moving changes nothing.
+    let mut moved_v6 = b.clone();
+    moved_v6.public_ips.v6 = Some("2001:db8::22".parse().unwrap());
+    let ops = converge(&plan(&a, &[&moved_v6]).datapath, &mut observed);
+    assert_eq!(
+        lines(&ops),
+        [
+            "bridge fdb replace 02:00:00:00:02:06 dev weft-v6.vxlan dst 192.0.2.2 self permanent",
+            "bridge fdb replace 02:00:00:00:02:04 dev weft.vxlan dst 192.0.2.2 self permanent",
+        ],
+        "(back from .22 to .2: the v6 move alone is nothing)"
+    );
+    assert_eq!(diff(&plan(&a, &[&moved_v6]).datapath, &observed), vec![]);
+}
+
+#[test]
+fn a_peer_with_a_new_vtep_mac_swaps_its_entries_in_order() {
+    let (a, b, c) = (a(), b(), c());
+    let mut observed = applied(&plan(&a, &[&b, &c]).datapath);
+    let mut changed = c.clone();
+    set_mac(&mut changed, Family::V4, Some(mac(0x33, 4)));
+    let ops = converge(&plan(&a, &[&b, &changed]).datapath, &mut observed);
+    assert_eq!(
+        lines(&ops),
+        [
+            "bridge fdb replace 02:00:00:00:33:04 dev weft.vxlan dst 192.0.2.3 self permanent",
+            "ip neigh replace 10.244.3.0 lladdr 02:00:00:00:33:04 dev weft.vxlan nud permanent",
+            "bridge fdb del 02:00:00:00:03:04 dev weft.vxlan dst 192.0.2.3 self",
+        ]
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Devices.
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn own_underlay_moved_recreates_the_devices_and_everything_on_them() {
+    let (a, b, c) = (a(), b(), c());
+    let mut observed = applied(&plan(&a, &[&b, &c]).datapath);
+    let mut moved = a.clone();
+    moved.public_ips.v4 = Some("192.0.2.9".parse().unwrap());
+    let ops = converge(&plan(&moved, &[&b, &c]).datapath, &mut observed);
+    assert_eq!(
+        ops[1].to_string(),
+        "ip link del weft.vxlan && ip link add weft.vxlan up address 02:00:00:00:01:04 mtu 1450 \
+         type vxlan id 1 local 192.0.2.9 dstport 8472 nolearning # local 192.0.2.1 → 192.0.2.9"
+    );
+    let recreated = ops
+        .iter()
+        .filter(|op| matches!(op, Op::RecreateDevice { .. }))
+        .count();
+    assert_eq!(recreated, 2);
+    assert_eq!(ops.len(), 2 + 2 + 2 * 2 * 3, "addresses and entries re-added");
+}
+
+#[test]
+fn recreate_reasons_list_every_difference() {
+    let desired = plan(&v4_only(a()), &[]).datapath;
+    let mut observed = desired.clone();
+    let device = observed.devices.get_mut(&dev("weft.vxlan")).unwrap();
+    device.vni = 7;
+    device.port = 4789;
+    device.learning = true;
+    device.mac = mac(9, 9);
+    device.mtu = 1200; // changed in place no more: the device is re-created anyway
+    let ops = converge(&desired, &mut observed);
+    match &ops[0] {
+        Op::RecreateDevice { reason, .. } => assert_eq!(
+            reason,
+            "vni 7 → 1, port 4789 → 8472, learning true → false, mac 02:00:00:00:09:09 → \
+             02:00:00:00:01:04"
+        ),
+        other => panic!("{other}"),
+    }
+    assert_eq!(ops.len(), 2, "{:?}", lines(&ops)); // and the address
+}
+
+#[test]
+fn a_device_found_down_is_brought_up_and_its_routes_restored() {
+    let (a, b) = (v4_only(a()), v4_only(b()));
+    let desired = plan(&a, &[&b]).datapath;
+    let mut observed = applied(&desired);
+    // What the kernel leaves after `ip link set weft.vxlan down`: the device down, its routes gone.
+    observed.devices.get_mut(&dev("weft.vxlan")).unwrap().up = false;
+    observed.routes.clear();
+    let ops = converge(&desired, &mut observed);
+    assert_eq!(
+        lines(&ops),
+        [
+            "ip link set weft.vxlan up",
+            "ip route replace 10.244.2.0/24 via 10.244.2.0 dev weft.vxlan onlink",
+        ]
+    );
+}
+
+#[test]
+fn a_family_given_up_deletes_its_device_alone() {
+    let (a, b) = (a(), b());
+    let mut observed = applied(&plan(&a, &[&b]).datapath);
+    let ops = converge(&plan(&v4_only(a), &[&b]).datapath, &mut observed);
+    assert_eq!(lines(&ops), ["ip link del weft-v6.vxlan"]);
+}
+
+#[test]
+fn stale_addresses_and_foreign_entries_are_removed() {
+    let (a, b) = (v4_only(a()), v4_only(b()));
+    let desired = plan(&a, &[&b]).datapath;
+    let mut observed = applied(&desired);
+    let v4 = dev("weft.vxlan");
+    // Left over from an earlier pod CIDR and a peer long gone.
+    observed.insert_address(Address {
+        dev: v4.clone(),
+        address: "10.244.9.0/32".parse().unwrap(),
+    });
+    observed.insert_route(Route {
+        dst: "10.244.8.0/24".parse().unwrap(),
+        gateway: ip("10.244.8.0"),
+        dev: v4.clone(),
+        onlink: true,
+    });
+    observed.insert_neighbour(Neighbour {
+        dev: v4.clone(),
+        ip: ip("10.244.8.0"),
+        mac: mac(8, 4),
+    });
+    observed.insert_fdb(Fdb {
+        dev: v4.clone(),
+        mac: mac(8, 4),
+        dst: ip("192.0.2.8"),
+    });
+    // And b's neighbour entry pointing at a wrong MAC: replaced, not deleted and re-added.
+    observed.insert_neighbour(Neighbour {
+        dev: v4.clone(),
+        ip: ip("10.244.2.0"),
+        mac: mac(8, 4),
+    });
+    let ops = diff(&desired, &observed);
+    assert_eq!(
+        lines(&ops),
+        [
+            "ip addr del 10.244.9.0/32 dev weft.vxlan",
+            "ip route del 10.244.8.0/24 via 10.244.8.0 dev weft.vxlan onlink",
+            "ip neigh del 10.244.8.0 dev weft.vxlan",
+            "ip neigh replace 10.244.2.0 lladdr 02:00:00:00:02:04 dev weft.vxlan nud permanent",
+            "bridge fdb del 02:00:00:00:08:04 dev weft.vxlan dst 192.0.2.8 self",
+        ]
+    );
+    for op in &ops {
+        observed.apply(op).unwrap();
+    }
+    assert_eq!(observed, desired);
+}
+
+#[test]
+fn equal_states_need_nothing() {
+    let (a, b, c) = (a(), b(), c());
+    let desired = plan(&a, &[&b, &c]).datapath;
+    assert_eq!(diff(&desired, &desired.clone()), vec![]);
+    assert_eq!(diff(&Datapath::default(), &Datapath::default()), vec![]);
+}
+
+#[test]
+fn display_of_the_remaining_operations() {
+    let cases = [
+        (
+            Op::SetMtu {
+                dev: dev("weft.vxlan"),
+                mtu: 1400,
+            },
+            "ip link set weft.vxlan mtu 1400",
+        ),
+        (Op::SetUp(dev("weft.vxlan")), "ip link set weft.vxlan up"),
+        (
+            Op::DeleteDevice(dev("weft-v6.vxlan")),
+            "ip link del weft-v6.vxlan",
+        ),
+        (
+            Op::DeleteAddress(Address {
+                dev: dev("weft.vxlan"),
+                address: "10.244.9.0/32".parse().unwrap(),
+            }),
+            "ip addr del 10.244.9.0/32 dev weft.vxlan",
+        ),
+    ];
+    for (op, line) in cases {
+        assert_eq!(op.to_string(), line);
+        assert_eq!(op.dev().as_str(), line.split(' ').nth(3).unwrap_or(""));
+    }
+}
+
+#[test]
+fn device_names_and_vnis() {
+    assert_eq!(Family::V4.device_name().as_str(), "weft.vxlan");
+    assert_eq!(Family::V6.device_name().as_str(), "weft-v6.vxlan");
+    assert_eq!((Family::V4.vni(), Family::V6.vni()), (1, 2));
+}
+
+#[test]
+fn plan_config_from_the_daemon_config() {
+    let raw = crate::config::RawSettings {
+        node_name: Some("a".into()),
+        cluster_cidr: Some("10.244.0.0/16,fd00:10:244::/56".into()),
+        service_cidr: Some("10.96.0.0/12".into()),
+        mtu: Some("1400".into()),
+        ..Default::default()
+    };
+    let config = PlanConfig::new(&raw.validate().unwrap(), 1500);
+    assert_eq!(
+        config,
+        PlanConfig {
+            cluster_cidrs: vec![
+                "10.244.0.0/16".parse().unwrap(),
+                "fd00:10:244::/56".parse().unwrap()
+            ],
+            service_cidrs: vec!["10.96.0.0/12".parse().unwrap()],
+            underlay_mtu: 1500,
+            mtu: Some(1400),
+        }
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Model test: random peer changes, ops applied to a model kernel, model equals plan.
+// ---------------------------------------------------------------------------------------------
+
+/// A 64-bit linear congruential generator (Knuth's MMIX constants): enough randomness for choosing
+/// changes, and the same sequence on every run.
+struct Lcg(u64);
+
+impl Lcg {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (self.0 >> 33) % n
+    }
+}
+
+/// Peers of a large cluster: node `k` gets pods 10.(k/256).(k%256).0/24 and fd00:10:0:k::/64.
+fn big_node(k: u32, ip: u32, mac_serial: u32) -> Lease {
+    let [_, hi, lo, _] = (k << 8).to_be_bytes();
+    let mac = |family: u8| {
+        let [_, x, y, z] = mac_serial.to_be_bytes();
+        MacAddr([0x02, x, y, z, 0, family])
+    };
+    let [_, ip_hi, ip_mid, ip_lo] = ip.to_be_bytes();
+    Lease {
+        node: name(&format!("node-{k}")),
+        pod_cidrs: PodCidrs {
+            v4: Some(format!("10.{hi}.{lo}.0/24").parse().unwrap()),
+            v6: Some(format!("fd00:10:0:{k:x}::/64").parse().unwrap()),
+        },
+        public_ips: PublicIps {
+            v4: Some(format!("198.{}.{ip_mid}.{ip_lo}", 18 + ip_hi).parse().unwrap()),
+            v6: Some(format!("2001:db8::{ip:x}").parse().unwrap()),
+        },
+        backend: BackendData::Vxlan {
+            vtep_mac: Some(mac(4)),
+            vtep_mac_v6: Some(mac(6)),
+        },
+        expires: None,
+    }
+}
+
+fn big_config() -> PlanConfig {
+    PlanConfig {
+        cluster_cidrs: vec![
+            "10.0.0.0/8".parse().unwrap(),
+            "fd00:10::/48".parse().unwrap(),
+        ],
+        service_cidrs: vec![
+            "172.20.0.0/16".parse().unwrap(),
+            "fd00:20::/112".parse().unwrap(),
+        ],
+        underlay_mtu: 1500,
+        mtu: None,
+    }
+}
+
+fn families(lease: &Lease) -> usize {
+    lease.pod_cidrs.iter().count()
+}
+
+#[test]
+fn model_random_peer_changes_converge_with_few_operations() {
+    use std::collections::BTreeMap;
+
+    let config = big_config();
+    let own = big_node(1, 1, 1);
+    let mut rng = Lcg(0x5eed_0f_3eff);
+    let mut peers: BTreeMap<NodeName, Lease> = BTreeMap::new();
+    let mut model = Datapath::default();
+    let (mut next_node, mut next_ip, mut next_mac) = (2u32, 2u32, 2u32);
+    let mut bad = 0usize;
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+
+    let first = desired(&own, [], &config).unwrap();
+    assert_eq!(converge(&first.datapath, &mut model).len(), 4);
+
+    for step in 0..500 {
+        let pick = |rng: &mut Lcg, peers: &BTreeMap<NodeName, Lease>| {
+            let i = rng.below(peers.len() as u64) as usize;
+            peers.keys().nth(i).cloned().unwrap()
+        };
+        let roll = if peers.is_empty() { 0 } else { rng.below(100) };
+        let (kind, expected_ops) = match roll {
+            0..=34 => {
+                let mut lease = big_node(next_node, next_ip, next_mac);
+                (next_node, next_ip, next_mac) = (next_node + 1, next_ip + 1, next_mac + 1);
+                match rng.below(5) {
+                    0 => lease = v4_only(lease),
+                    1 => lease = v6_only(lease),
+                    _ => {}
+                }
+                let n = 3 * families(&lease);
+                peers.insert(lease.node.clone(), lease);
+                ("add", n)
+            }
+            35..=54 => {
+                let node = pick(&mut rng, &peers);
+                let lease = peers.get_mut(&node).unwrap();
+                lease.public_ips.v4 = Some(format!("198.51.100.{}", next_ip % 250).parse().unwrap());
+                lease.public_ips.v4 = big_node(0, next_ip, 0).public_ips.v4;
+                next_ip += 1;
+                ("move", families(lease))
+            }
+            55..=69 => {
+                let node = pick(&mut rng, &peers);
+                let lease = peers.get_mut(&node).unwrap();
+                let family = if lease.pod_cidrs.v4.is_some() {
+                    Family::V4
+                } else {
+                    Family::V6
+                };
+                let [_, x, y, z] = next_mac.to_be_bytes();
+                next_mac += 1;
+                set_mac(lease, family, Some(MacAddr([0x02, x, y, z, 0xee, 0])));
+                ("new mac", 3)
+            }
+            70..=92 => {
+                let node = pick(&mut rng, &peers);
+                let lease = peers.remove(&node).unwrap();
+                ("remove", 3 * families(&lease))
+            }
+            _ => {
+                // A hostile record: pods in the service range. Refused, so nothing changes.
+                let mut lease = big_node(next_node, next_ip, next_mac);
+                (next_node, next_ip, next_mac) = (next_node + 1, next_ip + 1, next_mac + 1);
+                lease.pod_cidrs.v4 = Some(format!("172.20.{}.0/24", bad % 256).parse().unwrap());
+                lease.node = name(&format!("bad-{bad}"));
+                bad += 1;
+                peers.insert(lease.node.clone(), lease);
+                ("bad", 0)
+            }
+        };
+        // A removed or moved bad peer was programmed before as little as after.
+        let expected_ops = match (kind, peers.keys().any(|_| true)) {
+            _ => expected_ops,
+        };
+
+        let plan = desired(&own, peers.values(), &config).unwrap();
+        let bad_now = peers.keys().filter(|n| n.as_str().starts_with("bad-")).count();
+        assert_eq!(plan.refused.len(), bad_now, "step {step}: {:?}", plan.refused);
+        let ops = converge(&plan.datapath, &mut model);
+        assert!(ops.len() <= 6, "step {step} ({kind}): {:#?}", lines(&ops));
+        let touched_bad = ops.is_empty() && expected_ops > 0;
+        if !touched_bad {
+            assert_eq!(ops.len(), expected_ops, "step {step} ({kind}): {:#?}", lines(&ops));
+        }
+        *counts.entry(kind).or_default() += 1;
+    }
+
+    // Snapshot or events, same output: a fresh node reaches the same state in one go.
+    let plan = desired(&own, peers.values(), &config).unwrap();
+    assert_eq!(applied(&plan.datapath), model);
+    eprintln!(
+        "model test: {counts:?}; {} peers at the end, {} refused",
+        peers.len(),
+        bad
+    );
+}
+
+#[test]
+fn five_thousand_peers_from_empty() {
+    let config = big_config();
+    let own = big_node(1, 1, 1);
+    let peers: Vec<Lease> = (2..5002).map(|k| big_node(k, k, k)).collect();
+
+    let started = Instant::now();
+    let plan = desired(&own, peers.iter(), &config).unwrap();
+    let planned = started.elapsed();
+    let ops = diff(&plan.datapath, &Datapath::default());
+    let diffed = started.elapsed() - planned;
+
+    assert_eq!(plan.refused, vec![]);
+    let dp = &plan.datapath;
+    assert_eq!(
+        (dp.devices.len(), dp.addresses.len(), dp.routes.len(), dp.neighbours.len(), dp.fdb.len()),
+        (2, 2, 10_000, 10_000, 10_000)
+    );
+    assert_eq!(ops.len(), 2 + 2 + 5000 * 2 * 3);
+    let mut model = Datapath::default();
+    for op in &ops {
+        model.apply(op).unwrap();
+    }
+    assert_eq!(&model, dp);
+    // And the steady state after: nothing to do.
+    let started = Instant::now();
+    assert_eq!(diff(dp, &model), vec![]);
+    let idle = started.elapsed();
+    eprintln!(
+        "5000 peers: plan {planned:?}, diff from empty {diffed:?} ({} ops), diff when equal {idle:?}",
+        ops.len()
+    );
+}
