@@ -36,15 +36,9 @@ pub enum Op {
     /// Delete the device and create it anew: a VXLAN link cannot be changed in place (`replace`
     /// fails with EOPNOTSUPP) when one of vni, port, local, learning or mac differs. `reason`
     /// lists the differences, old → new.
-    RecreateDevice {
-        device: VxlanDevice,
-        reason: String,
-    },
+    RecreateDevice { device: VxlanDevice, reason: String },
     /// Change a device's MTU in place.
-    SetMtu {
-        dev: IfName,
-        mtu: u32,
-    },
+    SetMtu { dev: IfName, mtu: u32 },
     /// Set a device administratively up.
     SetUp(IfName),
     /// Delete one of weft's devices; its addresses and entries go with it.
@@ -55,12 +49,15 @@ pub enum Op {
     DeleteAddress(Address),
     /// Add or replace the route to `dst` (`ip route replace`).
     ReplaceRoute(Route),
+    /// Delete a stale route (one whose destination is no longer desired).
     DeleteRoute(Route),
     /// Add or replace the permanent neighbour entry for `(dev, ip)`.
     ReplaceNeighbour(Neighbour),
+    /// Delete a stale neighbour entry.
     DeleteNeighbour(Neighbour),
     /// Add or replace the permanent FDB entry for `(dev, mac)`.
     ReplaceFdb(Fdb),
+    /// Delete a stale FDB entry (a peer gone, or its old VTEP MAC).
     DeleteFdb(Fdb),
 }
 

@@ -381,12 +381,7 @@ fn a_peer_of_another_stack_shares_what_it_can() {
     let (a, b, c) = (a(), v4_only(b()), v6_only(c()));
     let plan = plan(&a, &[&b, &c]);
     assert_eq!(plan.refused, vec![]);
-    let routes: Vec<String> = plan
-        .datapath
-        .routes
-        .keys()
-        .map(|k| k.to_string())
-        .collect();
+    let routes: Vec<String> = plan.datapath.routes.keys().map(|k| k.to_string()).collect();
     assert_eq!(routes, ["10.244.2.0/24", "fd00:10:244:3::/64"]);
 }
 
@@ -421,7 +416,11 @@ fn mtu_rules() {
             .map(|d| d.mtu)
             .collect()
     };
-    assert_eq!(mtu_of(&a(), 1500, None), [1450, 1450], "IPv4 underlay: − 50");
+    assert_eq!(
+        mtu_of(&a(), 1500, None),
+        [1450, 1450],
+        "IPv4 underlay: − 50"
+    );
     assert_eq!(mtu_of(&a(), 9000, None), [8950, 8950]);
     let v6 = v6_underlay(a());
     assert_eq!(mtu_of(&v6, 1500, None), [1430, 1430], "IPv6 underlay: − 70");
@@ -479,10 +478,7 @@ fn refusals_program_nothing_for_the_refused_and_leave_the_others_alone() {
         ),
         (
             "around a service CIDR inside the cluster range",
-            |p, config| {
-                config.service_cidrs.push("10.244.4.128/26".parse().unwrap());
-                let _ = p;
-            },
+            |_, config| config.service_cidrs.push("10.244.4.128/26".parse().unwrap()),
             &[("d", "pod CIDR 10.244.4.0/24 overlaps the service CIDR 10.244.4.128/26")],
             &["b", "c"],
         ),
@@ -706,14 +702,17 @@ fn a_crowd_of_claimants_is_named_briefly() {
 #[test]
 fn a_newly_refused_peer_loses_exactly_its_entries() {
     let (a, b, c) = (a(), b(), c());
-    let mut observed = applied(&plan(&a, &[&b, &c]).datapath);
+    let before = applied(&plan(&a, &[&b, &c]).datapath);
     let mut bad_c = c.clone();
     bad_c.public_ips.v4 = Some("10.244.3.1".parse().unwrap());
-    let plan = plan(&a, &[&b, &bad_c]);
-    assert_eq!(plan.refused.len(), 1);
-    let ops = converge(&plan.datapath, &mut observed);
+    let refused = plan(&a, &[&b, &bad_c]);
+    assert_eq!(refused.refused.len(), 1);
+    // The same operations as if c had left.
+    let gone = plan(&a, &[&b]);
+    assert_eq!(refused.datapath, gone.datapath);
+    let ops = converge(&refused.datapath, &mut before.clone());
+    assert_eq!(ops, diff(&gone.datapath, &before));
     assert_eq!(ops.len(), 6);
-    assert!(lines(&ops).iter().all(|l| l.contains(":03:") || l.contains(".3") || l.contains(":3:")));
 }
 
 #[test]
@@ -812,19 +811,11 @@ fn a_peer_whose_underlay_address_moved_is_one_fdb_replace_per_device() {
         ]
     );
 
-    // Its unused-family address moving changes nothing.
-    let mut moved_v6 = b.clone();
+    // Its address of the other family (not the tunnels') moving changes nothing.
+    let mut moved_v6 = moved.clone();
     moved_v6.public_ips.v6 = Some("2001:db8::22".parse().unwrap());
     let ops = converge(&plan(&a, &[&moved_v6]).datapath, &mut observed);
-    assert_eq!(
-        lines(&ops),
-        [
-            "bridge fdb replace 02:00:00:00:02:06 dev weft-v6.vxlan dst 192.0.2.2 self permanent",
-            "bridge fdb replace 02:00:00:00:02:04 dev weft.vxlan dst 192.0.2.2 self permanent",
-        ],
-        "(back from .22 to .2: the v6 move alone is nothing)"
-    );
-    assert_eq!(diff(&plan(&a, &[&moved_v6]).datapath, &observed), vec![]);
+    assert_eq!(ops, vec![]);
 }
 
 #[test]
@@ -865,7 +856,11 @@ fn own_underlay_moved_recreates_the_devices_and_everything_on_them() {
         .filter(|op| matches!(op, Op::RecreateDevice { .. }))
         .count();
     assert_eq!(recreated, 2);
-    assert_eq!(ops.len(), 2 + 2 + 2 * 2 * 3, "addresses and entries re-added");
+    assert_eq!(
+        ops.len(),
+        2 + 2 + 2 * 2 * 3,
+        "addresses and entries re-added"
+    );
 }
 
 #[test]
@@ -999,7 +994,7 @@ fn display_of_the_remaining_operations() {
     ];
     for (op, line) in cases {
         assert_eq!(op.to_string(), line);
-        assert_eq!(op.dev().as_str(), line.split(' ').nth(3).unwrap_or(""));
+        assert!(line.contains(op.dev().as_str()), "{line}");
     }
 }
 
@@ -1052,14 +1047,16 @@ impl Lcg {
     }
 }
 
-/// Peers of a large cluster: node `k` gets pods 10.(k/256).(k%256).0/24 and fd00:10:0:k::/64.
+/// The underlay address numbered `n`, in 198.18.0.0/15.
+fn underlay_v4(n: u32) -> std::net::Ipv4Addr {
+    std::net::Ipv4Addr::from(u32::from(std::net::Ipv4Addr::new(198, 18, 0, 0)) + n)
+}
+
+/// Peers of a large cluster: node `k` gets pods 10.(k/256).(k%256).0/24 and fd00:10:0:k::/64,
+/// underlay address number `ip`, VTEP MACs number `mac_serial`.
 fn big_node(k: u32, ip: u32, mac_serial: u32) -> Lease {
     let [_, hi, lo, _] = (k << 8).to_be_bytes();
-    let mac = |family: u8| {
-        let [_, x, y, z] = mac_serial.to_be_bytes();
-        MacAddr([0x02, x, y, z, 0, family])
-    };
-    let [_, ip_hi, ip_mid, ip_lo] = ip.to_be_bytes();
+    let [_, x, y, z] = mac_serial.to_be_bytes();
     Lease {
         node: name(&format!("node-{k}")),
         pod_cidrs: PodCidrs {
@@ -1067,12 +1064,12 @@ fn big_node(k: u32, ip: u32, mac_serial: u32) -> Lease {
             v6: Some(format!("fd00:10:0:{k:x}::/64").parse().unwrap()),
         },
         public_ips: PublicIps {
-            v4: Some(format!("198.{}.{ip_mid}.{ip_lo}", 18 + ip_hi).parse().unwrap()),
+            v4: Some(underlay_v4(ip)),
             v6: Some(format!("2001:db8::{ip:x}").parse().unwrap()),
         },
         backend: BackendData::Vxlan {
-            vtep_mac: Some(mac(4)),
-            vtep_mac_v6: Some(mac(6)),
+            vtep_mac: Some(MacAddr([0x02, x, y, z, 0, 4])),
+            vtep_mac_v6: Some(MacAddr([0x02, x, y, z, 0, 6])),
         },
         expires: None,
     }
@@ -1114,9 +1111,15 @@ fn model_random_peer_changes_converge_with_few_operations() {
     assert_eq!(converge(&first.datapath, &mut model).len(), 4);
 
     for step in 0..500 {
+        // A peer chosen at random, and what it programs (0 for a refused one).
         let pick = |rng: &mut Lcg, peers: &BTreeMap<NodeName, Lease>| {
             let i = rng.below(peers.len() as u64) as usize;
-            peers.keys().nth(i).cloned().unwrap()
+            let node = peers.keys().nth(i).cloned().unwrap();
+            let shared = match node.as_str().starts_with("bad-") {
+                true => 0,
+                false => families(&peers[&node]),
+            };
+            (node, shared)
         };
         let roll = if peers.is_empty() { 0 } else { rng.below(100) };
         let (kind, expected_ops) = match roll {
@@ -1133,30 +1136,30 @@ fn model_random_peer_changes_converge_with_few_operations() {
                 ("add", n)
             }
             35..=54 => {
-                let node = pick(&mut rng, &peers);
+                // Its underlay address moved: one FDB replace per shared family.
+                let (node, shared) = pick(&mut rng, &peers);
                 let lease = peers.get_mut(&node).unwrap();
-                lease.public_ips.v4 = Some(format!("198.51.100.{}", next_ip % 250).parse().unwrap());
-                lease.public_ips.v4 = big_node(0, next_ip, 0).public_ips.v4;
+                lease.public_ips.v4 = Some(underlay_v4(next_ip));
                 next_ip += 1;
-                ("move", families(lease))
+                ("move", shared)
             }
             55..=69 => {
-                let node = pick(&mut rng, &peers);
+                // A new VTEP MAC for one family: FDB add, neighbour replace, FDB delete.
+                let (node, shared) = pick(&mut rng, &peers);
                 let lease = peers.get_mut(&node).unwrap();
-                let family = if lease.pod_cidrs.v4.is_some() {
-                    Family::V4
-                } else {
-                    Family::V6
+                let family = match lease.pod_cidrs.v4 {
+                    Some(_) => Family::V4,
+                    None => Family::V6,
                 };
                 let [_, x, y, z] = next_mac.to_be_bytes();
                 next_mac += 1;
                 set_mac(lease, family, Some(MacAddr([0x02, x, y, z, 0xee, 0])));
-                ("new mac", 3)
+                ("new mac", 3 * shared.min(1))
             }
             70..=92 => {
-                let node = pick(&mut rng, &peers);
-                let lease = peers.remove(&node).unwrap();
-                ("remove", 3 * families(&lease))
+                let (node, shared) = pick(&mut rng, &peers);
+                peers.remove(&node);
+                ("remove", 3 * shared)
             }
             _ => {
                 // A hostile record: pods in the service range. Refused, so nothing changes.
@@ -1169,20 +1172,26 @@ fn model_random_peer_changes_converge_with_few_operations() {
                 ("bad", 0)
             }
         };
-        // A removed or moved bad peer was programmed before as little as after.
-        let expected_ops = match (kind, peers.keys().any(|_| true)) {
-            _ => expected_ops,
-        };
 
         let plan = desired(&own, peers.values(), &config).unwrap();
-        let bad_now = peers.keys().filter(|n| n.as_str().starts_with("bad-")).count();
-        assert_eq!(plan.refused.len(), bad_now, "step {step}: {:?}", plan.refused);
+        let bad_now = peers
+            .keys()
+            .filter(|n| n.as_str().starts_with("bad-"))
+            .count();
+        assert_eq!(
+            plan.refused.len(),
+            bad_now,
+            "step {step}: {:?}",
+            plan.refused
+        );
         let ops = converge(&plan.datapath, &mut model);
         assert!(ops.len() <= 6, "step {step} ({kind}): {:#?}", lines(&ops));
-        let touched_bad = ops.is_empty() && expected_ops > 0;
-        if !touched_bad {
-            assert_eq!(ops.len(), expected_ops, "step {step} ({kind}): {:#?}", lines(&ops));
-        }
+        assert_eq!(
+            ops.len(),
+            expected_ops,
+            "step {step} ({kind}): {:#?}",
+            lines(&ops)
+        );
         *counts.entry(kind).or_default() += 1;
     }
 
@@ -1211,7 +1220,13 @@ fn five_thousand_peers_from_empty() {
     assert_eq!(plan.refused, vec![]);
     let dp = &plan.datapath;
     assert_eq!(
-        (dp.devices.len(), dp.addresses.len(), dp.routes.len(), dp.neighbours.len(), dp.fdb.len()),
+        (
+            dp.devices.len(),
+            dp.addresses.len(),
+            dp.routes.len(),
+            dp.neighbours.len(),
+            dp.fdb.len()
+        ),
         (2, 2, 10_000, 10_000, 10_000)
     );
     assert_eq!(ops.len(), 2 + 2 + 5000 * 2 * 3);

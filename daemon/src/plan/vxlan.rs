@@ -186,7 +186,7 @@ impl Family {
         }
     }
 
-    /// Device MTU over an underlay of this family.
+    /// Encapsulation overhead over an underlay of this family.
     fn overhead(self) -> u32 {
         match self {
             Family::V4 => OVERHEAD_V4_UNDERLAY,
@@ -410,11 +410,16 @@ fn examine<'a>(
             "publishes no {underlay} underlay address, and this node's tunnels run over {underlay}"
         ));
     }
+    // Its pod CIDRs of the families this node runs (the others are not looked at).
+    let peer_cidrs: Vec<IpNet> = own_devices
+        .iter()
+        .filter_map(|d| d.family.pod_cidr(&peer.pod_cidrs))
+        .collect();
     for ip in Family::ALL
         .iter()
         .filter_map(|f| f.public_ip(&peer.public_ips))
     {
-        problems.extend(check_public_ip(ip, peer, own, config));
+        problems.extend(check_public_ip(ip, &peer_cidrs, own, config));
     }
 
     Candidate {
@@ -427,7 +432,12 @@ fn examine<'a>(
 }
 
 /// What is wrong with a peer's underlay address `ip`, if anything.
-fn check_public_ip(ip: IpAddr, peer: &Lease, own: &Lease, config: &PlanConfig) -> Vec<String> {
+fn check_public_ip(
+    ip: IpAddr,
+    peer_cidrs: &[IpNet],
+    own: &Lease,
+    config: &PlanConfig,
+) -> Vec<String> {
     let mut problems = Vec::new();
     let not_unicast = match ip {
         IpAddr::V4(v4) => {
@@ -444,33 +454,23 @@ fn check_public_ip(ip: IpAddr, peer: &Lease, own: &Lease, config: &PlanConfig) -
              Vagrant's 10.0.2.15 NAT address, need --iface or --public-ip)"
         ));
     }
-    let inside = |nets: &mut dyn Iterator<Item = IpNet>, what: &str, problems: &mut Vec<String>| {
-        for net in nets {
-            if net.contains(&ip) {
-                problems.push(format!("underlay address {ip} lies inside {what} {net}"));
-            }
+    let ranges = (config
+        .cluster_cidrs
+        .iter()
+        .map(|n| ("the cluster CIDR", *n)))
+    .chain(
+        config
+            .service_cidrs
+            .iter()
+            .map(|n| ("the service CIDR", *n)),
+    )
+    .chain(own.pod_cidrs.iter().map(|n| ("this node's pod CIDR", n)))
+    .chain(peer_cidrs.iter().map(|n| ("its own pod CIDR", *n)));
+    for (what, net) in ranges {
+        if net.contains(&ip) {
+            problems.push(format!("underlay address {ip} lies inside {what} {net}"));
         }
-    };
-    inside(
-        &mut config.cluster_cidrs.iter().copied(),
-        "the cluster CIDR",
-        &mut problems,
-    );
-    inside(
-        &mut config.service_cidrs.iter().copied(),
-        "the service CIDR",
-        &mut problems,
-    );
-    inside(
-        &mut own.pod_cidrs.iter(),
-        "this node's pod CIDR",
-        &mut problems,
-    );
-    inside(
-        &mut peer.pod_cidrs.iter(),
-        "its own pod CIDR",
-        &mut problems,
-    );
+    }
     problems
 }
 
