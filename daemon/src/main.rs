@@ -39,6 +39,9 @@ enum Command {
     Run(Settings),
     /// Give this node's lease back (for a node leaving the cluster).
     Leave(Settings),
+    /// Remove everything weft made on this node: VXLAN devices, routes, neighbour and FDB entries,
+    /// the nftables table `inet weft`, pod veths.
+    Cleanup,
 }
 
 fn load(settings: Settings) -> anyhow::Result<Config> {
@@ -98,6 +101,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                 }
             }
         }
+        Command::Cleanup => weftd::node::cleanup().await,
         Command::Leave(settings) => {
             let config = load(settings)?;
             match config.store.clone() {

@@ -1,20 +1,32 @@
 //! The node's datapath side of the agent, started once the lease is held: forwarding, the CNI
-//! server for pods, and (with the VXLAN issue) the reconcile loop for peers.
+//! server for pods, and the reconcile loop that keeps tunnels, routes and masquerade in step with
+//! the lease and the peers.
+//!
+//! Reconcile: on every lease or peer change, and every [`RESYNC_EVERY`], compute the desired
+//! datapath (`plan::desired`), diff it against the observed one and apply the operations. The
+//! observed state is read from the kernel at start (nothing is flushed: a restart converges what is
+//! there, so pod traffic keeps flowing), after any failed operation, and at every resync (which
+//! repairs drift); in between, the result of the last apply stands for it, so one peer change costs
+//! its handful of netlink operations and no dump.
 
+use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use rtnetlink::Handle;
 use tokio::task::JoinHandle;
-use tracing::info;
+use tracing::{debug, error, info, warn};
 use weft_proto::lease::{Lease, PublicIps};
 
 use crate::agent::AgentView;
 use crate::cni_server::{self, CniService};
 use crate::config::Config;
-use crate::datapath::{self, netns, nl};
+use crate::datapath::vxlan::{self, Applier};
+use crate::datapath::{self, masq, netns, nl};
 use crate::ipam::Ipam;
+use crate::plan::{self, Datapath, PlanConfig};
 use crate::underlay;
 
 /// VXLAN encapsulation overhead over an IPv4 underlay (outer IPv4 20 + UDP 8 + VXLAN 8 + inner
@@ -65,16 +77,162 @@ pub async fn start(
 ) -> anyhow::Result<Vec<JoinHandle<()>>> {
     datapath::enable_forwarding().context("enable IP forwarding")?;
     let host = netns::connect_here().context("open a netlink connection")?;
-    let mtu = overlay_mtu(
-        config,
-        &lease.public_ips,
-        underlay_mtu(&host, &lease.public_ips).await,
-    );
+    let underlay = underlay_mtu(&host, &lease.public_ips).await;
+    let mtu = overlay_mtu(config, &lease.public_ips, underlay);
     let ipam = Ipam::open(&config.state_dir, lease.pod_cidrs).context("open the IPAM state")?;
     let socket = config.run_dir.join("cni.sock");
     let listener = cni_server::bind(&socket)
         .with_context(|| format!("bind the CNI socket {}", socket.display()))?;
-    let service = Arc::new(CniService::new(host, ipam, view.lease.clone(), mtu));
+    let service = Arc::new(CniService::new(host.clone(), ipam, view.lease.clone(), mtu));
     info!(socket = %socket.display(), pod_mtu = mtu, "serving CNI requests");
-    Ok(vec![tokio::spawn(cni_server::serve(listener, service))])
+    let reconciler = Reconciler::new(host, PlanConfig::new(config, underlay));
+    Ok(vec![
+        tokio::spawn(cni_server::serve(listener, service)),
+        tokio::spawn(reconciler.run(view)),
+    ])
+}
+
+/// How often the observed state is read again from the kernel, repairing drift.
+pub const RESYNC_EVERY: Duration = Duration::from_secs(30);
+/// Above this many operations, one summary line is logged instead of one line per operation.
+const LOG_EACH_OP_UP_TO: usize = 20;
+
+struct Reconciler {
+    host: Handle,
+    plan_config: PlanConfig,
+    /// What the kernel holds, as far as weft knows; `None` means "read it again".
+    observed: Option<Datapath>,
+    refusals: BTreeSet<String>,
+    masq_applied: Option<serde_json::Value>,
+}
+
+impl Reconciler {
+    fn new(host: Handle, plan_config: PlanConfig) -> Reconciler {
+        Reconciler {
+            host,
+            plan_config,
+            observed: None,
+            refusals: BTreeSet::new(),
+            masq_applied: None,
+        }
+    }
+
+    async fn run(mut self, view: AgentView) {
+        let (mut lease_rx, mut peers_rx) = (view.lease, view.peers);
+        let mut resync = tokio::time::interval(RESYNC_EVERY);
+        resync.tick().await;
+        loop {
+            let own = lease_rx.borrow_and_update().clone();
+            let peers = peers_rx.borrow_and_update().clone();
+            if let Some(own) = own {
+                self.reconcile(&own, peers.iter()).await;
+            }
+            tokio::select! {
+                changed = lease_rx.changed() => if changed.is_err() { return },
+                changed = peers_rx.changed() => if changed.is_err() { return },
+                _ = resync.tick() => {
+                    self.observed = None;
+                    self.masq_applied = None;
+                }
+            }
+        }
+    }
+
+    async fn reconcile<'a>(&mut self, own: &Lease, peers: impl Iterator<Item = &'a Lease>) {
+        let plan = match plan::desired(own, peers, &self.plan_config) {
+            Ok(plan) => plan,
+            Err(e) => {
+                error!(error = %e, "cannot plan this node's datapath; changing nothing");
+                return;
+            }
+        };
+        self.report_refusals(&plan.refused);
+        let observed = match self.observed.take() {
+            Some(observed) => observed,
+            None => match vxlan::observe(&self.host).await {
+                Ok(observed) => observed,
+                Err(e) => {
+                    warn!(error = %e, "cannot read the datapath; will retry");
+                    return;
+                }
+            },
+        };
+        let ops = plan::diff(&plan.datapath, &observed);
+        if !ops.is_empty() {
+            if ops.len() <= LOG_EACH_OP_UP_TO {
+                for op in &ops {
+                    info!(op = %op, "datapath");
+                }
+            } else {
+                info!(operations = ops.len(), "datapath: applying");
+            }
+            let mut applier = Applier::new(&self.host);
+            if let Err(e) = applier.apply_all(&ops).await {
+                warn!(error = %e, "datapath operation failed; reading the kernel again at the next pass");
+                return;
+            }
+            debug!(requests = applier.requests, "datapath converged");
+        }
+        self.observed = Some(plan.datapath);
+        self.apply_masquerade(own);
+    }
+
+    fn report_refusals(&mut self, refused: &[plan::Refusal]) {
+        let now: BTreeSet<String> = refused.iter().map(|r| r.to_string()).collect();
+        for refusal in now.difference(&self.refusals) {
+            warn!("{refusal}; programming nothing for it");
+        }
+        for cleared in self.refusals.difference(&now) {
+            info!("no longer refused: {cleared}");
+        }
+        self.refusals = now;
+    }
+
+    fn apply_masquerade(&mut self, own: &Lease) {
+        let batch = masq::ruleset(&own.pod_cidrs, &self.plan_config.cluster_cidrs);
+        if self.masq_applied.as_ref() == Some(&batch) {
+            return;
+        }
+        match masq::apply(&batch) {
+            Ok(()) => {
+                info!(table = masq::TABLE, "masquerade rules applied");
+                self.masq_applied = Some(batch);
+            }
+            Err(e) => warn!(error = %e, "cannot apply the masquerade rules; will retry"),
+        }
+    }
+}
+
+/// `weftd cleanup`: remove everything weft made on this node — its VXLAN devices (with their
+/// routes, neighbour and FDB entries), its nftables table and its pod veths. Every step runs; the
+/// failures are reported together.
+pub async fn cleanup() -> anyhow::Result<()> {
+    let host = netns::connect_here().context("open a netlink connection")?;
+    let mut failures = Vec::new();
+    let mut applier = Applier::new(&host);
+    for name in vxlan::device_names() {
+        if let Err(e) = applier.apply(&plan::Op::DeleteDevice(name.clone())).await {
+            failures.push(format!("delete {name}: {e}"));
+        }
+    }
+    if let Err(e) = masq::apply(&masq::removal()) {
+        failures.push(format!("remove table inet {}: {e}", masq::TABLE));
+    }
+    match nl::links(&host).await {
+        Ok(links) => {
+            for link in links.iter().filter(|l| datapath::pod::is_weft_veth(l)) {
+                let name = nl::link_name(link).unwrap_or_default().to_string();
+                if let Err(e) = host.link().del(link.header.index).execute().await {
+                    failures.push(format!("delete {name}: {e}"));
+                }
+            }
+        }
+        Err(e) => failures.push(format!("list links: {e}")),
+    }
+    if failures.is_empty() {
+        info!("cleanup done: weft's devices, nftables table and pod veths are gone");
+        Ok(())
+    } else {
+        anyhow::bail!("cleanup incomplete: {}", failures.join("; "))
+    }
 }

@@ -24,8 +24,13 @@ pub struct Percentiles {
 
 pub fn percentiles(samples: &mut [Duration]) -> Percentiles {
     samples.sort();
-    let at = |q: f64| samples[((samples.len() as f64 * q).ceil() as usize).clamp(1, samples.len()) - 1];
-    Percentiles { p50: at(0.50), p90: at(0.90), p99: at(0.99) }
+    let at =
+        |q: f64| samples[((samples.len() as f64 * q).ceil() as usize).clamp(1, samples.len()) - 1];
+    Percentiles {
+        p50: at(0.50),
+        p90: at(0.90),
+        p99: at(0.99),
+    }
 }
 
 fn ms(d: Duration) -> String {
@@ -39,7 +44,10 @@ fn enter(netns: &NetnsGuard) -> Result<(), String> {
 
 /// Run the CNI benchmark for `pods` pods per plugin; prints a table and returns it.
 pub fn cni_latency(pods: usize) -> Result<String, String> {
-    let lab = Lab::up(LabConfig { nodes: 1, ..Default::default() })?;
+    let lab = Lab::up(LabConfig {
+        nodes: 1,
+        ..Default::default()
+    })?;
     let node = &lab.nodes[0];
     let weft_conf = lab.netconf(0);
     let reference_conf = json!({
@@ -56,8 +64,12 @@ pub fn cni_latency(pods: usize) -> Result<String, String> {
     });
     let weft_plugin = bin_path("weft-cni");
     let bridge_plugin = Path::new("/usr/lib/cni/bridge");
-    let weft_pods: Vec<NetnsGuard> = (0..pods).map(|i| NetnsGuard::create(&format!("{}-bw{i}", lab.prefix))).collect::<Result<_, _>>()?;
-    let ref_pods: Vec<NetnsGuard> = (0..pods).map(|i| NetnsGuard::create(&format!("{}-br{i}", lab.prefix))).collect::<Result<_, _>>()?;
+    let weft_pods: Vec<NetnsGuard> = (0..pods)
+        .map(|i| NetnsGuard::create(&format!("{}-bw{i}", lab.prefix)))
+        .collect::<Result<_, _>>()?;
+    let ref_pods: Vec<NetnsGuard> = (0..pods)
+        .map(|i| NetnsGuard::create(&format!("{}-br{i}", lab.prefix)))
+        .collect::<Result<_, _>>()?;
 
     // Every plugin runs from inside the node's namespace, so both pay the same to start.
     let results = std::thread::scope(|scope| {
@@ -65,19 +77,61 @@ pub fn cni_latency(pods: usize) -> Result<String, String> {
             .spawn(|| -> Result<[Vec<Duration>; 4], String> {
                 enter(&node.netns)?;
                 let mut samples: [Vec<Duration>; 4] = Default::default();
-                let mut timed = |slot: usize, plugin: &Path, command: &str, id: &str, ns: &NetnsGuard, conf: &serde_json::Value| {
+                let mut timed = |slot: usize,
+                                 plugin: &Path,
+                                 command: &str,
+                                 id: &str,
+                                 ns: &NetnsGuard,
+                                 conf: &serde_json::Value| {
                     let start = Instant::now();
                     let out = call_plugin(plugin, command, id, Some(&ns.path()), "eth0", conf);
                     samples[slot].push(start.elapsed());
-                    if out.success { Ok(()) } else { Err(format!("{command} {}: {} {}", plugin.display(), out.stdout, out.stderr)) }
+                    if out.success {
+                        Ok(())
+                    } else {
+                        Err(format!(
+                            "{command} {}: {} {}",
+                            plugin.display(),
+                            out.stdout,
+                            out.stderr
+                        ))
+                    }
                 };
                 for i in 0..pods {
-                    timed(0, &weft_plugin, "ADD", &format!("weft{i}"), &weft_pods[i], &weft_conf)?;
-                    timed(1, bridge_plugin, "ADD", &format!("ref{i}"), &ref_pods[i], &reference_conf)?;
+                    timed(
+                        0,
+                        &weft_plugin,
+                        "ADD",
+                        &format!("weft{i}"),
+                        &weft_pods[i],
+                        &weft_conf,
+                    )?;
+                    timed(
+                        1,
+                        bridge_plugin,
+                        "ADD",
+                        &format!("ref{i}"),
+                        &ref_pods[i],
+                        &reference_conf,
+                    )?;
                 }
                 for i in 0..pods {
-                    timed(2, &weft_plugin, "DEL", &format!("weft{i}"), &weft_pods[i], &weft_conf)?;
-                    timed(3, bridge_plugin, "DEL", &format!("ref{i}"), &ref_pods[i], &reference_conf)?;
+                    timed(
+                        2,
+                        &weft_plugin,
+                        "DEL",
+                        &format!("weft{i}"),
+                        &weft_pods[i],
+                        &weft_conf,
+                    )?;
+                    timed(
+                        3,
+                        bridge_plugin,
+                        "DEL",
+                        &format!("ref{i}"),
+                        &ref_pods[i],
+                        &reference_conf,
+                    )?;
                 }
                 Ok(samples)
             })
@@ -92,9 +146,17 @@ pub fn cni_latency(pods: usize) -> Result<String, String> {
         ("bridge+host-local DEL", percentiles(&mut ref_del)),
     ];
     let mut table = format!("CNI latency over {pods} pods each (ms), dual stack, one node\n");
-    table += &format!("{:<24} {:>8} {:>8} {:>8}\n", "operation", "p50", "p90", "p99");
+    table += &format!(
+        "{:<24} {:>8} {:>8} {:>8}\n",
+        "operation", "p50", "p90", "p99"
+    );
     for (name, p) in &rows {
-        table += &format!("{name:<24} {:>8} {:>8} {:>8}\n", ms(p.p50), ms(p.p90), ms(p.p99));
+        table += &format!(
+            "{name:<24} {:>8} {:>8} {:>8}\n",
+            ms(p.p50),
+            ms(p.p90),
+            ms(p.p99)
+        );
     }
     let speedup = rows[1].1.p50.as_secs_f64() / rows[0].1.p50.as_secs_f64();
     table += &format!("ADD p50 speed-up of weft over the reference: {speedup:.1}x\n");
@@ -109,6 +171,13 @@ mod tests {
     fn percentiles_pick_the_nearest_rank() {
         let mut samples: Vec<Duration> = (1..=100).rev().map(Duration::from_millis).collect();
         let p = percentiles(&mut samples);
-        assert_eq!((p.p50, p.p90, p.p99), (Duration::from_millis(50), Duration::from_millis(90), Duration::from_millis(99)));
+        assert_eq!(
+            (p.p50, p.p90, p.p99),
+            (
+                Duration::from_millis(50),
+                Duration::from_millis(90),
+                Duration::from_millis(99)
+            )
+        );
     }
 }

@@ -6,7 +6,10 @@ use clap::{Parser, Subcommand};
 use weft_lab::bench;
 
 #[derive(Parser)]
-#[command(name = "weft-lab", about = "weft's single-host lab of network namespaces, and its benchmarks")]
+#[command(
+    name = "weft-lab",
+    about = "weft's single-host lab of network namespaces, and its benchmarks"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -1,0 +1,472 @@
+//! The VXLAN datapath over rtnetlink: read weft's devices and their routes, neighbour and FDB
+//! entries into a [`Datapath`], and apply [`Op`]s from `plan::diff`.
+//!
+//! Only weft's own devices (`weft.vxlan`, `weft-v6.vxlan`) and entries on them are ever read or
+//! changed. Routes are `replace`d and neighbour/FDB entries `replace`d (idempotent); deletes that
+//! find nothing are fine. A VXLAN link cannot be replaced in place: a changed VNI, port, local
+//! address, learning flag or MAC means delete and create (the plan says why, for the log).
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use futures::TryStreamExt;
+use ipnet::IpNet;
+use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressHeaderFlags};
+use netlink_packet_route::link::{
+    InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+};
+use netlink_packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
+};
+use netlink_packet_route::route::{RouteFlags, RouteMessage, RouteProtocol};
+use netlink_packet_route::AddressFamily;
+use nix::errno::Errno;
+use rtnetlink::{Handle, LinkUnspec, LinkVxlan, RouteMessageBuilder};
+use weft_proto::lease::MacAddr;
+use weft_proto::names::IfName;
+
+use super::nl;
+use crate::plan::{Address, Datapath, Family, Fdb, Neighbour, Op, Route, VxlanDevice};
+
+#[derive(Debug, thiserror::Error)]
+#[error("{op}: {source}")]
+pub struct ApplyError {
+    pub op: String,
+    #[source]
+    pub source: rtnetlink::Error,
+}
+
+/// weft's device names, one per pod family.
+pub fn device_names() -> [IfName; 2] {
+    [Family::V4.device_name(), Family::V6.device_name()]
+}
+
+/// What the kernel holds on weft's devices now.
+pub async fn observe(handle: &Handle) -> Result<Datapath, rtnetlink::Error> {
+    let mut observed = Datapath::default();
+    let mut indexes = BTreeMap::new();
+    for name in device_names() {
+        let Some(link) = nl::link_by_name(handle, name.as_str()).await? else {
+            continue;
+        };
+        indexes.insert(link.header.index, name.clone());
+        observed.insert_device(device_of(&name, &link));
+    }
+    if indexes.is_empty() {
+        return Ok(observed);
+    }
+    for message in handle
+        .address()
+        .get()
+        .execute()
+        .try_collect::<Vec<_>>()
+        .await?
+    {
+        let Some(dev) = indexes.get(&message.header.index) else {
+            continue;
+        };
+        let ip = message.attributes.iter().find_map(|a| match a {
+            AddressAttribute::Address(ip) => Some(*ip),
+            _ => None,
+        });
+        if let Some(address) = ip
+            .filter(|ip| !is_link_local(ip))
+            .and_then(|ip| IpNet::new(ip, message.header.prefix_len).ok())
+        {
+            observed.insert_address(Address {
+                dev: dev.clone(),
+                address,
+            });
+        }
+    }
+    for family in [AddressFamily::Inet, AddressFamily::Inet6] {
+        for view in nl::main_routes(handle, family).await? {
+            let Some(dev) = view.oif.and_then(|i| indexes.get(&i)) else {
+                continue;
+            };
+            let Some(gateway) = view.gateway else {
+                continue;
+            };
+            if view.message.header.protocol == RouteProtocol::Kernel {
+                continue;
+            }
+            let onlink = view.message.header.flags.contains(RouteFlags::Onlink);
+            observed.insert_route(Route {
+                dst: view.dst,
+                gateway,
+                dev: dev.clone(),
+                onlink,
+            });
+        }
+        for message in neighbours(handle, family).await? {
+            let Some(dev) = indexes.get(&message.header.ifindex) else {
+                continue;
+            };
+            if message.header.state != NeighbourState::Permanent {
+                continue;
+            }
+            if let (Some(ip), Some(mac)) = (neighbour_ip(&message), neighbour_mac(&message)) {
+                observed.insert_neighbour(Neighbour {
+                    dev: dev.clone(),
+                    ip,
+                    mac,
+                });
+            }
+        }
+    }
+    for message in neighbours(handle, AddressFamily::Bridge).await? {
+        let Some(dev) = indexes.get(&message.header.ifindex) else {
+            continue;
+        };
+        if let (Some(dst), Some(mac)) = (neighbour_ip(&message), neighbour_mac(&message)) {
+            observed.insert_fdb(Fdb {
+                dev: dev.clone(),
+                mac,
+                dst,
+            });
+        }
+    }
+    Ok(observed)
+}
+
+fn is_link_local(ip: &IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_link_local(),
+        IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) == 0xfe80,
+    }
+}
+
+async fn neighbours(
+    handle: &Handle,
+    family: AddressFamily,
+) -> Result<Vec<NeighbourMessage>, rtnetlink::Error> {
+    handle
+        .neighbours()
+        .get()
+        .set_address_family(family)
+        .execute()
+        .try_collect()
+        .await
+}
+
+fn neighbour_ip(message: &NeighbourMessage) -> Option<IpAddr> {
+    message.attributes.iter().find_map(|a| match a {
+        NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => Some(IpAddr::V4(*ip)),
+        NeighbourAttribute::Destination(NeighbourAddress::Inet6(ip)) => Some(IpAddr::V6(*ip)),
+        // FDB entries (AF_BRIDGE) carry NDA_DST unparsed.
+        NeighbourAttribute::Destination(NeighbourAddress::Other(bytes)) => match bytes.len() {
+            4 => <[u8; 4]>::try_from(&bytes[..])
+                .ok()
+                .map(|b| IpAddr::V4(Ipv4Addr::from(b))),
+            16 => <[u8; 16]>::try_from(&bytes[..])
+                .ok()
+                .map(|b| IpAddr::V6(Ipv6Addr::from(b))),
+            _ => None,
+        },
+        _ => None,
+    })
+}
+
+fn neighbour_mac(message: &NeighbourMessage) -> Option<MacAddr> {
+    message.attributes.iter().find_map(|a| match a {
+        NeighbourAttribute::LinkLayerAddress(bytes) => {
+            let mac: [u8; 6] = bytes.as_slice().try_into().ok()?;
+            (mac != [0; 6]).then_some(MacAddr(mac))
+        }
+        _ => None,
+    })
+}
+
+/// A device as the kernel reports it; attributes it lacks read as values no plan asks for, so a
+/// foreign link squatting on weft's name is re-created.
+fn device_of(name: &IfName, link: &LinkMessage) -> VxlanDevice {
+    let mut device = VxlanDevice {
+        name: name.clone(),
+        vni: 0,
+        port: 0,
+        local: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        mac: MacAddr(nl::link_mac(link).unwrap_or([0; 6])),
+        mtu: nl::link_mtu(link).unwrap_or(0),
+        learning: true,
+        up: link.header.flags.contains(LinkFlags::Up),
+    };
+    let infos = link.attributes.iter().find_map(|a| match a {
+        LinkAttribute::LinkInfo(infos) => Some(infos),
+        _ => None,
+    });
+    let is_vxlan = infos.is_some_and(|i| {
+        i.iter()
+            .any(|x| matches!(x, LinkInfo::Kind(InfoKind::Vxlan)))
+    });
+    let data = infos.and_then(|i| {
+        i.iter().find_map(|x| match x {
+            LinkInfo::Data(InfoData::Vxlan(data)) => Some(data),
+            _ => None,
+        })
+    });
+    if let (true, Some(data)) = (is_vxlan, data) {
+        for attr in data {
+            match attr {
+                InfoVxlan::Id(vni) => device.vni = *vni,
+                InfoVxlan::Port(port) => device.port = *port,
+                InfoVxlan::Local(ip) => device.local = IpAddr::V4(*ip),
+                InfoVxlan::Local6(ip) => device.local = IpAddr::V6(*ip),
+                InfoVxlan::Learning(learning) => device.learning = *learning,
+                _ => {}
+            }
+        }
+    }
+    device
+}
+
+/// Applies operations, remembering device indexes between them.
+pub struct Applier<'a> {
+    handle: &'a Handle,
+    indexes: BTreeMap<IfName, u32>,
+    /// Netlink requests sent, for the programming benchmark.
+    pub requests: usize,
+}
+
+impl<'a> Applier<'a> {
+    pub fn new(handle: &'a Handle) -> Applier<'a> {
+        Applier {
+            handle,
+            indexes: BTreeMap::new(),
+            requests: 0,
+        }
+    }
+
+    /// Apply `ops` in order; stops at the first failure.
+    pub async fn apply_all(&mut self, ops: &[Op]) -> Result<(), ApplyError> {
+        for op in ops {
+            self.apply(op).await.map_err(|source| ApplyError {
+                op: op.to_string(),
+                source,
+            })?;
+        }
+        Ok(())
+    }
+
+    async fn index(&mut self, dev: &IfName) -> Result<u32, rtnetlink::Error> {
+        if let Some(index) = self.indexes.get(dev) {
+            return Ok(*index);
+        }
+        self.requests += 1;
+        let link = nl::link_by_name(self.handle, dev.as_str()).await?;
+        let index = link
+            .map(|l| l.header.index)
+            .ok_or_else(|| no_such_device(dev))?;
+        self.indexes.insert(dev.clone(), index);
+        Ok(index)
+    }
+
+    pub async fn apply(&mut self, op: &Op) -> Result<(), rtnetlink::Error> {
+        self.requests += 1;
+        let link = self.handle.link();
+        match op {
+            Op::CreateDevice(device) => self.create(device).await,
+            Op::RecreateDevice { device, .. } => {
+                self.delete_device(&device.name).await?;
+                self.requests += 1;
+                self.create(device).await
+            }
+            Op::SetMtu { dev, mtu } => {
+                let index = self.index(dev).await?;
+                link.change(LinkUnspec::new_with_index(index).mtu(*mtu).build())
+                    .execute()
+                    .await
+            }
+            Op::SetUp(dev) => {
+                let index = self.index(dev).await?;
+                link.change(LinkUnspec::new_with_index(index).up().build())
+                    .execute()
+                    .await
+            }
+            Op::DeleteDevice(dev) => self.delete_device(dev).await,
+            Op::SetAddress(address) => {
+                let index = self.index(&address.dev).await?;
+                let net = address.address;
+                let mut add = self
+                    .handle
+                    .address()
+                    .add(index, net.addr(), net.prefix_len())
+                    .replace();
+                if net.addr().is_ipv6() {
+                    add.message_mut().header.flags |= AddressHeaderFlags::Nodad;
+                    add.message_mut()
+                        .attributes
+                        .push(AddressAttribute::Flags(AddressFlags::Nodad));
+                }
+                add.execute().await
+            }
+            Op::DeleteAddress(address) => {
+                let index = self.index(&address.dev).await?;
+                let found = self
+                    .handle
+                    .address()
+                    .get()
+                    .set_link_index_filter(index)
+                    .execute()
+                    .try_collect::<Vec<_>>()
+                    .await?;
+                for message in found {
+                    let matches = message.header.prefix_len == address.address.prefix_len()
+                        && message.attributes.iter().any(|a| matches!(a, AddressAttribute::Address(ip) if *ip == address.address.addr()));
+                    if matches {
+                        ignore(
+                            self.handle.address().del(message).execute().await,
+                            &[Errno::EADDRNOTAVAIL],
+                        )?;
+                    }
+                }
+                Ok(())
+            }
+            Op::ReplaceRoute(route) => {
+                let message = self.route_message(route).await?;
+                self.handle.route().add(message).replace().execute().await
+            }
+            Op::DeleteRoute(route) => {
+                let message = self.route_message(route).await?;
+                ignore(
+                    self.handle.route().del(message).execute().await,
+                    &[Errno::ESRCH, Errno::ENOENT],
+                )
+            }
+            Op::ReplaceNeighbour(neighbour) => {
+                let index = self.index(&neighbour.dev).await?;
+                self.handle
+                    .neighbours()
+                    .add(index, neighbour.ip)
+                    .link_layer_address(&neighbour.mac.0)
+                    .state(NeighbourState::Permanent)
+                    .replace()
+                    .execute()
+                    .await
+            }
+            Op::DeleteNeighbour(neighbour) => {
+                let index = self.index(&neighbour.dev).await?;
+                let mut message = NeighbourMessage::default();
+                message.header.family = if neighbour.ip.is_ipv4() {
+                    AddressFamily::Inet
+                } else {
+                    AddressFamily::Inet6
+                };
+                message.header.ifindex = index;
+                message
+                    .attributes
+                    .push(NeighbourAttribute::Destination(NeighbourAddress::from(
+                        neighbour.ip,
+                    )));
+                ignore(
+                    self.handle.neighbours().del(message).execute().await,
+                    &[Errno::ENOENT],
+                )
+            }
+            Op::ReplaceFdb(fdb) => {
+                let index = self.index(&fdb.dev).await?;
+                self.handle
+                    .neighbours()
+                    .add_bridge(index, &fdb.mac.0)
+                    .flags(NeighbourFlags::Own)
+                    .state(NeighbourState::Permanent)
+                    .destination(fdb.dst)
+                    .replace()
+                    .execute()
+                    .await
+            }
+            Op::DeleteFdb(fdb) => {
+                let index = self.index(&fdb.dev).await?;
+                let mut message = NeighbourMessage::default();
+                message.header.family = AddressFamily::Bridge;
+                message.header.ifindex = index;
+                message.header.flags = NeighbourFlags::Own;
+                message
+                    .attributes
+                    .push(NeighbourAttribute::LinkLayerAddress(fdb.mac.0.to_vec()));
+                message
+                    .attributes
+                    .push(NeighbourAttribute::Destination(NeighbourAddress::from(
+                        fdb.dst,
+                    )));
+                ignore(
+                    self.handle.neighbours().del(message).execute().await,
+                    &[Errno::ENOENT],
+                )
+            }
+        }
+    }
+
+    async fn create(&mut self, device: &VxlanDevice) -> Result<(), rtnetlink::Error> {
+        let builder = LinkVxlan::new(device.name.as_str(), device.vni)
+            .port(device.port)
+            .learning(device.learning)
+            .address(device.mac.0.to_vec())
+            .mtu(device.mtu)
+            .up();
+        let builder = match device.local {
+            IpAddr::V4(ip) => builder.local(ip),
+            IpAddr::V6(ip) => builder.local6(ip),
+        };
+        self.handle.link().add(builder.build()).execute().await?;
+        self.indexes.remove(&device.name);
+        Ok(())
+    }
+
+    async fn delete_device(&mut self, dev: &IfName) -> Result<(), rtnetlink::Error> {
+        self.indexes.remove(dev);
+        match nl::link_by_name(self.handle, dev.as_str()).await? {
+            Some(link) => ignore(
+                self.handle.link().del(link.header.index).execute().await,
+                &[Errno::ENODEV],
+            ),
+            None => Ok(()),
+        }
+    }
+
+    async fn route_message(&mut self, route: &Route) -> Result<RouteMessage, rtnetlink::Error> {
+        let index = self.index(&route.dev).await?;
+        let message = match (route.dst, route.gateway) {
+            (IpNet::V4(dst), IpAddr::V4(gw)) => {
+                let b = RouteMessageBuilder::<Ipv4Addr>::new()
+                    .destination_prefix(dst.addr(), dst.prefix_len())
+                    .gateway(gw)
+                    .output_interface(index);
+                if route.onlink {
+                    b.onlink().build()
+                } else {
+                    b.build()
+                }
+            }
+            (IpNet::V6(dst), IpAddr::V6(gw)) => {
+                let b = RouteMessageBuilder::<Ipv6Addr>::new()
+                    .destination_prefix(dst.addr(), dst.prefix_len())
+                    .gateway(gw)
+                    .output_interface(index);
+                if route.onlink {
+                    b.onlink().build()
+                } else {
+                    b.build()
+                }
+            }
+            _ => {
+                return Err(rtnetlink::Error::InvalidNla(format!(
+                    "route {} via {}: mixed families",
+                    route.dst, route.gateway
+                )))
+            }
+        };
+        Ok(message)
+    }
+}
+
+fn no_such_device(dev: &IfName) -> rtnetlink::Error {
+    rtnetlink::Error::NamespaceError(format!("device {dev} does not exist"))
+}
+
+/// Treat the listed errnos (e.g. "already gone") as success.
+fn ignore(result: Result<(), rtnetlink::Error>, errnos: &[Errno]) -> Result<(), rtnetlink::Error> {
+    match result {
+        Err(e) if nl::is_errno(&e, errnos) => Ok(()),
+        other => other,
+    }
+}
