@@ -31,4 +31,4 @@ fi
 cargo build --workspace --all-targets
 shift_args=()
 if [ "${1:-}" = "--" ]; then shift; shift_args=("$@"); fi
-cargo test --workspace -- "${shift_args[@]}"
+cargo test --workspace --no-fail-fast -- "${shift_args[@]}"
