@@ -8,13 +8,26 @@ use std::path::{Path, PathBuf};
 /// renamed over the target. A reader (or a daemon killed half-way) sees the old file or the new one,
 /// never a mixture.
 pub fn atomic_write(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    replace_file(path, bytes, true)
+}
+
+/// Like [`atomic_write`] but without waiting for the disk: the file survives a killed process
+/// (the page cache outlives it), not a power loss. For state a reboot makes moot anyway — pod
+/// addresses, whose pods a rebooted node re-creates and whose stale entries GC releases.
+pub fn atomic_replace(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    replace_file(path, bytes, false)
+}
+
+fn replace_file(path: &Path, bytes: &[u8], durable: bool) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)?;
     let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or("state");
     let tmp = dir.join(format!(".{file_name}.tmp.{}", std::process::id()));
     let mut file = File::create(&tmp)?;
     file.write_all(bytes)?;
-    file.sync_all()?;
+    if durable {
+        file.sync_all()?;
+    }
     drop(file);
     std::fs::rename(&tmp, path).inspect_err(|_| {
         let _ = std::fs::remove_file(&tmp);

@@ -5,7 +5,8 @@
 //!                        "next_v4": "...", "next_v6": "..."}
 //! ```
 //! Every change is written (temporary file, rename) before the caller acts on it, so a daemon killed
-//! at any point has either not handed the address out or remembers it; GC releases what the runtime
+//! at any point has either not handed the address out or remembers it (no fsync: a power loss
+//! reboots the node, its runtime re-creates every pod, and GC releases what the old file held); GC releases what the runtime
 //! no longer knows. One container ID + interface always gets the same addresses back (a repeated ADD).
 //! Allocation is next-fit from a cursor, as host-local does, so a just-released address is not
 //! handed out again at once (stale conntrack entries and ARP caches point at it for a while).
@@ -21,7 +22,7 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 use weft_proto::lease::PodCidrs;
 
-use crate::fsutil::atomic_write;
+use crate::fsutil::atomic_replace;
 
 #[derive(Debug, thiserror::Error)]
 pub enum IpamError {
@@ -281,7 +282,7 @@ impl Ipam {
 
     fn save(&self) -> Result<(), IpamError> {
         let json = serde_json::to_vec(&self.state).expect("IPAM state always serialises");
-        atomic_write(&self.path, &json).map_err(|source| IpamError::Io {
+        atomic_replace(&self.path, &json).map_err(|source| IpamError::Io {
             path: self.path.clone(),
             source,
         })

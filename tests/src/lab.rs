@@ -466,7 +466,11 @@ pub fn call_plugin(
     }
     let mut child = cmd.spawn().expect("spawn the CNI plugin");
     // A plugin may answer without reading its input (VERSION does): a closed pipe is not an error.
-    let _ = child.stdin.take().expect("stdin").write_all(config.to_string().as_bytes());
+    let _ = child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(config.to_string().as_bytes());
     let output = child.wait_with_output().expect("plugin output");
     CniOutput {
         success: output.status.success(),
