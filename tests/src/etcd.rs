@@ -46,6 +46,10 @@ impl EtcdServer {
         format!("http://127.0.0.1:{}", self.client_port)
     }
 
+    pub fn pid(&self) -> u32 {
+        self.process.as_ref().map(|p| p.pid()).unwrap_or(0)
+    }
+
     pub fn data_dir(&self) -> &Path {
         self.data.path()
     }

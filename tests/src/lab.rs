@@ -370,8 +370,20 @@ impl Lab {
         )
     }
 
-    /// Keep everything running after this value drops (for `weft-lab up`).
-    pub fn detach(mut self) {
+    /// Keep everything running after this value drops (for `weft-lab up`), and record what it is
+    /// in `/run/weft-lab/PREFIX.json` for `weft-lab down`.
+    pub fn detach(mut self) -> Result<PathBuf, String> {
+        let mut pids: Vec<u32> = self
+            .nodes
+            .iter()
+            .filter_map(|n| n.daemon.as_ref().map(|d| d.pid()))
+            .collect();
+        pids.extend(self.etcd.as_ref().map(|e| e.pid()));
+        let record = json!({"prefix": self.prefix, "dir": self.dir, "pids": pids});
+        std::fs::create_dir_all(RECORD_DIR).map_err(|e| format!("{RECORD_DIR}: {e}"))?;
+        let path = Path::new(RECORD_DIR).join(format!("{}.json", self.prefix));
+        std::fs::write(&path, record.to_string())
+            .map_err(|e| format!("{}: {e}", path.display()))?;
         self.remove_dir = false;
         for pod in &mut self.pods {
             pod.netns.keep();
@@ -387,6 +399,71 @@ impl Lab {
         if let Some(etcd) = self.etcd.take() {
             etcd.detach();
         }
+        Ok(path)
+    }
+}
+
+/// Where detached labs are recorded.
+pub const RECORD_DIR: &str = "/run/weft-lab";
+
+/// Remove every detached lab: its processes, namespaces and files. Returns the prefixes removed.
+/// Every step runs; failures are reported together.
+pub fn down_all() -> Result<Vec<String>, String> {
+    let Ok(entries) = std::fs::read_dir(RECORD_DIR) else {
+        return Ok(Vec::new());
+    };
+    let mut removed = Vec::new();
+    let mut failures = Vec::new();
+    for path in entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+    {
+        let record: Value = match std::fs::read(&path).map(|b| serde_json::from_slice(&b)) {
+            Ok(Ok(v)) => v,
+            _ => {
+                failures.push(format!("{}: unreadable", path.display()));
+                continue;
+            }
+        };
+        let prefix = record["prefix"].as_str().unwrap_or_default().to_string();
+        for pid in record["pids"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_u64)
+        {
+            // Only a process that is still ours: a reused pid runs something else.
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let text = String::from_utf8_lossy(&cmdline);
+            if text.contains("weftd") || text.contains("etcd") {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+        let namespaces = crate::netns::run(&["ip", "netns", "list"]).unwrap_or_default();
+        for name in namespaces
+            .lines()
+            .filter_map(|l| l.split_whitespace().next())
+        {
+            if !prefix.is_empty() && name.starts_with(&format!("{prefix}-")) {
+                if let Err(e) = crate::netns::run(&["ip", "netns", "del", name]) {
+                    failures.push(e);
+                }
+            }
+        }
+        if let Some(dir) = record["dir"].as_str() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+        let _ = std::fs::remove_file(&path);
+        removed.push(prefix);
+    }
+    if failures.is_empty() {
+        Ok(removed)
+    } else {
+        Err(failures.join("; "))
     }
 }
 
@@ -511,4 +588,128 @@ pub fn ip_in(netns: &NetnsGuard, args: &[&str]) -> String {
     let mut full = vec!["-n", netns.name()];
     full.extend_from_slice(args);
     ip(&full)
+}
+
+/// One connectivity check: from a pod to an address.
+#[derive(Debug, Clone)]
+pub struct Probe {
+    pub from: String,
+    pub to: String,
+    pub target: IpAddr,
+    pub ok: bool,
+}
+
+impl Lab {
+    /// Every pod to every other pod on each family it has, and to the outside: ping, in parallel.
+    pub fn probes(&self) -> Vec<Probe> {
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = self
+                .pods
+                .iter()
+                .map(|from| {
+                    scope.spawn(move || {
+                        let mut targets: Vec<(String, IpAddr)> = Vec::new();
+                        for to in self.pods.iter().filter(|p| p.name != from.name) {
+                            targets
+                                .extend(to.addresses().into_iter().map(|a| (to.name.clone(), a)));
+                        }
+                        if from.v4.is_some() {
+                            targets.push(("outside".into(), IpAddr::V4(OUTSIDE_V4)));
+                        }
+                        if from.v6.is_some() {
+                            targets.push(("outside".into(), IpAddr::V6(OUTSIDE_V6)));
+                        }
+                        targets
+                            .into_iter()
+                            .map(|(to, target)| Probe {
+                                from: from.name.clone(),
+                                to,
+                                target,
+                                ok: from.netns.ping(&target.to_string(), 1),
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| h.join().expect("probe thread"))
+                .collect()
+        })
+    }
+
+    /// Probe until everything answers or `timeout` passes; the last round of probes.
+    pub fn wait_converged(&self, timeout: Duration) -> Vec<Probe> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let probes = self.probes();
+            if probes.iter().all(|p| p.ok) || std::time::Instant::now() >= deadline {
+                return probes;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+/// The connectivity matrix as text: one row per source pod, one column per destination, each cell
+/// the families that answered (`4`, `6`, `46`) or `--`.
+pub fn render_matrix(probes: &[Probe]) -> String {
+    let mut columns: Vec<String> = Vec::new();
+    let mut rows: Vec<String> = Vec::new();
+    for p in probes {
+        if !columns.contains(&p.to) {
+            columns.push(p.to.clone());
+        }
+        if !rows.contains(&p.from) {
+            rows.push(p.from.clone());
+        }
+    }
+    columns.sort_by_key(|c| (c == "outside", c.clone()));
+    rows.sort();
+    let width = columns
+        .iter()
+        .chain(&rows)
+        .map(String::len)
+        .max()
+        .unwrap_or(4)
+        .max(4);
+    let mut out = format!("{:width$}", "from \\ to");
+    for c in &columns {
+        out += &format!(" {c:>width$}");
+    }
+    out.push('\n');
+    for r in &rows {
+        out += &format!("{r:width$}");
+        for c in &columns {
+            let cell: String = probes
+                .iter()
+                .filter(|p| &p.from == r && &p.to == c)
+                .map(|p| match (p.target.is_ipv4(), p.ok) {
+                    (true, true) => "4",
+                    (false, true) => "6",
+                    (true, false) => "x4",
+                    (false, false) => "x6",
+                })
+                .collect();
+            let cell = if r == c {
+                "·".to_string()
+            } else if cell.is_empty() {
+                "--".to_string()
+            } else {
+                cell
+            };
+            out += &format!(" {cell:>width$}");
+        }
+        out.push('\n');
+    }
+    let failed = probes.iter().filter(|p| !p.ok).count();
+    out += &format!(
+        "{} of {} probes answered",
+        probes.len() - failed,
+        probes.len()
+    );
+    if failed > 0 {
+        out += " (x4/x6: no answer on that family)";
+    }
+    out
 }

@@ -3,7 +3,56 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use std::time::Duration;
+
 use weft_lab::bench;
+use weft_lab::lab::{self, Lab, LabConfig, StoreKind};
+
+fn up(nodes: usize, pods: usize, backend: &str, ipv6: bool, store: &str) -> Result<(), String> {
+    if backend != "vxlan" {
+        return Err(format!("backend {backend:?} is not built yet; use vxlan"));
+    }
+    let store = match store {
+        "file" => StoreKind::File,
+        "etcd" => StoreKind::Etcd,
+        other => return Err(format!("unknown store {other:?}; expected file or etcd")),
+    };
+    let config = LabConfig {
+        nodes,
+        pods_per_node: pods,
+        ipv6,
+        store,
+        ..Default::default()
+    };
+    let lab = Lab::up(config)?;
+    let probes = lab.wait_converged(Duration::from_secs(10));
+    println!(
+        "lab {} is up: {nodes} nodes, {pods} pods each, files in {}",
+        lab.prefix,
+        lab.dir.display()
+    );
+    for node in &lab.nodes {
+        println!(
+            "  {} ({}, {}): ip netns exec {} bash",
+            node.name,
+            node.underlay_v4,
+            node.underlay_v6,
+            node.netns.name()
+        );
+    }
+    println!("\n{}", lab::render_matrix(&probes));
+    let all_ok = probes.iter().all(|p| p.ok);
+    let record = lab.detach()?;
+    println!(
+        "\nremove it with: weft-lab down   (record: {})",
+        record.display()
+    );
+    if all_ok {
+        Ok(())
+    } else {
+        Err("some probes did not answer".into())
+    }
+}
 
 #[derive(Parser)]
 #[command(
@@ -17,6 +66,25 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Build a lab: N node namespaces on a bridge underlay, each running weftd, M pods per node
+    /// added through the real weft-cni, and an outside namespace; print the connectivity matrix.
+    Up {
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+        #[arg(long, default_value_t = 2)]
+        pods: usize,
+        /// Tunnel backend (vxlan is the one built so far).
+        #[arg(long, default_value = "vxlan")]
+        backend: String,
+        /// Dual-stack pods (IPv4 and IPv6).
+        #[arg(long)]
+        ipv6: bool,
+        /// Lease store: file (default) or etcd (starts a local etcd).
+        #[arg(long, default_value = "file")]
+        store: String,
+    },
+    /// Remove every lab that `up` left running.
+    Down,
     /// CNI ADD/DEL latency of weft beside Debian's bridge + host-local plugins.
     BenchCni {
         #[arg(long, default_value_t = 200)]
@@ -27,6 +95,21 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Up {
+            nodes,
+            pods,
+            backend,
+            ipv6,
+            store,
+        } => up(nodes, pods, &backend, ipv6, &store),
+        Command::Down => lab::down_all().map(|removed| {
+            if removed.is_empty() {
+                println!("no lab was running");
+            }
+            for prefix in removed {
+                println!("removed lab {prefix}");
+            }
+        }),
         Command::BenchCni { pods } => bench::cni_latency(pods).map(|table| print!("{table}")),
     };
     match result {
