@@ -181,3 +181,244 @@ mod tests {
         );
     }
 }
+
+/// `weft-lab bench-overlay`: pod-to-pod TCP throughput across two nodes (through VXLAN) as a ratio
+/// of node-to-node throughput on the same underlay, with iperf3, 1 and 4 streams.
+pub fn overlay_throughput(seconds: u32) -> Result<String, String> {
+    let lab = Lab::up(LabConfig {
+        nodes: 2,
+        pods_per_node: 1,
+        ..Default::default()
+    })?;
+    lab.wait_converged(Duration::from_secs(10));
+    let (a, b) = (&lab.pods[0], &lab.pods[1]);
+    let (n1, n2) = (&lab.nodes[0], &lab.nodes[1]);
+    let mut table =
+        format!("TCP throughput, {seconds} s per run (Gbit/s), iperf3, two lab nodes\n");
+    table += &format!(
+        "{:<10} {:>10} {:>10} {:>8}\n",
+        "streams", "underlay", "overlay", "ratio"
+    );
+    for streams in [1, 4] {
+        let underlay = iperf3(
+            &n1.netns,
+            &n2.netns,
+            &n2.underlay_v4.to_string(),
+            streams,
+            seconds,
+        )?;
+        let overlay = iperf3(
+            &a.netns,
+            &b.netns,
+            &b.v4.expect("IPv4 pod").to_string(),
+            streams,
+            seconds,
+        )?;
+        table += &format!(
+            "{streams:<10} {:>10.2} {:>10.2} {:>8.2}\n",
+            underlay / 1e9,
+            overlay / 1e9,
+            overlay / underlay
+        );
+    }
+    Ok(table)
+}
+
+/// Bits per second received, client in `from` to a one-off server in `to`.
+fn iperf3(
+    from: &NetnsGuard,
+    to: &NetnsGuard,
+    address: &str,
+    streams: u32,
+    seconds: u32,
+) -> Result<f64, String> {
+    let mut server = to
+        .command("iperf3")
+        .args(["-s", "-1", "-B", address])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| format!("iperf3 server: {e}"))?;
+    std::thread::sleep(Duration::from_millis(300));
+    let output = from.exec(&[
+        "iperf3",
+        "-J",
+        "-c",
+        address,
+        "-P",
+        &streams.to_string(),
+        "-t",
+        &seconds.to_string(),
+    ]);
+    let _ = server.kill();
+    let _ = server.wait();
+    let report: serde_json::Value =
+        serde_json::from_str(&output?).map_err(|e| format!("iperf3 output: {e}"))?;
+    report["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .ok_or_else(|| "iperf3 reported no throughput".to_string())
+}
+
+/// `weft-lab bench-program`: programming N simulated VXLAN peers on an empty node namespace
+/// (dual stack), counted in netlink requests, then one further peer change.
+pub fn programming_cost(counts: &[usize]) -> Result<String, String> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let mut table =
+        "Programming N peers from an empty node, dual stack (plan + diff + netlink)\n".to_string();
+    table += &format!(
+        "{:>6} {:>10} {:>10} {:>12} {:>12} {:>10}\n",
+        "peers", "ms", "requests", "change: ops", "change: req", "change ms"
+    );
+    for &n in counts {
+        let netns = NetnsGuard::create(&format!("{}-prog{n}", crate::netns::unique_prefix()))?;
+        netns.exec(&[
+            "ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth1",
+        ])?;
+        netns.exec(&["ip", "addr", "add", "192.0.2.1/24", "dev", "eth0"])?;
+        netns.exec(&["ip", "link", "set", "eth0", "up"])?;
+        let row = rt.block_on(program_peers(&netns, n))?;
+        table += &row;
+    }
+    Ok(table)
+}
+
+async fn program_peers(netns: &NetnsGuard, n: usize) -> Result<String, String> {
+    use weftd::datapath::vxlan::{observe, Applier};
+    use weftd::plan::{desired, diff, PlanConfig};
+    let ns =
+        weftd::datapath::netns::Netns::open(Path::new(&netns.path())).map_err(|e| e.to_string())?;
+    let handle = ns.connect(&[]).map_err(|e| e.to_string())?;
+    let config = PlanConfig {
+        cluster_cidrs: vec!["10.0.0.0/8".parse().unwrap(), "fd00::/48".parse().unwrap()],
+        service_cidrs: Vec::new(),
+        underlay_mtu: 1500,
+        mtu: None,
+    };
+    let own = simulated_lease(0);
+    let peers: Vec<_> = (1..=n + 1).map(simulated_lease).collect();
+    let started = Instant::now();
+    let plan = desired(&own, &peers[..n], &config).map_err(|e| e.to_string())?;
+    if let Some(refusal) = plan.refused.first() {
+        return Err(format!(
+            "{} simulated peers refused, e.g. {refusal}",
+            plan.refused.len()
+        ));
+    }
+    let observed = observe(&handle).await.map_err(|e| e.to_string())?;
+    let ops = diff(&plan.datapath, &observed);
+    let mut applier = Applier::new(&handle);
+    applier.apply_all(&ops).await.map_err(|e| e.to_string())?;
+    let elapsed = started.elapsed();
+    let requests = applier.requests;
+
+    // One further peer joins.
+    let started = Instant::now();
+    let next = desired(&own, &peers[..=n], &config).map_err(|e| e.to_string())?;
+    let change = diff(&next.datapath, &plan.datapath);
+    let mut applier = Applier::new(&handle);
+    applier
+        .apply_all(&change)
+        .await
+        .map_err(|e| e.to_string())?;
+    let change_elapsed = started.elapsed();
+    let check = observe(&handle).await.map_err(|e| e.to_string())?;
+    if diff(&next.datapath, &check).len() != 0 {
+        return Err(format!(
+            "{n} peers: the kernel does not hold the plan after applying it"
+        ));
+    }
+    Ok(format!(
+        "{n:>6} {:>10.1} {requests:>10} {:>12} {:>12} {:>10.2}\n",
+        elapsed.as_secs_f64() * 1000.0,
+        change.len(),
+        applier.requests,
+        change_elapsed.as_secs_f64() * 1000.0
+    ))
+}
+
+/// A plausible dual-stack VXLAN peer number `i` (0 is the node itself).
+pub fn simulated_lease(i: usize) -> weft_proto::lease::Lease {
+    use weft_proto::lease::{BackendData, Lease, MacAddr, PodCidrs, PublicIps};
+    let (hi, lo) = ((i >> 8) as u8, (i & 0xff) as u8);
+    let name = format!("sim-{i}");
+    Lease {
+        node: weft_proto::names::NodeName::new(name.clone()).unwrap(),
+        pod_cidrs: PodCidrs {
+            v4: Some(format!("10.{hi}.{lo}.0/24").parse().unwrap()),
+            v6: Some(format!("fd00:0:0:{i:x}::/64").parse().unwrap()),
+        },
+        public_ips: PublicIps {
+            v4: Some(std::net::Ipv4Addr::new(100, 64 + hi, lo, 1)),
+            v6: None,
+        },
+        backend: BackendData::Vxlan {
+            vtep_mac: Some(MacAddr::stable_local(&format!("{name}/v4"))),
+            vtep_mac_v6: Some(MacAddr::stable_local(&format!("{name}/v6"))),
+        },
+        expires: None,
+    }
+}
+
+/// `weft-lab bench-memory`: weftd's resident memory idle, and with `peers` simulated peers (records
+/// written to the lab's file store) programmed.
+pub fn daemon_memory(peers: usize) -> Result<String, String> {
+    let lab = Lab::up(LabConfig {
+        nodes: 1,
+        ..Default::default()
+    })?;
+    let pid = lab.nodes[0]
+        .daemon
+        .as_ref()
+        .map(|d| d.pid())
+        .ok_or("no daemon")?;
+    std::thread::sleep(Duration::from_secs(1));
+    let idle = rss_kib(pid)?;
+    let nodes_dir = lab.dir.join("store").join("nodes");
+    for i in 1..=peers {
+        let mut lease = simulated_lease(i + 1000);
+        // Inside the lab's cluster CIDRs: 10.244.0.0/16 and fd00:10:244::/48.
+        lease.pod_cidrs.v4 = Some(format!("10.244.{}.0/24", (i % 255) + 1).parse().unwrap());
+        lease.pod_cidrs.v4 = if i < 255 { lease.pod_cidrs.v4 } else { None };
+        lease.pod_cidrs.v6 = Some(format!("fd00:10:244:{:x}::/64", i + 1).parse().unwrap());
+        lease.expires = Some(4_000_000_000);
+        if lease.pod_cidrs.v4.is_none() {
+            if let weft_proto::lease::BackendData::Vxlan { vtep_mac, .. } = &mut lease.backend {
+                *vtep_mac = None;
+            }
+        }
+        let record = serde_json::to_vec(&lease.to_record()).map_err(|e| e.to_string())?;
+        std::fs::write(nodes_dir.join(format!("{}.json", lease.node)), record)
+            .map_err(|e| e.to_string())?;
+    }
+    let programmed = crate::procs::wait_for(Duration::from_secs(60), || {
+        let routes = lab.nodes[0]
+            .netns
+            .exec(&["ip", "-6", "route", "show", "dev", "weft-v6.vxlan"])
+            .ok()?;
+        (routes.lines().filter(|l| l.contains("onlink")).count() >= peers).then_some(())
+    });
+    if programmed.is_none() {
+        return Err(format!("{peers} peers were not programmed within 60 s"));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let loaded = rss_kib(pid)?;
+    Ok(format!(
+        "weftd resident memory (VmRSS): idle {:.1} MiB; with {peers} peers programmed {:.1} MiB\n",
+        idle as f64 / 1024.0,
+        loaded as f64 / 1024.0
+    ))
+}
+
+fn rss_kib(pid: u32) -> Result<u64, String> {
+    let status =
+        std::fs::read_to_string(format!("/proc/{pid}/status")).map_err(|e| e.to_string())?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .ok_or_else(|| "no VmRSS".to_string())
+}

@@ -85,6 +85,21 @@ enum Command {
     },
     /// Remove every lab that `up` left running.
     Down,
+    /// Pod-to-pod TCP throughput across nodes as a ratio of node-to-node (iperf3, 1 and 4 streams).
+    BenchOverlay {
+        #[arg(long, default_value_t = 5)]
+        seconds: u32,
+    },
+    /// Time and netlink requests to program N simulated peers, and one further change.
+    BenchProgram {
+        #[arg(long, value_delimiter = ',', default_values_t = [100, 1000, 5000])]
+        peers: Vec<usize>,
+    },
+    /// weftd's resident memory idle and with N peers.
+    BenchMemory {
+        #[arg(long, default_value_t = 1000)]
+        peers: usize,
+    },
     /// CNI ADD/DEL latency of weft beside Debian's bridge + host-local plugins.
     BenchCni {
         #[arg(long, default_value_t = 200)]
@@ -110,6 +125,11 @@ fn main() -> ExitCode {
                 println!("removed lab {prefix}");
             }
         }),
+        Command::BenchOverlay { seconds } => {
+            bench::overlay_throughput(seconds).map(|t| print!("{t}"))
+        }
+        Command::BenchProgram { peers } => bench::programming_cost(&peers).map(|t| print!("{t}")),
+        Command::BenchMemory { peers } => bench::daemon_memory(peers).map(|t| print!("{t}")),
         Command::BenchCni { pods } => bench::cni_latency(pods).map(|table| print!("{table}")),
     };
     match result {
