@@ -102,6 +102,8 @@ struct Reconciler {
     plan_config: PlanConfig,
     /// What the kernel holds, as far as weft knows; `None` means "read it again".
     observed: Option<Datapath>,
+    /// The peers' claims the last plan accepted: they win conflicts with newcomers at the next one.
+    incumbents: plan::Incumbents,
     refusals: BTreeSet<String>,
     masq_applied: Option<serde_json::Value>,
 }
@@ -112,6 +114,7 @@ impl Reconciler {
             host,
             plan_config,
             observed: None,
+            incumbents: plan::Incumbents::default(),
             refusals: BTreeSet::new(),
             masq_applied: None,
         }
@@ -139,13 +142,16 @@ impl Reconciler {
     }
 
     async fn reconcile<'a>(&mut self, own: &Lease, peers: impl Iterator<Item = &'a Lease>) {
-        let plan = match plan::desired(own, peers, &self.plan_config) {
+        let plan = match plan::desired(own, peers, &self.plan_config, &self.incumbents) {
             Ok(plan) => plan,
             Err(e) => {
                 error!(error = %e, "cannot plan this node's datapath; changing nothing");
                 return;
             }
         };
+        // This plan is the one being programmed now (even if applying it fails below): the claims
+        // it accepted hold against newcomers at the next pass.
+        self.incumbents = plan.accepted.clone();
         self.report_refusals(&plan.refused);
         let observed = match self.observed.take() {
             Some(observed) => observed,

@@ -163,25 +163,6 @@ pub fn cni_latency(pods: usize) -> Result<String, String> {
     Ok(table)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn percentiles_pick_the_nearest_rank() {
-        let mut samples: Vec<Duration> = (1..=100).rev().map(Duration::from_millis).collect();
-        let p = percentiles(&mut samples);
-        assert_eq!(
-            (p.p50, p.p90, p.p99),
-            (
-                Duration::from_millis(50),
-                Duration::from_millis(90),
-                Duration::from_millis(99)
-            )
-        );
-    }
-}
-
 /// `weft-lab bench-overlay`: pod-to-pod TCP throughput across two nodes (through VXLAN) as a ratio
 /// of node-to-node throughput on the same underlay, with iperf3, 1 and 4 streams.
 pub fn overlay_throughput(seconds: u32) -> Result<String, String> {
@@ -288,7 +269,7 @@ pub fn programming_cost(counts: &[usize]) -> Result<String, String> {
 
 async fn program_peers(netns: &NetnsGuard, n: usize) -> Result<String, String> {
     use weftd::datapath::vxlan::{observe, Applier};
-    use weftd::plan::{desired, diff, PlanConfig};
+    use weftd::plan::{desired, diff, Incumbents, PlanConfig};
     let ns =
         weftd::datapath::netns::Netns::open(Path::new(&netns.path())).map_err(|e| e.to_string())?;
     let handle = ns.connect(&[]).map_err(|e| e.to_string())?;
@@ -301,7 +282,8 @@ async fn program_peers(netns: &NetnsGuard, n: usize) -> Result<String, String> {
     let own = simulated_lease(0);
     let peers: Vec<_> = (1..=n + 1).map(simulated_lease).collect();
     let started = Instant::now();
-    let plan = desired(&own, &peers[..n], &config).map_err(|e| e.to_string())?;
+    let plan =
+        desired(&own, &peers[..n], &config, &Incumbents::default()).map_err(|e| e.to_string())?;
     if let Some(refusal) = plan.refused.first() {
         return Err(format!(
             "{} simulated peers refused, e.g. {refusal}",
@@ -317,7 +299,7 @@ async fn program_peers(netns: &NetnsGuard, n: usize) -> Result<String, String> {
 
     // One further peer joins.
     let started = Instant::now();
-    let next = desired(&own, &peers[..=n], &config).map_err(|e| e.to_string())?;
+    let next = desired(&own, &peers[..=n], &config, &plan.accepted).map_err(|e| e.to_string())?;
     let change = diff(&next.datapath, &plan.datapath);
     let mut applier = Applier::new(&handle);
     applier
@@ -326,7 +308,7 @@ async fn program_peers(netns: &NetnsGuard, n: usize) -> Result<String, String> {
         .map_err(|e| e.to_string())?;
     let change_elapsed = started.elapsed();
     let check = observe(&handle).await.map_err(|e| e.to_string())?;
-    if diff(&next.datapath, &check).len() != 0 {
+    if !diff(&next.datapath, &check).is_empty() {
         return Err(format!(
             "{n} peers: the kernel does not hold the plan after applying it"
         ));
@@ -421,4 +403,23 @@ fn rss_kib(pid: u32) -> Result<u64, String> {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .ok_or_else(|| "no VmRSS".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_pick_the_nearest_rank() {
+        let mut samples: Vec<Duration> = (1..=100).rev().map(Duration::from_millis).collect();
+        let p = percentiles(&mut samples);
+        assert_eq!(
+            (p.p50, p.p90, p.p99),
+            (
+                Duration::from_millis(50),
+                Duration::from_millis(90),
+                Duration::from_millis(99)
+            )
+        );
+    }
 }

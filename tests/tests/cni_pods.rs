@@ -254,7 +254,8 @@ fn bad_input_is_a_clear_error_and_leaves_nothing_behind() {
     let good_ns = netns.path();
     let bad_ns = not_a_netns.display().to_string();
     // (name, config, netns, ifname, expected code, words in msg)
-    let cases: Vec<(&str, Value, Option<&str>, &str, u64, &str)> = vec![
+    type Case<'a> = (&'a str, Value, Option<&'a str>, &'a str, u64, &'a str);
+    let cases: Vec<Case> = vec![
         (
             "unknown field",
             with("mtuu", json!(1400)),

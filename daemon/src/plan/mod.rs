@@ -28,11 +28,16 @@
 //!
 //! **Trust nothing a peer publishes.** Any node agent can write any Node object today, so
 //! [`desired`] checks every peer record and refuses (programs nothing for, and says why) a peer
-//! whose claims would hijack or break traffic; see [`vxlan`] for the list and the overlap policy
-//! (every claimant of a conflict is refused, since we cannot know who is honest).
+//! whose claims would hijack or break traffic; see [`vxlan`] for the list and the conflict policy:
+//! incumbency. A peer's claim (pod CIDR, VTEP MAC, underlay address) that the plan being
+//! programmed accepted stays programmed, and a newcomer conflicting with it is refused; so a record
+//! imitating node b's cannot cut b's pods off. Only a conflict no claimant held before (at
+//! start-up, say) refuses every claimant, since the plan cannot know who is honest: the store
+//! arbitrates claims, the plan can only refuse.
 //!
-//! **Steps.** [`desired`] (own lease, peers, [`PlanConfig`]) → [`Plan`] (a [`Datapath`] and the
-//! refusals); the datapath reads the kernel into an observed [`Datapath`]; [`diff`] → `Vec<`[`Op`]`>`
+//! **Steps.** [`desired`] (own lease, peers, [`PlanConfig`], the [`Incumbents`] — the previous
+//! plan's [`Plan::accepted`]) → [`Plan`] (a [`Datapath`], the refusals and the claims accepted);
+//! the datapath reads the kernel into an observed [`Datapath`]; [`diff`] → `Vec<`[`Op`]`>`
 //! in an order that applies cleanly; the datapath applies them (each op's meaning is pinned down by
 //! [`Datapath::apply`], the reference model the tests check the diff against). A restart and a
 //! steady-state peer event go through the same two functions, so a restart converges what is there
@@ -53,4 +58,4 @@ pub use diff::{diff, Op};
 pub use state::{
     Address, ApplyError, Datapath, Fdb, FdbKey, Neighbour, NeighbourKey, Route, VxlanDevice,
 };
-pub use vxlan::{desired, Family, Plan, PlanConfig, PlanError, Refusal};
+pub use vxlan::{desired, Family, Incumbents, Plan, PlanConfig, PlanError, Refusal};

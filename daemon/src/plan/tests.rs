@@ -112,8 +112,18 @@ fn cfg() -> PlanConfig {
     }
 }
 
+/// No incumbents: the plan at start-up.
+fn none() -> Incumbents {
+    Incumbents::default()
+}
+
 fn plan_with(own: &Lease, peers: &[&Lease], config: &PlanConfig) -> Plan {
-    desired(own, peers.iter().copied(), config).unwrap()
+    desired(own, peers.iter().copied(), config, &none()).unwrap()
+}
+
+/// The plan once `previous` is the one being programmed: its accepted claims are the incumbents.
+fn plan_after(own: &Lease, peers: &[&Lease], previous: &Plan) -> Plan {
+    desired(own, peers.iter().copied(), &cfg(), &previous.accepted).unwrap()
 }
 
 fn plan(own: &Lease, peers: &[&Lease]) -> Plan {
@@ -452,101 +462,124 @@ fn an_mtu_change_is_set_in_place() {
 // ---------------------------------------------------------------------------------------------
 
 type Mutate = fn(&mut [Lease; 3], &mut PlanConfig);
+/// Who is refused, each with a part of the reason, in name order: the whole list.
+type Refused = &'static [(&'static str, &'static str)];
+/// Who is still programmed exactly as if the refused peers did not exist: the whole list.
+type Kept = &'static [&'static str];
+/// A label, the spoiling, the outcome at start-up, and the outcome later if it differs.
+type Case = (&'static str, Mutate, Refused, Kept, Option<(Refused, Kept)>);
 
-/// From a, with peers b, c, d: each case spoils something and names who is refused (with a part of
-/// the reason) and who must still be programmed exactly as before.
+/// From a, with peers b, c, d: each case spoils something and names who is refused and who must
+/// still be programmed exactly as before — at start-up (no incumbents), and when the spoilt record
+/// arrives after b, c and d were accepted (`None`: the same outcome as at start-up). A conflict
+/// between peers refuses every claimant at start-up, and the newcomer alone later.
 #[test]
 fn refusals_program_nothing_for_the_refused_and_leave_the_others_alone() {
-    let cases: &[(&str, Mutate, &[(&str, &str)], &[&str])] = &[
+    let cases: &[Case] = &[
         (
             "overlaps this node's pod CIDR",
             |p, _| p[2].pod_cidrs.v4 = Some("10.244.1.128/25".parse().unwrap()),
             &[("d", "pod CIDR 10.244.1.128/25 overlaps this node's pod CIDR 10.244.1.0/24")],
             &["b", "c"],
+            None,
         ),
         (
             "contains this node's pod CIDR (IPv6), and everyone else's: refused alone",
             |p, _| p[2].pod_cidrs.v6 = Some("fd00:10:244::/56".parse().unwrap()),
             &[("d", "pod CIDR fd00:10:244::/56 overlaps this node's pod CIDR fd00:10:244:1::/64")],
             &["b", "c"],
+            None,
         ),
         (
             "inside the service CIDR",
             |p, _| p[2].pod_cidrs.v4 = Some("10.96.4.0/24".parse().unwrap()),
             &[("d", "pod CIDR 10.96.4.0/24 overlaps the service CIDR 10.96.0.0/12")],
             &["b", "c"],
+            None,
         ),
         (
             "around a service CIDR inside the cluster range",
             |_, config| config.service_cidrs.push("10.244.4.128/26".parse().unwrap()),
             &[("d", "pod CIDR 10.244.4.0/24 overlaps the service CIDR 10.244.4.128/26")],
             &["b", "c"],
+            None,
         ),
         (
             "default route",
             |p, _| p[2].pod_cidrs.v4 = Some("0.0.0.0/0".parse().unwrap()),
             &[("d", "pod CIDR 0.0.0.0/0 is a default route")],
             &["b", "c"],
+            None,
         ),
         (
             "IPv6 default route",
             |p, _| p[2].pod_cidrs.v6 = Some("::/0".parse().unwrap()),
             &[("d", "pod CIDR ::/0 is a default route")],
             &["b", "c"],
+            None,
         ),
         (
             "outside the cluster CIDRs",
             |p, _| p[2].pod_cidrs.v4 = Some("10.245.4.0/24".parse().unwrap()),
             &[("d", "pod CIDR 10.245.4.0/24 lies outside the cluster CIDRs (10.244.0.0/16, fd00:10:244::/56)")],
             &["b", "c"],
+            None,
         ),
         (
             "host bits set",
             |p, _| p[2].pod_cidrs.v4 = Some("10.244.4.1/24".parse().unwrap()),
             &[("d", "pod CIDR 10.244.4.1/24 has host bits set")],
             &["b", "c"],
+            None,
         ),
         (
             "underlay address inside this node's pod CIDR",
             |p, _| p[2].public_ips.v4 = Some("10.244.1.7".parse().unwrap()),
             &[("d", "underlay address 10.244.1.7 lies inside this node's pod CIDR 10.244.1.0/24")],
             &["b", "c"],
+            None,
         ),
         (
             "underlay address inside the cluster CIDR",
             |p, _| p[2].public_ips.v4 = Some("10.244.77.1".parse().unwrap()),
             &[("d", "underlay address 10.244.77.1 lies inside the cluster CIDR 10.244.0.0/16")],
             &["b", "c"],
+            None,
         ),
         (
             "underlay address (the unused family) inside its own pod CIDR",
             |p, _| p[2].public_ips.v6 = Some("fd00:10:244:4::1".parse().unwrap()),
             &[("d", "underlay address fd00:10:244:4::1 lies inside its own pod CIDR fd00:10:244:4::/64")],
             &["b", "c"],
+            None,
         ),
         (
             "underlay address inside the service CIDR",
             |p, _| p[2].public_ips.v4 = Some("10.96.0.1".parse().unwrap()),
             &[("d", "underlay address 10.96.0.1 lies inside the service CIDR 10.96.0.0/12")],
             &["b", "c"],
+            None,
         ),
         (
             "underlay address is this node's own (Vagrant)",
             |p, _| p[2].public_ips.v4 = Some("192.0.2.1".parse().unwrap()),
             &[("d", "underlay address 192.0.2.1 is this node's own")],
             &["b", "c"],
+            None,
         ),
         (
             "underlay address is loopback",
             |p, _| p[2].public_ips.v4 = Some("127.0.0.1".parse().unwrap()),
             &[("d", "underlay address 127.0.0.1 is not a unicast address")],
             &["b", "c"],
+            None,
         ),
         (
             "no underlay address of the tunnels' family",
             |p, _| p[2].public_ips.v4 = None,
             &[("d", "publishes no IPv4 underlay address")],
             &["b", "c"],
+            None,
         ),
         (
             "not vxlan",
@@ -558,40 +591,63 @@ fn refusals_program_nothing_for_the_refused_and_leave_the_others_alone() {
             },
             &[("d", "runs the wireguard backend, not vxlan")],
             &["b", "c"],
+            None,
         ),
         (
             "no VTEP MAC for a family it holds a pod CIDR of",
             |p, _| set_mac(&mut p[2], Family::V6, None),
             &[("d", "publishes no VTEP MAC for its IPv6 pod CIDR fd00:10:244:4::/64")],
             &["b", "c"],
+            None,
         ),
         (
             "this node's own VTEP MAC",
             |p, _| set_mac(&mut p[2], Family::V4, Some(mac(1, 4))),
             &[("d", "VTEP MAC 02:00:00:00:01:04 is this node's own on weft.vxlan")],
             &["b", "c"],
+            None,
         ),
         (
             "a multicast VTEP MAC",
             |p, _| set_mac(&mut p[2], Family::V4, Some(MacAddr([1, 0, 0x5e, 0, 0, 1]))),
             &[("d", "VTEP MAC 01:00:5e:00:00:01 is not a unicast address")],
             &["b", "c"],
+            None,
         ),
         (
             "this node's own name",
             |p, _| p[2].node = NodeName::new("a").unwrap(),
             &[("a", "carries this node's own name")],
             &["b", "c"],
+            None,
         ),
-        // Conflicts between peers: every claimant is refused, bystanders are not.
+        // Conflicts between peers: every claimant at start-up, only the newcomer once the others
+        // were accepted; bystanders never.
         (
             "the same pod CIDR as another peer",
             |p, _| p[2].pod_cidrs.v4 = Some("10.244.3.0/24".parse().unwrap()),
             &[
-                ("c", "pod CIDR 10.244.3.0/24 overlaps the pod CIDR of d (10.244.3.0/24); every claimant of a conflict is refused"),
-                ("d", "pod CIDR 10.244.3.0/24 overlaps the pod CIDR of c (10.244.3.0/24); every claimant of a conflict is refused"),
+                ("c", "pod CIDR 10.244.3.0/24 overlaps the pod CIDR of d (10.244.3.0/24); where no claimant held it before, every claimant is refused"),
+                ("d", "pod CIDR 10.244.3.0/24 overlaps the pod CIDR of c (10.244.3.0/24); where no claimant held it before, every claimant is refused"),
             ],
             &["b"],
+            Some((
+                &[("d", "pod CIDR 10.244.3.0/24 overlaps the pod CIDR already programmed for c (10.244.3.0/24)")],
+                &["b", "c"],
+            )),
+        ),
+        (
+            "a pod CIDR inside another peer's (IPv6)",
+            |p, _| p[2].pod_cidrs.v6 = Some("fd00:10:244:2:8000::/65".parse().unwrap()),
+            &[
+                ("b", "pod CIDR fd00:10:244:2::/64 overlaps the pod CIDR of d (fd00:10:244:2:8000::/65)"),
+                ("d", "pod CIDR fd00:10:244:2:8000::/65 overlaps the pod CIDR of b (fd00:10:244:2::/64)"),
+            ],
+            &["c"],
+            Some((
+                &[("d", "pod CIDR fd00:10:244:2:8000::/65 overlaps the pod CIDR already programmed for b (fd00:10:244:2::/64)")],
+                &["b", "c"],
+            )),
         ),
         (
             "a pod CIDR around two other peers'",
@@ -602,6 +658,10 @@ fn refusals_program_nothing_for_the_refused_and_leave_the_others_alone() {
                 ("d", "pod CIDR 10.244.2.0/23 overlaps the pod CIDR of b (10.244.2.0/24), c (10.244.3.0/24)"),
             ],
             &[],
+            Some((
+                &[("d", "pod CIDR 10.244.2.0/23 overlaps the pod CIDR already programmed for b (10.244.2.0/24), c (10.244.3.0/24)")],
+                &["b", "c"],
+            )),
         ),
         (
             "another peer's VTEP MAC",
@@ -611,6 +671,10 @@ fn refusals_program_nothing_for_the_refused_and_leave_the_others_alone() {
                 ("d", "VTEP MAC 02:00:00:00:02:06 on weft-v6.vxlan is also published by b"),
             ],
             &["c"],
+            Some((
+                &[("d", "VTEP MAC 02:00:00:00:02:06 on weft-v6.vxlan is already programmed for b")],
+                &["b", "c"],
+            )),
         ),
         (
             "another peer's underlay address",
@@ -620,46 +684,58 @@ fn refusals_program_nothing_for_the_refused_and_leave_the_others_alone() {
                 ("d", "underlay address 192.0.2.3 is also published by c"),
             ],
             &["b"],
+            Some((
+                &[("d", "underlay address 192.0.2.3 is already programmed for c")],
+                &["b", "c"],
+            )),
         ),
         (
-            "another peer's name",
+            "another peer's name: incumbency cannot tell the two apart",
             |p, _| p[2].node = NodeName::new("c").unwrap(),
             &[
                 ("c", "another lease carries the same node name"),
                 ("c", "another lease carries the same node name"),
             ],
             &["b"],
+            None,
         ),
     ];
 
     let own = a();
-    for (label, mutate, refused, kept) in cases {
+    let accepted = plan(&own, &[&b(), &c(), &d()]).accepted;
+    assert_eq!(accepted.nodes().count(), 3);
+    for (label, mutate, refused, kept, later) in cases {
         let mut peers = [b(), c(), d()];
         let mut config = cfg();
         mutate(&mut peers, &mut config);
-        let plan = desired(&own, peers.iter(), &config).unwrap();
+        let later = later.unwrap_or((refused, kept));
+        for (when, incumbents, (refused, kept)) in [
+            ("at start-up", &none(), (*refused, *kept)),
+            ("later", &accepted, later),
+        ] {
+            let label = format!("{label} ({when})");
+            let plan = desired(&own, peers.iter(), &config, incumbents).unwrap();
 
-        let got: Vec<(String, String)> = plan
-            .refused
-            .iter()
-            .map(|r| (r.node.to_string(), r.reason.clone()))
-            .collect();
-        assert_eq!(got.len(), refused.len(), "{label}: {got:#?}");
-        for ((node, reason), (want_node, want_reason)) in got.iter().zip(refused.iter()) {
-            assert_eq!(node, want_node, "{label}");
-            assert!(
-                reason.contains(want_reason),
-                "{label}: {node}: {reason:?} should contain {want_reason:?}"
-            );
+            let got: Vec<&str> = plan.refused.iter().map(|r| r.node.as_str()).collect();
+            let want: Vec<&str> = refused.iter().map(|(node, _)| *node).collect();
+            assert_eq!(got, want, "{label}: {:#?}", plan.refused);
+            for (refusal, (_, want_reason)) in plan.refused.iter().zip(refused.iter()) {
+                assert!(
+                    refusal.reason.contains(want_reason),
+                    "{label}: {refusal} should contain {want_reason:?}"
+                );
+            }
+
+            // The others are programmed exactly as if the spoilt peers did not exist, and they
+            // alone hold claims at the next plan.
+            let unaffected: Vec<Lease> = [b(), c(), d()]
+                .into_iter()
+                .filter(|l| kept.contains(&l.node.as_str()))
+                .collect();
+            let expected = desired(&own, unaffected.iter(), &config, &none()).unwrap();
+            assert_eq!(plan.datapath, expected.datapath, "{label}");
+            assert_eq!(plan.accepted, expected.accepted, "{label}");
         }
-
-        // The others are programmed exactly as if the spoilt peers did not exist.
-        let unaffected: Vec<Lease> = [b(), c(), d()]
-            .into_iter()
-            .filter(|l| kept.contains(&l.node.as_str()))
-            .collect();
-        let expected = desired(&own, unaffected.iter(), &config).unwrap();
-        assert_eq!(plan.datapath, expected.datapath, "{label}");
     }
 }
 
@@ -689,12 +765,12 @@ fn a_crowd_of_claimants_is_named_briefly() {
             l
         })
         .collect();
-    let plan = desired(&a(), leases.iter(), &cfg()).unwrap();
+    let plan = desired(&a(), leases.iter(), &cfg(), &none()).unwrap();
     assert_eq!(plan.refused.len(), 10);
     assert_eq!(
         plan.refused[0].reason,
-        "underlay address 192.0.2.99 is also published by n11, n12, n13 and 6 more; every \
-         claimant of a conflict is refused"
+        "underlay address 192.0.2.99 is also published by n11, n12, n13 and 6 more; where no \
+         claimant held it before, every claimant is refused"
     );
     assert!(plan.datapath.routes.is_empty());
 }
@@ -715,6 +791,332 @@ fn a_newly_refused_peer_loses_exactly_its_entries() {
     assert_eq!(ops.len(), 6);
 }
 
+// ---------------------------------------------------------------------------------------------
+// Incumbency: what the plan being programmed accepted stays.
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn accepted_holds_exactly_what_is_programmed() {
+    let (a, b, c) = (a(), b(), c());
+    let mut d = d();
+    d.public_ips.v4 = Some("127.0.0.1".parse().unwrap()); // refused
+    let e = v6_only(node("e", 5)); // accepted, but nothing to program on an IPv4-only node
+    let plan = plan(&v4_only(a), &[&b, &c, &d, &e]);
+    assert_eq!(plan.refused.len(), 1);
+    let held = &plan.accepted;
+    assert_eq!(
+        held.nodes().map(|n| n.as_str()).collect::<Vec<_>>(),
+        ["b", "c"]
+    );
+    let b = name("b");
+    assert!(held.holds_pod_cidr(&b, &"10.244.2.0/24".parse().unwrap()));
+    assert!(
+        !held.holds_pod_cidr(&b, &"fd00:10:244:2::/64".parse().unwrap()),
+        "not programmed"
+    );
+    assert!(
+        !held.holds_pod_cidr(&b, &"10.244.2.0/25".parse().unwrap()),
+        "exact values only"
+    );
+    assert!(held.holds_vtep_mac(&b, Family::V4, mac(2, 4)));
+    assert!(
+        !held.holds_vtep_mac(&b, Family::V6, mac(2, 4)),
+        "per device"
+    );
+    assert!(held.holds_underlay(&b, ip("192.0.2.2")));
+    assert!(
+        !held.holds_underlay(&b, ip("2001:db8::2")),
+        "not the tunnels' family"
+    );
+    assert!(!held.holds_underlay(&name("c"), ip("192.0.2.2")));
+    assert!(none().is_empty() && !held.is_empty());
+}
+
+/// Once b is accepted, a record claiming what b holds — its pod CIDR exactly, a part of it, a range
+/// around it, its VTEP MAC, its underlay address, or all of it — is refused, and b keeps its route,
+/// neighbour and FDB entries: nothing to apply. For as long as the record stays.
+#[test]
+fn an_attacker_claiming_what_b_holds_is_refused_and_b_is_untouched() {
+    type Spoil = fn(&mut Lease);
+    let cases: &[(&str, Spoil, &str)] = &[
+        (
+            "b's pod CIDR",
+            |x| x.pod_cidrs.v4 = Some("10.244.2.0/24".parse().unwrap()),
+            "pod CIDR 10.244.2.0/24 overlaps the pod CIDR already programmed for b (10.244.2.0/24)",
+        ),
+        (
+            "a part of it",
+            |x| x.pod_cidrs.v4 = Some("10.244.2.128/25".parse().unwrap()),
+            "pod CIDR 10.244.2.128/25 overlaps the pod CIDR already programmed for b \
+             (10.244.2.0/24)",
+        ),
+        (
+            "a range around it (and c's)",
+            |x| x.pod_cidrs.v4 = Some("10.244.2.0/23".parse().unwrap()),
+            "pod CIDR 10.244.2.0/23 overlaps the pod CIDR already programmed for b \
+             (10.244.2.0/24), c (10.244.3.0/24)",
+        ),
+        (
+            "b's IPv6 pod CIDR",
+            |x| x.pod_cidrs.v6 = Some("fd00:10:244:2::/64".parse().unwrap()),
+            "pod CIDR fd00:10:244:2::/64 overlaps the pod CIDR already programmed for b \
+             (fd00:10:244:2::/64)",
+        ),
+        (
+            "b's VTEP MAC",
+            |x| set_mac(x, Family::V4, Some(mac(2, 4))),
+            "VTEP MAC 02:00:00:00:02:04 on weft.vxlan is already programmed for b",
+        ),
+        (
+            "b's underlay address",
+            |x| x.public_ips.v4 = Some("192.0.2.2".parse().unwrap()),
+            "underlay address 192.0.2.2 is already programmed for b",
+        ),
+        (
+            "b's whole record",
+            |x| *x = Lease { node: x.node.clone(), ..b() },
+            "VTEP MAC 02:00:00:00:02:04 on weft.vxlan is already programmed for b; \
+             VTEP MAC 02:00:00:00:02:06 on weft-v6.vxlan is already programmed for b; \
+             pod CIDR 10.244.2.0/24 overlaps the pod CIDR already programmed for b (10.244.2.0/24); \
+             pod CIDR fd00:10:244:2::/64 overlaps the pod CIDR already programmed for b \
+             (fd00:10:244:2::/64); underlay address 192.0.2.2 is already programmed for b",
+        ),
+    ];
+
+    let (a, b, c) = (a(), b(), c());
+    let before = plan(&a, &[&b, &c]);
+    let observed = applied(&before.datapath);
+    let v4 = dev("weft.vxlan");
+    for (label, spoil, reason) in cases {
+        // Named to sort first: the order of names decides nothing.
+        let mut x = node("aa", 9);
+        spoil(&mut x);
+        let after = plan_after(&a, &[&b, &c, &x], &before);
+        assert_eq!(
+            after.refused,
+            vec![Refusal {
+                node: name("aa"),
+                reason: reason.to_string()
+            }],
+            "{label}"
+        );
+        let dp = &after.datapath;
+        let route = &dp.routes[&"10.244.2.0/24".parse().unwrap()];
+        assert_eq!(
+            (route.gateway, &route.dev),
+            (ip("10.244.2.0"), &v4),
+            "{label}"
+        );
+        assert_eq!(
+            dp.neighbours[&(v4.clone(), ip("10.244.2.0"))].mac,
+            mac(2, 4),
+            "{label}"
+        );
+        assert_eq!(
+            dp.fdb[&(v4.clone(), mac(2, 4))].dst,
+            ip("192.0.2.2"),
+            "{label}"
+        );
+        assert_eq!(dp, &before.datapath, "{label}");
+        assert_eq!(diff(dp, &observed), vec![], "{label}");
+        assert_eq!(after.accepted, before.accepted, "{label}");
+        // The next plans, carrying the incumbents on, say the same.
+        assert_eq!(plan_after(&a, &[&b, &c, &x], &after), after, "{label}");
+    }
+}
+
+/// Two attackers, one claiming a range around b's and c's CIDRs, one a part of b's: both refused,
+/// each naming the peers it lost to as well as the other newcomer.
+#[test]
+fn nested_newcomers_name_the_holder_they_lost_to() {
+    let (a, b, c) = (a(), b(), c());
+    let before = plan(&a, &[&b, &c]);
+    let (mut x1, mut x2) = (node("x1", 8), node("x2", 9));
+    x1.pod_cidrs.v4 = Some("10.244.2.0/23".parse().unwrap());
+    x2.pod_cidrs.v4 = Some("10.244.2.128/25".parse().unwrap());
+    let after = plan_after(&a, &[&b, &c, &x1, &x2], &before);
+    assert_eq!(
+        after.refused,
+        vec![
+            Refusal {
+                node: name("x1"),
+                reason: "pod CIDR 10.244.2.0/23 overlaps the pod CIDR already programmed for b \
+                         (10.244.2.0/24), c (10.244.3.0/24); pod CIDR 10.244.2.0/23 overlaps the \
+                         pod CIDR of x2 (10.244.2.128/25); where no claimant held it before, \
+                         every claimant is refused"
+                    .into()
+            },
+            Refusal {
+                node: name("x2"),
+                reason: "pod CIDR 10.244.2.128/25 overlaps the pod CIDR already programmed for b \
+                         (10.244.2.0/24); pod CIDR 10.244.2.128/25 overlaps the pod CIDR of x1 \
+                         (10.244.2.0/23); where no claimant held it before, every claimant is \
+                         refused"
+                    .into()
+            },
+        ]
+    );
+    assert_eq!(after.datapath, before.datapath);
+    assert_eq!(after.accepted, before.accepted);
+}
+
+/// An accepted peer whose record changes onto what another accepted peer holds is a newcomer for
+/// the new claim: refused (programming nothing, its unchanged claims included), the other peer
+/// untouched. Its old record back, it is accepted again.
+#[test]
+fn a_peer_moving_onto_another_peers_claim_is_refused_and_the_other_keeps_it() {
+    type Spoil = fn(&mut Lease);
+    let cases: &[(&str, Spoil, &str)] = &[
+        (
+            "c's pod CIDR",
+            |b| b.pod_cidrs.v4 = Some("10.244.3.0/24".parse().unwrap()),
+            "pod CIDR 10.244.3.0/24 overlaps the pod CIDR already programmed for c (10.244.3.0/24)",
+        ),
+        (
+            "a range around its own and c's",
+            |b| b.pod_cidrs.v4 = Some("10.244.2.0/23".parse().unwrap()),
+            "pod CIDR 10.244.2.0/23 overlaps the pod CIDR already programmed for c (10.244.3.0/24)",
+        ),
+        (
+            "a part of c's (IPv6)",
+            |b| b.pod_cidrs.v6 = Some("fd00:10:244:3:8000::/65".parse().unwrap()),
+            "pod CIDR fd00:10:244:3:8000::/65 overlaps the pod CIDR already programmed for c \
+             (fd00:10:244:3::/64)",
+        ),
+        (
+            "c's VTEP MAC",
+            |b| set_mac(b, Family::V6, Some(mac(3, 6))),
+            "VTEP MAC 02:00:00:00:03:06 on weft-v6.vxlan is already programmed for c",
+        ),
+        (
+            "c's underlay address",
+            |b| b.public_ips.v4 = Some("192.0.2.3".parse().unwrap()),
+            "underlay address 192.0.2.3 is already programmed for c",
+        ),
+    ];
+
+    let (a, b, c) = (a(), b(), c());
+    let before = plan(&a, &[&b, &c]);
+    let observed = applied(&before.datapath);
+    let only_c = plan(&a, &[&c]);
+    for (label, spoil, reason) in cases {
+        let mut moved = b.clone();
+        spoil(&mut moved);
+        let after = plan_after(&a, &[&moved, &c], &before);
+        assert_eq!(
+            after.refused,
+            vec![Refusal {
+                node: name("b"),
+                reason: reason.to_string()
+            }],
+            "{label}"
+        );
+        assert_eq!(after.datapath, only_c.datapath, "{label}");
+        assert_eq!(after.accepted, only_c.accepted, "{label}");
+        // Exactly b's entries go; c's stay.
+        let ops = converge(&after.datapath, &mut observed.clone());
+        assert_eq!(ops, diff(&only_c.datapath, &observed), "{label}");
+        assert_eq!(ops.len(), 6, "{label}");
+        // Refused, b holds nothing now: still refused at the next plan, c still kept.
+        let next = plan_after(&a, &[&moved, &c], &after);
+        assert_eq!(next, after, "{label}");
+        // Its record fixed, b comes back as a newcomer nobody contests.
+        let fixed = plan_after(&a, &[&b, &c], &next);
+        assert_eq!(fixed, before, "{label}");
+    }
+}
+
+/// At start-up (no incumbents) with a conflicting record already present, the plan cannot know who
+/// is honest and refuses both claimants; it stays so until the store is fixed, and from then on
+/// the honest peer holds its claim.
+#[test]
+fn at_start_up_every_claimant_of_a_conflict_is_refused() {
+    let (a, b, c) = (a(), b(), c());
+    let mut x = node("x", 9);
+    x.pod_cidrs.v4 = Some("10.244.2.0/24".parse().unwrap());
+    let start = plan(&a, &[&b, &c, &x]);
+    assert_eq!(
+        start.refused,
+        vec![
+            Refusal {
+                node: name("b"),
+                reason: "pod CIDR 10.244.2.0/24 overlaps the pod CIDR of x (10.244.2.0/24); where \
+                         no claimant held it before, every claimant is refused"
+                    .into()
+            },
+            Refusal {
+                node: name("x"),
+                reason: "pod CIDR 10.244.2.0/24 overlaps the pod CIDR of b (10.244.2.0/24); where \
+                         no claimant held it before, every claimant is refused"
+                    .into()
+            },
+        ]
+    );
+    let only_c = plan(&a, &[&c]);
+    assert_eq!(start.datapath, only_c.datapath);
+    assert_eq!(start.accepted, only_c.accepted);
+
+    // Neither holds anything, so the next plans say the same.
+    let next = plan_after(&a, &[&b, &c, &x], &start);
+    assert_eq!(next, start);
+    // The false record removed from the store: b is accepted, and holds its CIDR from then on.
+    let fixed = plan_after(&a, &[&b, &c], &next);
+    assert_eq!(fixed, plan(&a, &[&b, &c]));
+    let back = plan_after(&a, &[&b, &c, &x], &fixed);
+    assert_eq!(
+        back.refused
+            .iter()
+            .map(|r| r.node.as_str())
+            .collect::<Vec<_>>(),
+        ["x"]
+    );
+    assert_eq!(back.datapath, fixed.datapath);
+}
+
+/// This node is the incumbent of its own pod CIDR, VTEP MACs and underlay address: a peer claiming
+/// one is refused, whatever it held.
+#[test]
+fn this_node_is_the_incumbent_of_its_own_claims() {
+    type Change = fn(&mut Lease);
+    let cases: &[(Change, &str)] = &[
+        (
+            |own| own.pod_cidrs.v4 = Some("10.244.2.128/25".parse().unwrap()),
+            "pod CIDR 10.244.2.0/24 overlaps this node's pod CIDR 10.244.2.128/25",
+        ),
+        (
+            |own| set_mac(own, Family::V6, Some(mac(2, 6))),
+            "VTEP MAC 02:00:00:00:02:06 is this node's own on weft-v6.vxlan",
+        ),
+        (
+            |own| own.public_ips.v4 = Some("192.0.2.2".parse().unwrap()),
+            "underlay address 192.0.2.2 is this node's own",
+        ),
+    ];
+    let (a, b, c) = (a(), b(), c());
+    let before = plan(&a, &[&b, &c]);
+    assert!(before.accepted.nodes().any(|n| n.as_str() == "b"));
+    for (change, reason) in cases {
+        let mut own = a.clone();
+        change(&mut own);
+        let after = desired(&own, [&b, &c], &cfg(), &before.accepted).unwrap();
+        assert_eq!(after.refused.len(), 1, "{reason}: {:?}", after.refused);
+        assert_eq!(after.refused[0].node, name("b"));
+        assert!(
+            after.refused[0].reason.starts_with(reason),
+            "{:?} should start with {reason:?}",
+            after.refused[0].reason
+        );
+        assert_eq!(
+            after
+                .accepted
+                .nodes()
+                .map(|n| n.as_str())
+                .collect::<Vec<_>>(),
+            ["c"]
+        );
+    }
+}
+
 #[test]
 fn own_lease_problems_are_errors_not_an_empty_plan() {
     let mut wg = a();
@@ -723,20 +1125,20 @@ fn own_lease_problems_are_errors_not_an_empty_plan() {
         port: 51820,
     };
     assert!(matches!(
-        desired(&wg, [], &cfg()),
+        desired(&wg, [], &cfg(), &none()),
         Err(PlanError::NotVxlan { .. })
     ));
 
     let mut no_ip = a();
     no_ip.public_ips = PublicIps::default();
     assert!(matches!(
-        desired(&no_ip, [], &cfg()),
+        desired(&no_ip, [], &cfg(), &none()),
         Err(PlanError::NoUnderlay { .. })
     ));
 
     let mut no_mac = a();
     set_mac(&mut no_mac, Family::V6, None);
-    let err = desired(&no_mac, [], &cfg()).unwrap_err();
+    let err = desired(&no_mac, [], &cfg(), &none()).unwrap_err();
     assert_eq!(
         err.to_string(),
         "this node (a) holds IPv6 pod CIDR fd00:10:244:1::/64 but its lease has no VTEP MAC for \
@@ -1100,15 +1502,21 @@ fn model_random_peer_changes_converge_with_few_operations() {
 
     let config = big_config();
     let own = big_node(1, 1, 1);
-    let mut rng = Lcg(0x5eed_0f_3eff);
+    let mut rng = Lcg(0x005e_ed0f_3eff);
     let mut peers: BTreeMap<NodeName, Lease> = BTreeMap::new();
     let mut model = Datapath::default();
     let (mut next_node, mut next_ip, mut next_mac) = (2u32, 2u32, 2u32);
     let mut bad = 0usize;
     let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
 
-    let first = desired(&own, [], &config).unwrap();
+    // Impostors: records copying an accepted peer's pod CIDR (exactly, or a part of it), by
+    // impostor name → the peer imitated. Refused for as long as that peer is there.
+    let mut impostors: BTreeMap<NodeName, (Lease, NodeName)> = BTreeMap::new();
+    let mut imitated = 0usize;
+
+    let first = desired(&own, [], &config, &Incumbents::default()).unwrap();
     assert_eq!(converge(&first.datapath, &mut model).len(), 4);
+    let mut incumbents = first.accepted;
 
     for step in 0..500 {
         // A peer chosen at random, and what it programs (0 for a refused one).
@@ -1156,10 +1564,51 @@ fn model_random_peer_changes_converge_with_few_operations() {
                 set_mac(lease, family, Some(MacAddr([0x02, x, y, z, 0xee, 0])));
                 ("new mac", 3 * shared.min(1))
             }
-            70..=92 => {
+            70..=89 => {
+                // Its impostors go with it (else the first of them would take its place).
                 let (node, shared) = pick(&mut rng, &peers);
                 peers.remove(&node);
+                impostors.retain(|_, (_, victim)| *victim != node);
                 ("remove", 3 * shared)
+            }
+            90..=94 => {
+                // An impostor of an accepted peer: its pod CIDRs exactly (a copy of its record
+                // under another name) or a part of them (fresh MACs and underlay address).
+                // Refused, so nothing changes.
+                let honest: Vec<&Lease> = peers
+                    .values()
+                    .filter(|l| l.node.as_str().starts_with("node-"))
+                    .collect();
+                if honest.is_empty() {
+                    continue;
+                }
+                let victim = honest[rng.below(honest.len() as u64) as usize];
+                assert!(incumbents.nodes().any(|n| *n == victim.node), "step {step}");
+                let mut lease = match rng.below(2) {
+                    0 => victim.clone(),
+                    _ => {
+                        let mut lease = big_node(next_node, next_ip, next_mac);
+                        (next_node, next_ip, next_mac) = (next_node + 1, next_ip + 1, next_mac + 1);
+                        // The upper half of each of its pod CIDRs.
+                        let v4 = victim.pod_cidrs.v4;
+                        let v6 = victim.pod_cidrs.v6;
+                        lease.pod_cidrs.v4 =
+                            v4.map(|n| n.subnets(n.prefix_len() + 1).unwrap().last().unwrap());
+                        lease.pod_cidrs.v6 =
+                            v6.map(|n| n.subnets(n.prefix_len() + 1).unwrap().last().unwrap());
+                        if lease.pod_cidrs.v4.is_none() {
+                            set_mac(&mut lease, Family::V4, None);
+                        }
+                        if lease.pod_cidrs.v6.is_none() {
+                            set_mac(&mut lease, Family::V6, None);
+                        }
+                        lease
+                    }
+                };
+                lease.node = name(&format!("imp-{imitated}"));
+                imitated += 1;
+                impostors.insert(lease.node.clone(), (lease, victim.node.clone()));
+                ("impostor", 0)
             }
             _ => {
                 // A hostile record: pods in the service range. Refused, so nothing changes.
@@ -1173,16 +1622,28 @@ fn model_random_peer_changes_converge_with_few_operations() {
             }
         };
 
-        let plan = desired(&own, peers.values(), &config).unwrap();
+        let all = peers.values().chain(impostors.values().map(|(l, _)| l));
+        let plan = desired(&own, all, &config, &incumbents).unwrap();
+        incumbents = plan.accepted.clone();
         let bad_now = peers
             .keys()
             .filter(|n| n.as_str().starts_with("bad-"))
             .count();
         assert_eq!(
             plan.refused.len(),
-            bad_now,
+            bad_now + impostors.len(),
             "step {step}: {:?}",
             plan.refused
+        );
+        // Every honest peer holds its claims; no bad peer or impostor holds any.
+        let honest: Vec<&NodeName> = peers
+            .keys()
+            .filter(|n| n.as_str().starts_with("node-"))
+            .collect();
+        assert_eq!(
+            incumbents.nodes().collect::<Vec<_>>(),
+            honest,
+            "step {step}"
         );
         let ops = converge(&plan.datapath, &mut model);
         assert!(ops.len() <= 6, "step {step} ({kind}): {:#?}", lines(&ops));
@@ -1195,13 +1656,26 @@ fn model_random_peer_changes_converge_with_few_operations() {
         *counts.entry(kind).or_default() += 1;
     }
 
-    // Snapshot or events, same output: a fresh node reaches the same state in one go.
-    let plan = desired(&own, peers.values(), &config).unwrap();
+    // Snapshot or events, same output: a fresh node reaches the same state in one go, once the
+    // impostors are gone (with them, a fresh node knows no incumbent and refuses their victims too).
+    let plan = desired(&own, peers.values(), &config, &Incumbents::default()).unwrap();
     assert_eq!(applied(&plan.datapath), model);
+    assert_eq!(plan.accepted, incumbents);
+    if !impostors.is_empty() {
+        let all = peers.values().chain(impostors.values().map(|(l, _)| l));
+        let fresh = desired(&own, all, &config, &Incumbents::default()).unwrap();
+        let victims: std::collections::BTreeSet<&NodeName> =
+            impostors.values().map(|(_, victim)| victim).collect();
+        assert_eq!(
+            fresh.refused.len(),
+            plan.refused.len() + impostors.len() + victims.len()
+        );
+    }
     eprintln!(
-        "model test: {counts:?}; {} peers at the end, {} refused",
+        "model test: {counts:?}; {} peers at the end, {} refused, {} impostors",
         peers.len(),
-        bad
+        plan.refused.len(),
+        impostors.len()
     );
 }
 
@@ -1212,7 +1686,7 @@ fn five_thousand_peers_from_empty() {
     let peers: Vec<Lease> = (2..5002).map(|k| big_node(k, k, k)).collect();
 
     let started = Instant::now();
-    let plan = desired(&own, peers.iter(), &config).unwrap();
+    let plan = desired(&own, peers.iter(), &config, &Incumbents::default()).unwrap();
     let planned = started.elapsed();
     let ops = diff(&plan.datapath, &Datapath::default());
     let diffed = started.elapsed() - planned;

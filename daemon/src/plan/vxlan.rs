@@ -20,15 +20,40 @@
 //!   is not checked against other peers' pod CIDRs: an accepted one lies inside the cluster CIDRs
 //!   anyway, and a refused peer's claim must not refuse anyone else.)
 //!
-//! Then, among the peers that passed those checks, conflicts between peers — two leases with the
-//! same node name, overlapping pod CIDRs, the same VTEP MAC on a device, the same underlay address
-//! — refuse **every** claimant. We cannot know who is honest: keeping the first by name would let
-//! an attacker win by choosing a name that sorts first, keeping the oldest needs a clock we do not
-//! trust, and routing a pod CIDR to the wrong node sends its traffic to whoever lied. Refusing both
-//! costs availability (a peer can deny service to the node it imitates) but never diverts traffic,
-//! and the refusal names both sides for the operator. A peer refused on its own checks (a /16
-//! covering this node's pod CIDR, say) takes no part in the conflict checks, so its claim cannot
-//! knock out honest peers; peers not party to a conflict are never affected.
+//! Then, among the peers that passed those checks, come the conflicts between peers: overlapping
+//! pod CIDRs, the same VTEP MAC on a device, the same underlay address. They are settled by
+//! **incumbency**. [`desired`] is given the [`Incumbents`]: the claims of the peers the previous
+//! plan accepted (the plan this node is programming, [`Plan::accepted`]), each as the peer's name
+//! with the exact value — its pod CIDR of a family, its VTEP MAC on a device, its underlay address.
+//!
+//! - A claim held by an incumbent stays: the incumbent keeps its routes, neighbour and FDB entries,
+//!   and every newcomer conflicting with it is refused ("… already programmed for b"). A newcomer
+//!   is a claim not held: a peer not accepted before, or an accepted peer whose record changed to
+//!   a new value (b moving its pod CIDR onto c's loses, and c keeps it). Being refused, such a peer
+//!   programs nothing at all — its unchanged claims included — and holds nothing at the next plan.
+//! - A conflict no claimant holds (at start-up, when [`Incumbents::default`] is passed and a
+//!   hostile record is already present; or between two newcomers) refuses **every** claimant, as
+//!   we cannot know who is honest: keeping the first by name would let an attacker win by choosing
+//!   a name that sorts first, keeping the oldest needs a clock we do not trust, and routing a pod
+//!   CIDR to the wrong node sends its traffic to whoever lied. That costs availability (a peer can
+//!   deny service to the node it imitates, until the operator removes the false record) but never
+//!   diverts traffic, and the refusal names both sides for the operator. Arbitrating is the
+//!   store's job, not the plan's: an honest agent claims its subnet there atomically (etcd claims
+//!   are compare-and-swap guarded), so honest records never overlap; the plan, which sees only
+//!   the records, can only refuse what it cannot trust.
+//! - Two leases carrying the same node name are both refused, whatever they held (the stores key
+//!   peers by name, so this does not happen short of a broken store; for the same reason two
+//!   incumbents never conflict otherwise: the claims of one plan's accepted peers are disjoint).
+//!
+//! Incumbency is local to this node and to its lifetime: another node may have seen the records
+//! arrive in another order, and this one starts every run with none (so a false record present at
+//! a restart refuses the peer it imitates too, until the store is fixed). Conflicts with this
+//! node's **own** pod CIDR, VTEP MAC or underlay address are not conflicts between peers: this
+//! node is the incumbent of its own, and the peer is refused whatever it held (checked above). A
+//! peer refused on its own checks (a /16 covering this node's pod CIDR, say) takes no part in the
+//! conflict checks, so its claim cannot knock out honest peers; peers not party to a conflict are
+//! never affected. The other side of that rule: an incumbent refused on its own checks (its record
+//! went bad) holds nothing from then on, and a claim on its pod CIDR is judged without it.
 //!
 //! Families this node runs no device for are not checked (they program nothing), so a cluster
 //! moving from single to dual stack keeps its IPv4 tunnels while nodes change over. A peer with no
@@ -107,6 +132,59 @@ pub struct Plan {
     pub datapath: Datapath,
     /// Peers that program nothing, by node name; empty when every peer was accepted.
     pub refused: Vec<Refusal>,
+    /// The claims of the peers this plan programs: what to pass to the next [`desired`] once this
+    /// plan is the one being programmed (see [`Incumbents`]).
+    pub accepted: Incumbents,
+}
+
+/// Claims that win a conflict: for each peer a plan accepted and programs something for, its pod
+/// CIDR and VTEP MAC of each family this node runs, and its underlay address of the tunnels'
+/// family — the exact values programmed. Made only by [`desired`] ([`Plan::accepted`]), so its
+/// claims never conflict with one another; [`Incumbents::default`] holds nothing (start-up: every
+/// claimant of a conflict is refused). See the [module documentation](self) for the policy.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Incumbents {
+    held: BTreeMap<NodeName, Held>,
+}
+
+/// What one accepted peer holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Held {
+    /// Per family this node runs: the pod CIDR and VTEP MAC programmed.
+    entries: Vec<(Family, IpNet, MacAddr)>,
+    /// The underlay address its FDB entries send to.
+    underlay: IpAddr,
+}
+
+impl Incumbents {
+    /// Whether no peer holds anything.
+    pub fn is_empty(&self) -> bool {
+        self.held.is_empty()
+    }
+
+    /// The peers holding claims, in name order.
+    pub fn nodes(&self) -> impl Iterator<Item = &NodeName> {
+        self.held.keys()
+    }
+
+    /// Whether `node` holds exactly `cidr` as its pod CIDR.
+    pub fn holds_pod_cidr(&self, node: &NodeName, cidr: &IpNet) -> bool {
+        self.held
+            .get(node)
+            .is_some_and(|h| h.entries.iter().any(|(_, c, _)| c == cidr))
+    }
+
+    /// Whether `node` holds `mac` as its VTEP MAC on the device of `family`.
+    pub fn holds_vtep_mac(&self, node: &NodeName, family: Family, mac: MacAddr) -> bool {
+        self.held
+            .get(node)
+            .is_some_and(|h| h.entries.iter().any(|&(f, _, m)| f == family && m == mac))
+    }
+
+    /// Whether `node` holds `ip` as its underlay address.
+    pub fn holds_underlay(&self, node: &NodeName, ip: IpAddr) -> bool {
+        self.held.get(node).is_some_and(|h| h.underlay == ip)
+    }
 }
 
 /// This node's own lease cannot be planned. Nothing should be applied then: the datapath keeps
@@ -229,6 +307,9 @@ struct Candidate<'a> {
 struct Others {
     shown: Vec<String>,
     count: usize,
+    /// No single claimant held the claim, so every claimant is refused (rather than this one
+    /// losing to an incumbent).
+    open: bool,
 }
 
 impl fmt::Display for Others {
@@ -244,15 +325,19 @@ impl fmt::Display for Others {
 /// How many of a conflict's other parties a reason names.
 const SHOWN: usize = 3;
 
-/// The desired VXLAN datapath of the node holding `own`, given its peers' leases.
+/// The desired VXLAN datapath of the node holding `own`, given its peers' leases and the claims
+/// the previous plan accepted.
 ///
 /// `peers` are the other nodes (the stores leave this node out; a peer carrying this node's name is
 /// refused). They are examined in node-name order, so the result does not depend on the order
-/// given. Cost: O(n log n) in the number of peers.
+/// given. `incumbents` settles conflicts between peers: pass the [`Plan::accepted`] of the plan
+/// being programmed, or [`Incumbents::default`] at start-up (see the [module documentation](self)).
+/// Pure; cost: O(n log n) in the number of peers.
 pub fn desired<'a>(
     own: &Lease,
     peers: impl IntoIterator<Item = &'a Lease>,
     config: &PlanConfig,
+    incumbents: &Incumbents,
 ) -> Result<Plan, PlanError> {
     if let BackendData::WireGuard { .. } = own.backend {
         return Err(PlanError::NotVxlan {
@@ -312,12 +397,22 @@ pub fn desired<'a>(
         .into_iter()
         .map(|peer| examine(peer, own, &own_devices, underlay, config))
         .collect();
-    find_conflicts(&mut candidates);
+    find_conflicts(&mut candidates, incumbents);
 
     let mut refused = Vec::new();
+    let mut accepted = Incumbents::default();
     for c in &candidates {
         if c.problems.is_empty() && c.conflicts.is_empty() {
             program(&mut datapath, c);
+            if let (Some(underlay), false) = (c.underlay, c.entries.is_empty()) {
+                accepted.held.insert(
+                    c.lease.node.clone(),
+                    Held {
+                        entries: c.entries.clone(),
+                        underlay,
+                    },
+                );
+            }
         } else {
             let mut reasons = c.problems.clone();
             reasons.extend(c.conflicts.iter().map(
@@ -326,8 +421,10 @@ pub fn desired<'a>(
                     false => format!("{what} {others}"),
                 },
             ));
-            if !c.conflicts.is_empty() {
-                reasons.push("every claimant of a conflict is refused".to_string());
+            if c.conflicts.values().any(|others| others.open) {
+                reasons.push(
+                    "where no claimant held it before, every claimant is refused".to_string(),
+                );
             }
             refused.push(Refusal {
                 node: c.lease.node.clone(),
@@ -335,7 +432,11 @@ pub fn desired<'a>(
             });
         }
     }
-    Ok(Plan { datapath, refused })
+    Ok(Plan {
+        datapath,
+        refused,
+        accepted,
+    })
 }
 
 /// The checks of one peer alone.
@@ -480,21 +581,34 @@ struct Found {
     what: String,
     shown: Vec<String>,
     count: usize,
+    /// See [`Others::open`].
+    open: bool,
 }
 
-/// Conflicts between peers that passed their own checks and program something. Linear in the
-/// number of conflicts: a group of k claimants of one MAC costs O(k), not O(k²).
-fn find_conflicts(candidates: &mut [Candidate]) {
+/// A pod CIDR claimed by an eligible peer, as an interval.
+struct Span {
+    lo: u128,
+    hi: u128,
+    /// The claimant (an index into the candidates).
+    who: usize,
+    cidr: IpNet,
+    /// Whether the claimant holds exactly this CIDR (an incumbent).
+    held: bool,
+}
+
+/// Conflicts between peers that passed their own checks and program something, settled by
+/// incumbency (see the module documentation). Linear in the number of conflicts: a group of k
+/// claimants of one MAC costs O(k), not O(k²).
+fn find_conflicts(candidates: &mut [Candidate], incumbents: &Incumbents) {
     let eligible: Vec<usize> = (0..candidates.len())
         .filter(|&i| candidates[i].problems.is_empty() && !candidates[i].entries.is_empty())
         .collect();
-    let name = |i: usize| candidates[i].lease.node.to_string();
+    let node = |i: usize| &candidates[i].lease.node;
+    let name = |i: usize| node(i).to_string();
     let mut found: Vec<Found> = Vec::new();
 
-    // Node names (candidates are sorted by name).
-    let names = eligible
-        .iter()
-        .map(|&i| (candidates[i].lease.node.clone(), i));
+    // Node names (candidates are sorted by name): incumbency cannot tell such leases apart.
+    let names = eligible.iter().map(|&i| (node(i).clone(), i));
     for (_, group) in groups(names) {
         for &i in &group {
             found.push(Found {
@@ -502,6 +616,7 @@ fn find_conflicts(candidates: &mut [Candidate]) {
                 what: "another lease carries the same node name".to_string(),
                 shown: Vec::new(),
                 count: 0,
+                open: true,
             });
         }
     }
@@ -509,34 +624,43 @@ fn find_conflicts(candidates: &mut [Candidate]) {
     for family in Family::ALL {
         // Pod CIDRs: as intervals sorted by start, widest first, one sweep pairs every CIDR that
         // lies inside an earlier one with the earlier one reaching furthest (which contains it,
-        // prefixes being nested or disjoint); so every claimant of an overlap is found.
-        let mut spans: Vec<(u128, u128, usize, IpNet)> = Vec::new();
+        // prefixes being nested or disjoint), and with the earlier held one reaching furthest
+        // (which contains it too, if any held one does). So every claimant of an overlap is in a
+        // pair, every claim inside a held one is paired with a holder, and every two overlapping
+        // held claims are paired with each other.
+        let mut spans: Vec<Span> = Vec::new();
         for &i in &eligible {
             for &(f, cidr, _) in &candidates[i].entries {
                 if f == family {
-                    spans.push((start(&cidr), end(&cidr), i, cidr));
+                    spans.push(Span {
+                        lo: start(&cidr),
+                        hi: end(&cidr),
+                        who: i,
+                        cidr,
+                        held: incumbents.holds_pod_cidr(node(i), &cidr),
+                    });
                 }
             }
         }
-        spans.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
-        let mut widest: Option<(u128, usize, IpNet)> = None;
-        for &(lo, hi, i, cidr) in &spans {
-            if let Some((reach, j, other)) = widest {
-                if lo <= reach {
-                    let mut pair = |who: usize, mine: IpNet, them: usize, theirs: IpNet| {
-                        found.push(Found {
-                            who,
-                            what: format!("pod CIDR {mine} overlaps the pod CIDR of"),
-                            shown: vec![format!("{} ({theirs})", name(them))],
-                            count: 1,
-                        })
+        spans.sort_by(|a, b| a.lo.cmp(&b.lo).then(b.hi.cmp(&a.hi)));
+        let (mut widest, mut widest_held): (Option<usize>, Option<usize>) = (None, None);
+        for (k, s) in spans.iter().enumerate() {
+            let containers = [widest, widest_held.filter(|&h| Some(h) != widest)];
+            for other in containers.into_iter().flatten().map(|j| &spans[j]) {
+                if s.lo <= other.hi {
+                    let claimant = |s: &Span| Claimant {
+                        who: s.who,
+                        held: s.held,
+                        cidr: s.cidr,
                     };
-                    pair(i, cidr, j, other);
-                    pair(j, other, i, cidr);
+                    found.extend(settle_overlap(claimant(s), claimant(other), &name));
                 }
             }
-            if widest.is_none_or(|(reach, _, _)| hi > reach) {
-                widest = Some((hi, i, cidr));
+            if widest.is_none_or(|w| s.hi > spans[w].hi) {
+                widest = Some(k);
+            }
+            if s.held && widest_held.is_none_or(|w| s.hi > spans[w].hi) {
+                widest_held = Some(k);
             }
         }
 
@@ -546,24 +670,25 @@ fn find_conflicts(candidates: &mut [Candidate]) {
                 .entries
                 .iter()
                 .filter(|(f, _, _)| *f == family)
-                .map(move |&(_, _, mac)| (mac, i))
+                .map(move |&(_, _, mac)| {
+                    (mac, (i, incumbents.holds_vtep_mac(node(i), family, mac)))
+                })
         });
         for (mac, group) in groups(macs) {
-            let what = format!(
-                "VTEP MAC {mac} on {} is also published by",
-                family.device_name()
-            );
-            found.extend(group_conflicts(&group, &what, &name));
+            let claim = format!("VTEP MAC {mac} on {}", family.device_name());
+            found.extend(group_conflicts(&group, &claim, &name));
         }
     }
 
     // Underlay addresses.
-    let ips = eligible
-        .iter()
-        .filter_map(|&i| candidates[i].underlay.map(|ip| (ip, i)));
+    let ips = eligible.iter().filter_map(|&i| {
+        candidates[i]
+            .underlay
+            .map(|ip| (ip, (i, incumbents.holds_underlay(node(i), ip))))
+    });
     for (ip, group) in groups(ips) {
-        let what = format!("underlay address {ip} is also published by");
-        found.extend(group_conflicts(&group, &what, &name));
+        let claim = format!("underlay address {ip}");
+        found.extend(group_conflicts(&group, &claim, &name));
     }
 
     for f in found {
@@ -574,26 +699,77 @@ fn find_conflicts(candidates: &mut [Candidate]) {
             }
         }
         others.count += f.count;
+        others.open |= f.open;
+    }
+}
+
+/// One side of an overlap of pod CIDRs.
+struct Claimant {
+    who: usize,
+    /// Whether it holds its pod CIDR (an incumbent).
+    held: bool,
+    cidr: IpNet,
+}
+
+/// One overlap of two pod CIDRs: a newcomer loses to an incumbent, who keeps its CIDR; otherwise
+/// (neither holds its CIDR, or — two leases of one name — both do) both are refused.
+fn settle_overlap(a: Claimant, b: Claimant, name: &dyn Fn(usize) -> String) -> Vec<Found> {
+    let told = |me: &Claimant, them: &Claimant, open: bool| Found {
+        who: me.who,
+        what: match open {
+            true => format!("pod CIDR {} overlaps the pod CIDR of", me.cidr),
+            false => format!(
+                "pod CIDR {} overlaps the pod CIDR already programmed for",
+                me.cidr
+            ),
+        },
+        shown: vec![format!("{} ({})", name(them.who), them.cidr)],
+        count: 1,
+        open,
+    };
+    match (a.held, b.held) {
+        (true, false) => vec![told(&b, &a, false)],
+        (false, true) => vec![told(&a, &b, false)],
+        _ => vec![told(&a, &b, true), told(&b, &a, true)],
     }
 }
 
 /// Items sharing a key, for keys held by more than one item; items in the order given.
-fn groups<K: Ord>(items: impl Iterator<Item = (K, usize)>) -> Vec<(K, Vec<usize>)> {
-    let mut by_key: BTreeMap<K, Vec<usize>> = BTreeMap::new();
-    for (key, i) in items {
-        by_key.entry(key).or_default().push(i);
+fn groups<K: Ord, V>(items: impl Iterator<Item = (K, V)>) -> Vec<(K, Vec<V>)> {
+    let mut by_key: BTreeMap<K, Vec<V>> = BTreeMap::new();
+    for (key, v) in items {
+        by_key.entry(key).or_default().push(v);
     }
     by_key.into_iter().filter(|(_, v)| v.len() > 1).collect()
 }
 
-/// Each member of a group of claimants is told about the others.
-fn group_conflicts(group: &[usize], what: &str, name: &dyn Fn(usize) -> String) -> Vec<Found> {
-    let shown: Vec<usize> = group.iter().copied().take(SHOWN + 1).collect();
+/// A group of claimants of one value, each as (who, holds it): with exactly one holder, each
+/// newcomer is told it lost to the holder, who keeps it; otherwise each is told about the others.
+fn group_conflicts(
+    group: &[(usize, bool)],
+    claim: &str,
+    name: &dyn Fn(usize) -> String,
+) -> Vec<Found> {
+    let mut holders = group.iter().filter(|(_, held)| *held).map(|&(i, _)| i);
+    if let (Some(holder), None) = (holders.next(), holders.next()) {
+        return group
+            .iter()
+            .filter(|&&(i, _)| i != holder)
+            .map(|&(i, _)| Found {
+                who: i,
+                what: format!("{claim} is already programmed for"),
+                shown: vec![name(holder)],
+                count: 1,
+                open: false,
+            })
+            .collect();
+    }
+    let shown: Vec<usize> = group.iter().map(|&(i, _)| i).take(SHOWN + 1).collect();
     group
         .iter()
-        .map(|&i| Found {
+        .map(|&(i, _)| Found {
             who: i,
-            what: what.to_string(),
+            what: format!("{claim} is also published by"),
             shown: shown
                 .iter()
                 .filter(|&&j| j != i)
@@ -601,6 +777,7 @@ fn group_conflicts(group: &[usize], what: &str, name: &dyn Fn(usize) -> String) 
                 .map(|&j| name(j))
                 .collect(),
             count: group.len() - 1,
+            open: true,
         })
         .collect()
 }

@@ -1,0 +1,322 @@
+//! Across nodes, in the lab: VXLAN tunnels, routes, masquerade, node churn, restarts and hostile
+//! peer records. Each test builds its own lab (root) and removes it when it ends, even on failure.
+//!
+//! Run: `cargo build --workspace && cargo test -p weft-lab --test lab_vxlan`.
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use weft_lab::lab::{render_matrix, Lab, LabConfig, OUTSIDE_V4, OUTSIDE_V6};
+
+fn lab(nodes: usize, pods: usize) -> Lab {
+    Lab::up(LabConfig {
+        nodes,
+        pods_per_node: pods,
+        ..Default::default()
+    })
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn node_exec(lab: &Lab, node: usize, args: &[&str]) -> String {
+    lab.nodes[node]
+        .netns
+        .exec(args)
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The address `listener_ns` sees when `client_ns` connects to `target`.
+fn peer_address_seen(
+    lab: &Lab,
+    client: &weft_lab::netns::NetnsGuard,
+    server: &weft_lab::netns::NetnsGuard,
+    target: IpAddr,
+) -> IpAddr {
+    let listener = server.tcp_listen(SocketAddr::new(target, 0)).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let accept = std::thread::spawn(move || listener.accept().map(|(_, peer)| peer.ip()));
+    let _ = lab;
+    let stream = client
+        .tcp_connect(SocketAddr::new(target, port), Duration::from_secs(3))
+        .expect("connect");
+    drop(stream);
+    accept.join().unwrap().unwrap()
+}
+
+#[test]
+fn three_nodes_dual_stack_every_pod_reaches_every_pod_and_the_outside() {
+    let lab = lab(3, 2);
+    let probes = lab.wait_converged(Duration::from_secs(10));
+    let matrix = render_matrix(&probes);
+    let pod_pairs = probes.iter().filter(|p| p.to != "outside").count();
+    assert_eq!(pod_pairs, 30 * 2, "30 ordered pairs on both families");
+    assert!(
+        probes.iter().all(|p| p.ok),
+        "not everything answered:\n{matrix}"
+    );
+
+    // Egress: the outside sees the node's address; pod to pod keeps the pod's address.
+    for pod in &lab.pods {
+        let node = &lab.nodes[pod.node];
+        let seen = peer_address_seen(&lab, &pod.netns, &lab.outside, IpAddr::V4(OUTSIDE_V4));
+        assert_eq!(seen, IpAddr::V4(node.underlay_v4), "{} → outside", pod.name);
+        let seen = peer_address_seen(&lab, &pod.netns, &lab.outside, IpAddr::V6(OUTSIDE_V6));
+        assert_eq!(
+            seen,
+            IpAddr::V6(node.underlay_v6),
+            "{} → outside (IPv6)",
+            pod.name
+        );
+    }
+    let (a, b) = (&lab.pods[0], &lab.pods[5]);
+    assert_ne!(a.node, b.node);
+    for (target, source) in [
+        (IpAddr::V4(b.v4.unwrap()), IpAddr::V4(a.v4.unwrap())),
+        (IpAddr::V6(b.v6.unwrap()), IpAddr::V6(a.v6.unwrap())),
+    ] {
+        assert_eq!(
+            peer_address_seen(&lab, &a.netns, &b.netns, target),
+            source,
+            "pod-to-pod keeps its source"
+        );
+    }
+}
+
+#[test]
+fn the_node_shows_what_a_flannel_user_expects() {
+    let lab = lab(2, 1);
+    lab.wait_converged(Duration::from_secs(10));
+    let link = node_exec(&lab, 0, &["ip", "-d", "link", "show", "weft.vxlan"]);
+    for words in [
+        "vxlan id 1",
+        "local 192.0.2.11",
+        "dstport 8472",
+        "nolearning",
+        "mtu 1450",
+    ] {
+        assert!(
+            link.contains(words),
+            "ip -d link show weft.vxlan lacks {words:?}:\n{link}"
+        );
+    }
+    let link6 = node_exec(&lab, 0, &["ip", "-d", "link", "show", "weft-v6.vxlan"]);
+    assert!(link6.contains("vxlan id 2"), "{link6}");
+    let routes = node_exec(&lab, 0, &["ip", "route"]);
+    assert!(
+        routes.contains("10.244.1.0/24 via 10.244.1.0 dev weft.vxlan proto static onlink"),
+        "{routes}"
+    );
+    let routes6 = node_exec(&lab, 0, &["ip", "-6", "route"]);
+    assert!(
+        routes6.contains("fd00:10:244:1::/64 via fd00:10:244:1:: dev weft-v6.vxlan"),
+        "{routes6}"
+    );
+    let fdb = node_exec(&lab, 0, &["bridge", "fdb", "show", "dev", "weft.vxlan"]);
+    assert!(fdb.contains("dst 192.0.2.12 self permanent"), "{fdb}");
+    let neigh = node_exec(&lab, 0, &["ip", "neigh", "show", "dev", "weft.vxlan"]);
+    assert!(
+        neigh.contains("10.244.1.0 lladdr") && neigh.contains("PERMANENT"),
+        "{neigh}"
+    );
+    let nft = node_exec(&lab, 0, &["nft", "list", "table", "inet", "weft"]);
+    assert!(
+        nft.contains("ip saddr 10.244.0.0/24 ip daddr != 10.244.0.0/16 masquerade"),
+        "{nft}"
+    );
+    let tables = node_exec(&lab, 0, &["nft", "list", "tables"]);
+    assert_eq!(
+        tables.trim(),
+        "table inet weft",
+        "no other table is created"
+    );
+}
+
+#[test]
+fn a_new_node_is_reachable_within_two_seconds_and_a_removed_one_leaves_nothing() {
+    let mut lab = lab(2, 1);
+    lab.wait_converged(Duration::from_secs(10));
+    let node = lab.add_node().unwrap();
+    let pod = lab.add_pod(node).unwrap();
+    let started = Instant::now();
+    let target = lab.pods[pod].v4.unwrap().to_string();
+    let target6 = lab.pods[pod].v6.unwrap().to_string();
+    let reached = weft_lab::procs::wait_for(Duration::from_secs(5), || {
+        lab.pods[..pod]
+            .iter()
+            .all(|p| p.netns.ping(&target, 1) && p.netns.ping(&target6, 1))
+            .then_some(())
+    });
+    let took = started.elapsed();
+    eprintln!("new node reachable from every pod after {took:?}");
+    assert!(
+        reached.is_some() && took < Duration::from_secs(2),
+        "took {took:?}"
+    );
+
+    // Node 3 leaves: its lease goes, and the others remove its route, neighbour and FDB entries.
+    let leaving_cidr = "10.244.2.0/24";
+    assert!(node_exec(&lab, 0, &["ip", "route"]).contains(leaving_cidr));
+    lab.remove_pod(pod);
+    lab.stop_daemon(node, false);
+    let mut leave = lab.weftd_command(node);
+    let args: Vec<_> = leave.get_args().map(|a| a.to_owned()).collect();
+    let leave_args: Vec<_> = args
+        .iter()
+        .skip_while(|a| *a != "run")
+        .skip(1)
+        .cloned()
+        .collect();
+    let status = lab.nodes[node]
+        .netns
+        .command(weft_lab::procs::bin_path("weftd").to_str().unwrap())
+        .arg("leave")
+        .args(leave_args)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let _ = &mut leave;
+    let gone = weft_lab::procs::wait_for(Duration::from_secs(5), || {
+        [0, 1]
+            .iter()
+            .all(|n| {
+                let state = node_exec(&lab, *n, &["ip", "route"])
+                    + &node_exec(&lab, *n, &["ip", "neigh", "show", "dev", "weft.vxlan"])
+                    + &node_exec(&lab, *n, &["bridge", "fdb", "show", "dev", "weft.vxlan"]);
+                !state.contains("10.244.2.0") && !state.contains("192.0.2.13")
+            })
+            .then_some(())
+    });
+    assert!(
+        gone.is_some(),
+        "node-3's entries remain:\n{}",
+        node_exec(&lab, 0, &["ip", "route"])
+    );
+}
+
+#[test]
+fn a_tcp_stream_survives_weftd_restarts_on_both_ends() {
+    let mut lab = lab(2, 1);
+    lab.wait_converged(Duration::from_secs(10));
+    let (client_pod, server_pod) = (&lab.pods[0], &lab.pods[1]);
+    let target = SocketAddr::new(IpAddr::V4(server_pod.v4.unwrap()), 5201);
+    let listener = server_pod.netns.tcp_listen(target).unwrap();
+    let received = Arc::new(AtomicU64::new(0));
+    let server = {
+        let received = received.clone();
+        std::thread::spawn(move || -> std::io::Result<()> {
+            let (mut stream, _) = listener.accept()?;
+            let mut buf = [0u8; 4096];
+            loop {
+                let n = stream.read(&mut buf)?;
+                if n == 0 {
+                    return Ok(());
+                }
+                received.fetch_add(n as u64, Ordering::Relaxed);
+            }
+        })
+    };
+    let mut stream = client_pod
+        .netns
+        .tcp_connect(target, Duration::from_secs(3))
+        .unwrap();
+    stream
+        .set_write_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let client = {
+        let stop = stop.clone();
+        std::thread::spawn(move || -> std::io::Result<u64> {
+            let chunk = [7u8; 1024];
+            let mut sent = 0;
+            while !stop.load(Ordering::Relaxed) {
+                stream.write_all(&chunk)?;
+                sent += chunk.len() as u64;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Ok(sent)
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    lab.stop_daemon(0, false); // SIGTERM
+    lab.start_daemon(0).unwrap();
+    lab.stop_daemon(1, true); // SIGKILL
+    lab.start_daemon(1).unwrap();
+    let before = received.load(Ordering::Relaxed);
+    std::thread::sleep(Duration::from_millis(1500));
+    let after = received.load(Ordering::Relaxed);
+    stop.store(true, Ordering::Relaxed);
+    let sent = client.join().unwrap().expect("the stream never broke");
+    assert!(
+        after > before,
+        "bytes kept flowing after the restarts ({before} → {after})"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        received.load(Ordering::Relaxed),
+        sent,
+        "every byte sent arrived"
+    );
+    let _ = server;
+}
+
+#[test]
+fn hostile_peer_records_are_refused_and_the_real_owner_keeps_working() {
+    let lab = lab(2, 1);
+    lab.wait_converged(Duration::from_secs(10));
+    let nodes_dir = lab.dir.join("store").join("nodes");
+    let record = |name: &str, cidr: &str, ip: &str, mac: &str| {
+        serde_json::json!({
+            "name": name,
+            "podCIDRs": [cidr],
+            "annotations": {
+                "weft.dev/backend": "vxlan",
+                "weft.dev/public-ip": ip,
+                "weft.dev/vtep-mac": mac,
+            },
+            "expires": 4_000_000_000u64,
+        })
+        .to_string()
+    };
+    // A malformed VTEP MAC, and a node claiming node-2's pod CIDR.
+    std::fs::write(
+        nodes_dir.join("bad-mac.json"),
+        record("bad-mac", "10.244.7.0/24", "192.0.2.77", "zz:zz"),
+    )
+    .unwrap();
+    std::fs::write(
+        nodes_dir.join("thief.json"),
+        record("thief", "10.244.1.0/24", "192.0.2.66", "02:00:00:00:66:66"),
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+
+    let log = lab.nodes[0].log();
+    assert!(
+        log.contains("bad-mac.json") && log.contains("weft.dev/vtep-mac"),
+        "the malformed record is named:\n{log}"
+    );
+    assert!(
+        log.contains("peer thief refused"),
+        "the thief is refused with a warning:\n{log}"
+    );
+    let state = node_exec(&lab, 0, &["ip", "route"])
+        + &node_exec(&lab, 0, &["bridge", "fdb", "show", "dev", "weft.vxlan"]);
+    assert!(
+        !state.contains("192.0.2.66")
+            && !state.contains("192.0.2.77")
+            && !state.contains("10.244.7.0"),
+        "{state}"
+    );
+    assert!(
+        state.contains("10.244.1.0/24 via 10.244.1.0 dev weft.vxlan"),
+        "the owner's route stays:\n{state}"
+    );
+    let probes = lab.probes();
+    assert!(
+        probes.iter().all(|p| p.ok),
+        "the owner's traffic is unaffected:\n{}",
+        render_matrix(&probes)
+    );
+}
