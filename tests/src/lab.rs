@@ -46,6 +46,8 @@ pub struct LabConfig {
     pub store: StoreKind,
     /// Extra `weftd run` arguments for every node.
     pub weftd_args: Vec<String>,
+    /// Publish only the nodes' IPv6 underlay addresses: tunnels run over IPv6.
+    pub ipv6_underlay: bool,
 }
 
 impl Default for LabConfig {
@@ -57,6 +59,7 @@ impl Default for LabConfig {
             ipv6_only: false,
             store: StoreKind::File,
             weftd_args: Vec::new(),
+            ipv6_underlay: false,
         }
     }
 }
@@ -225,6 +228,11 @@ impl Lab {
     /// The `weftd run` command line of a node.
     pub fn weftd_command(&self, index: usize) -> Command {
         let node = &self.nodes[index];
+        let public_ips = if self.config.ipv6_underlay {
+            node.underlay_v6.to_string()
+        } else {
+            format!("{},{}", node.underlay_v4, node.underlay_v6)
+        };
         let mut command = node
             .netns
             .command(bin_path("weftd").to_str().expect("utf-8 path"));
@@ -232,10 +240,7 @@ impl Lab {
             .arg("run")
             .args(["--node-name", &node.name])
             .args(["--cluster-cidr", &self.cluster_cidr()])
-            .args([
-                "--public-ip",
-                &format!("{},{}", node.underlay_v4, node.underlay_v6),
-            ])
+            .args(["--public-ip", &public_ips])
             .args(["--lease-ttl", "10"])
             .arg("--state-dir")
             .arg(node.dir.join("state"))

@@ -320,3 +320,91 @@ fn hostile_peer_records_are_refused_and_the_real_owner_keeps_working() {
         render_matrix(&probes)
     );
 }
+
+#[test]
+fn single_stack_clusters_get_single_stack_pods() {
+    for (ipv6, ipv6_only) in [(false, false), (false, true)] {
+        let config = LabConfig {
+            nodes: 2,
+            pods_per_node: 1,
+            ipv6,
+            ipv6_only,
+            ..Default::default()
+        };
+        let lab = Lab::up(config).unwrap_or_else(|e| panic!("{e}"));
+        for pod in &lab.pods {
+            assert_eq!(
+                pod.v4.is_some(),
+                !ipv6_only,
+                "{}: {:?}",
+                pod.name,
+                pod.addresses()
+            );
+            assert_eq!(
+                pod.v6.is_some(),
+                ipv6_only,
+                "{}: {:?}",
+                pod.name,
+                pod.addresses()
+            );
+        }
+        let links = node_exec(&lab, 0, &["ip", "-o", "link", "show"]);
+        assert_eq!(links.contains("weft.vxlan"), !ipv6_only, "{links}");
+        assert_eq!(links.contains("weft-v6.vxlan"), ipv6_only, "{links}");
+        let probes = lab.wait_converged(Duration::from_secs(10));
+        assert!(
+            probes.iter().all(|p| p.ok),
+            "ipv6_only={ipv6_only}:\n{}",
+            render_matrix(&probes)
+        );
+    }
+}
+
+#[test]
+fn an_ipv6_underlay_carries_both_pod_families() {
+    let config = LabConfig {
+        nodes: 2,
+        pods_per_node: 1,
+        ipv6_underlay: true,
+        ..Default::default()
+    };
+    let lab = Lab::up(config).unwrap_or_else(|e| panic!("{e}"));
+    let probes = lab.wait_converged(Duration::from_secs(10));
+    assert!(probes.iter().all(|p| p.ok), "\n{}", render_matrix(&probes));
+    let link = node_exec(&lab, 0, &["ip", "-d", "link", "show", "weft.vxlan"]);
+    assert!(
+        link.contains("local 2001:db8::11") && link.contains("mtu 1430"),
+        "{link}"
+    );
+    let fdb = node_exec(&lab, 0, &["bridge", "fdb", "show", "dev", "weft-v6.vxlan"]);
+    assert!(fdb.contains("dst 2001:db8::12"), "{fdb}");
+}
+
+#[test]
+fn cleanup_removes_everything_weft_made() {
+    let mut lab = lab(2, 2);
+    lab.wait_converged(Duration::from_secs(10));
+    lab.stop_daemon(0, false);
+    let weftd = weft_lab::procs::bin_path("weftd");
+    let status = lab.nodes[0]
+        .netns
+        .command(weftd.to_str().unwrap())
+        .arg("cleanup")
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let links = node_exec(&lab, 0, &["ip", "-o", "link", "show"]);
+    assert!(
+        !links.contains("vxlan") && !links.contains(": weft"),
+        "{links}"
+    );
+    let tables = node_exec(&lab, 0, &["nft", "list", "tables"]);
+    assert!(tables.trim().is_empty(), "{tables}");
+    let routes = node_exec(&lab, 0, &["ip", "route"]) + &node_exec(&lab, 0, &["ip", "-6", "route"]);
+    assert!(
+        !routes.contains("10.244.") && !routes.contains("fd00:10:244"),
+        "{routes}"
+    );
+    // The other node is untouched.
+    assert!(node_exec(&lab, 1, &["ip", "-o", "link", "show"]).contains("weft.vxlan"));
+}
