@@ -48,6 +48,8 @@ pub struct LabConfig {
     pub weftd_args: Vec<String>,
     /// Publish only the nodes' IPv6 underlay addresses: tunnels run over IPv6.
     pub ipv6_underlay: bool,
+    /// Let weftd find the underlay address itself (`--iface eth0`) instead of `--public-ip`.
+    pub detect_underlay: bool,
 }
 
 impl Default for LabConfig {
@@ -60,6 +62,7 @@ impl Default for LabConfig {
             store: StoreKind::File,
             weftd_args: Vec::new(),
             ipv6_underlay: false,
+            detect_underlay: false,
         }
     }
 }
@@ -233,6 +236,11 @@ impl Lab {
         } else {
             format!("{},{}", node.underlay_v4, node.underlay_v6)
         };
+        let underlay_args = if self.config.detect_underlay {
+            ["--iface".to_string(), "eth0".to_string()]
+        } else {
+            ["--public-ip".to_string(), public_ips]
+        };
         let mut command = node
             .netns
             .command(bin_path("weftd").to_str().expect("utf-8 path"));
@@ -240,7 +248,7 @@ impl Lab {
             .arg("run")
             .args(["--node-name", &node.name])
             .args(["--cluster-cidr", &self.cluster_cidr()])
-            .args(["--public-ip", &public_ips])
+            .args(underlay_args)
             .args(["--lease-ttl", "10"])
             .arg("--state-dir")
             .arg(node.dir.join("state"))

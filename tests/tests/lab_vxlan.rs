@@ -408,3 +408,51 @@ fn cleanup_removes_everything_weft_made() {
     // The other node is untouched.
     assert!(node_exec(&lab, 1, &["ip", "-o", "link", "show"]).contains("weft.vxlan"));
 }
+
+#[test]
+fn a_node_whose_underlay_address_changes_is_followed_without_a_restart() {
+    let config = LabConfig {
+        nodes: 2,
+        pods_per_node: 1,
+        detect_underlay: true,
+        ..Default::default()
+    };
+    let lab = Lab::up(config).unwrap_or_else(|e| panic!("{e}"));
+    assert!(lab
+        .wait_converged(Duration::from_secs(10))
+        .iter()
+        .all(|p| p.ok));
+    let node2 = &lab.nodes[1].netns;
+    node2
+        .exec(&["ip", "addr", "del", "192.0.2.12/24", "dev", "eth0"])
+        .unwrap();
+    node2
+        .exec(&["ip", "addr", "add", "192.0.2.42/24", "dev", "eth0"])
+        .unwrap();
+    node2
+        .exec(&["ip", "route", "replace", "default", "via", "192.0.2.254"])
+        .unwrap();
+    let started = Instant::now();
+    let followed = weft_lab::procs::wait_for(Duration::from_secs(15), || {
+        let fdb = lab.nodes[0]
+            .netns
+            .exec(&["bridge", "fdb", "show", "dev", "weft.vxlan"])
+            .ok()?;
+        fdb.contains("dst 192.0.2.42").then_some(())
+    });
+    eprintln!(
+        "peer followed the new underlay address after {:?}",
+        started.elapsed()
+    );
+    assert!(
+        followed.is_some(),
+        "node-1 still tunnels to the old address"
+    );
+    let probes = lab.wait_converged(Duration::from_secs(10));
+    assert!(probes.iter().all(|p| p.ok), "\n{}", render_matrix(&probes));
+    assert!(lab.nodes[1].daemon.is_some());
+    let link = node2
+        .exec(&["ip", "-d", "link", "show", "weft.vxlan"])
+        .unwrap();
+    assert!(link.contains("local 192.0.2.42"), "{link}");
+}
