@@ -28,12 +28,23 @@ use weft_proto::names::IfName;
 use super::nl;
 use crate::plan::{Address, Datapath, Family, Fdb, Neighbour, Op, Route, VxlanDevice};
 
+/// Why one operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum OpError {
+    #[error(transparent)]
+    Netlink(#[from] rtnetlink::Error),
+    #[error("device {0} does not exist")]
+    NoDevice(IfName),
+    #[error("route to {dst} via {gateway}: mixed address families")]
+    MixedFamilies { dst: IpNet, gateway: IpAddr },
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error("{op}: {source}")]
 pub struct ApplyError {
     pub op: String,
     #[source]
-    pub source: rtnetlink::Error,
+    pub source: OpError,
 }
 
 /// weft's device names, one per pod family.
@@ -247,7 +258,7 @@ impl<'a> Applier<'a> {
         Ok(())
     }
 
-    async fn index(&mut self, dev: &IfName) -> Result<u32, rtnetlink::Error> {
+    async fn index(&mut self, dev: &IfName) -> Result<u32, OpError> {
         if let Some(index) = self.indexes.get(dev) {
             return Ok(*index);
         }
@@ -255,20 +266,20 @@ impl<'a> Applier<'a> {
         let link = nl::link_by_name(self.handle, dev.as_str()).await?;
         let index = link
             .map(|l| l.header.index)
-            .ok_or_else(|| no_such_device(dev))?;
+            .ok_or_else(|| OpError::NoDevice(dev.clone()))?;
         self.indexes.insert(dev.clone(), index);
         Ok(index)
     }
 
-    pub async fn apply(&mut self, op: &Op) -> Result<(), rtnetlink::Error> {
+    pub async fn apply(&mut self, op: &Op) -> Result<(), OpError> {
         self.requests += 1;
         let link = self.handle.link();
-        match op {
-            Op::CreateDevice(device) => self.create(device).await,
+        let result = match op {
+            Op::CreateDevice(device) => return self.create(device).await.map_err(OpError::from),
             Op::RecreateDevice { device, .. } => {
                 self.delete_device(&device.name).await?;
                 self.requests += 1;
-                self.create(device).await
+                return self.create(device).await.map_err(OpError::from);
             }
             Op::SetMtu { dev, mtu } => {
                 let index = self.index(dev).await?;
@@ -282,7 +293,7 @@ impl<'a> Applier<'a> {
                     .execute()
                     .await
             }
-            Op::DeleteDevice(dev) => self.delete_device(dev).await,
+            Op::DeleteDevice(dev) => return self.delete_device(dev).await.map_err(OpError::from),
             Op::SetAddress(address) => {
                 let index = self.index(&address.dev).await?;
                 let net = address.address;
@@ -393,7 +404,8 @@ impl<'a> Applier<'a> {
                     &[Errno::ENOENT],
                 )
             }
-        }
+        };
+        result.map_err(OpError::from)
     }
 
     async fn create(&mut self, device: &VxlanDevice) -> Result<(), rtnetlink::Error> {
@@ -423,7 +435,7 @@ impl<'a> Applier<'a> {
         }
     }
 
-    async fn route_message(&mut self, route: &Route) -> Result<RouteMessage, rtnetlink::Error> {
+    async fn route_message(&mut self, route: &Route) -> Result<RouteMessage, OpError> {
         let index = self.index(&route.dev).await?;
         let message = match (route.dst, route.gateway) {
             (IpNet::V4(dst), IpAddr::V4(gw)) => {
@@ -449,18 +461,14 @@ impl<'a> Applier<'a> {
                 }
             }
             _ => {
-                return Err(rtnetlink::Error::InvalidNla(format!(
-                    "route {} via {}: mixed families",
-                    route.dst, route.gateway
-                )))
+                return Err(OpError::MixedFamilies {
+                    dst: route.dst,
+                    gateway: route.gateway,
+                })
             }
         };
         Ok(message)
     }
-}
-
-fn no_such_device(dev: &IfName) -> rtnetlink::Error {
-    rtnetlink::Error::NamespaceError(format!("device {dev} does not exist"))
 }
 
 /// Treat the listed errnos (e.g. "already gone") as success.
