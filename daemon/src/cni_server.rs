@@ -102,13 +102,7 @@ impl CniService {
             let existed = ipam.get(&key).is_some();
             (ipam.allocate(&key).map_err(ipam_error)?, !existed)
         };
-        let spec = PodSpec {
-            netns: &netns,
-            ifname: &ifname,
-            host_veth: pod::host_veth_name(&key.container_id, &key.ifname),
-            addresses: allocation,
-            mtu: conf.mtu.unwrap_or(self.pod_mtu),
-        };
+        let spec = self.pod_spec(&netns, &ifname, &key, allocation, conf);
         let wiring = match pod::setup(&self.host, &spec).await {
             Ok(wiring) => wiring,
             Err(e) => {
@@ -178,17 +172,28 @@ impl CniService {
                 ));
             }
         }
-        let spec = PodSpec {
-            netns: &netns,
-            ifname: &ifname,
-            host_veth: pod::host_veth_name(&key.container_id, &key.ifname),
-            addresses: allocation,
-            mtu: conf.mtu.unwrap_or(self.pod_mtu),
-        };
+        let spec = self.pod_spec(&netns, &ifname, &key, allocation, conf);
         pod::check(&self.host, &spec).await.map_err(|e| match e {
             PodError::Missing(what) => CniError::new(CODE_CHECK_FAILED, what),
             other => pod_error(other),
         })
+    }
+
+    fn pod_spec<'a>(
+        &self,
+        netns: &'a Netns,
+        ifname: &'a IfName,
+        key: &AttachmentKey,
+        addresses: Allocation,
+        conf: &NetConf,
+    ) -> PodSpec<'a> {
+        PodSpec {
+            netns,
+            ifname,
+            host_veth: pod::host_veth_name(&key.container_id, &key.ifname),
+            addresses,
+            mtu: conf.mtu.unwrap_or(self.pod_mtu),
+        }
     }
 
     async fn status(&self) -> Result<(), CniError> {

@@ -22,7 +22,7 @@ use netlink_packet_route::link::{
     InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo,
 };
 use netlink_packet_route::neighbour::NeighbourState;
-use netlink_packet_route::route::RouteScope;
+use netlink_packet_route::route::{RouteMessage, RouteScope};
 use netlink_packet_route::AddressFamily;
 use nix::errno::Errno;
 use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
@@ -183,46 +183,24 @@ async fn configure(host: &Handle, pod: &Handle, spec: &PodSpec<'_>) -> Result<Po
             .execute()
             .await
             .map_err(netlink("add the pod's IPv4 address"))?;
-        pod.neighbours()
-            .add(pod_index, IpAddr::V4(GATEWAY_V4))
-            .link_layer_address(&host_mac)
-            .state(NeighbourState::Permanent)
-            .replace()
-            .execute()
-            .await
-            .map_err(netlink("add the IPv4 gateway neighbour"))?;
+        gateway_neighbour(pod, pod_index, IpAddr::V4(GATEWAY_V4), &host_mac).await?;
         let gateway_route = RouteMessageBuilder::<Ipv4Addr>::new()
             .destination_prefix(GATEWAY_V4, 32)
             .output_interface(pod_index)
             .scope(RouteScope::Link)
             .build();
-        pod.route()
-            .add(gateway_route)
-            .replace()
-            .execute()
-            .await
-            .map_err(netlink("add the IPv4 gateway route"))?;
+        replace_route(pod, gateway_route, "add the IPv4 gateway route").await?;
         let default = RouteMessageBuilder::<Ipv4Addr>::new()
             .gateway(GATEWAY_V4)
             .output_interface(pod_index)
             .build();
-        pod.route()
-            .add(default)
-            .replace()
-            .execute()
-            .await
-            .map_err(netlink("add the pod's IPv4 default route"))?;
+        replace_route(pod, default, "add the pod's IPv4 default route").await?;
         let to_pod = RouteMessageBuilder::<Ipv4Addr>::new()
             .destination_prefix(v4, 32)
             .output_interface(host_index)
             .scope(RouteScope::Link)
             .build();
-        host.route()
-            .add(to_pod)
-            .replace()
-            .execute()
-            .await
-            .map_err(netlink("add the node's route to the pod"))?;
+        replace_route(host, to_pod, "add the node's route to the pod").await?;
     }
     if let Some(v6) = spec.addresses.v6 {
         let mut add = pod.address().add(pod_index, IpAddr::V6(v6), 128).replace();
@@ -233,36 +211,46 @@ async fn configure(host: &Handle, pod: &Handle, spec: &PodSpec<'_>) -> Result<Po
         add.execute()
             .await
             .map_err(netlink("add the pod's IPv6 address"))?;
-        pod.neighbours()
-            .add(pod_index, IpAddr::V6(GATEWAY_V6))
-            .link_layer_address(&host_mac)
-            .state(NeighbourState::Permanent)
-            .replace()
-            .execute()
-            .await
-            .map_err(netlink("add the IPv6 gateway neighbour"))?;
+        gateway_neighbour(pod, pod_index, IpAddr::V6(GATEWAY_V6), &host_mac).await?;
         let default = RouteMessageBuilder::<Ipv6Addr>::new()
             .gateway(GATEWAY_V6)
             .output_interface(pod_index)
             .build();
-        pod.route()
-            .add(default)
-            .replace()
-            .execute()
-            .await
-            .map_err(netlink("add the pod's IPv6 default route"))?;
+        replace_route(pod, default, "add the pod's IPv6 default route").await?;
         let to_pod = RouteMessageBuilder::<Ipv6Addr>::new()
             .destination_prefix(v6, 128)
             .output_interface(host_index)
             .build();
-        host.route()
-            .add(to_pod)
-            .replace()
-            .execute()
-            .await
-            .map_err(netlink("add the node's route to the pod"))?;
+        replace_route(host, to_pod, "add the node's route to the pod").await?;
     }
     Ok(PodWiring { host_mac, pod_mac })
+}
+
+/// The pod's permanent neighbour entry for a gateway: the host end's MAC.
+async fn gateway_neighbour(
+    pod: &Handle,
+    pod_index: u32,
+    gateway: IpAddr,
+    host_mac: &[u8; 6],
+) -> Result<(), PodError> {
+    pod.neighbours()
+        .add(pod_index, gateway)
+        .link_layer_address(host_mac)
+        .state(NeighbourState::Permanent)
+        .replace()
+        .execute()
+        .await
+        .map_err(netlink(format!("add the gateway neighbour {gateway}")))
+}
+
+async fn replace_route(handle: &Handle, route: RouteMessage, what: &str) -> Result<(), PodError> {
+    handle
+        .route()
+        .add(route)
+        .replace()
+        .execute()
+        .await
+        .map_err(netlink(what))
 }
 
 /// Remove the pod's veth (the pod end and every route through it go with it). Nothing there is fine.
