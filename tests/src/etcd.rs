@@ -1,7 +1,7 @@
 //! A real etcd server for tests and the lab: Debian's `etcd` binary, on free loopback ports, with a
 //! temporary data directory; stopped and removed when the guard drops.
 
-use std::net::TcpListener;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -11,8 +11,11 @@ use crate::procs::{wait_for, ChildGuard};
 pub struct EtcdServer {
     process: Option<ChildGuard>,
     data: tempfile::TempDir,
+    ip: IpAddr,
     client_port: u16,
     peer_port: u16,
+    /// The network namespace it runs in (`/run/netns/NAME`), if not this process's own.
+    netns: Option<String>,
 }
 
 /// A port that was free a moment ago (bind port 0, read it, release it).
@@ -29,21 +32,39 @@ pub fn etcd_binary() -> PathBuf {
 }
 
 impl EtcdServer {
-    /// Start etcd and wait until it answers.
+    /// Start etcd on loopback and wait until it answers.
     pub fn start() -> std::io::Result<EtcdServer> {
         let data = tempfile::Builder::new().prefix("weft-etcd-").tempdir()?;
         let mut server = EtcdServer {
             process: None,
             data,
+            ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
             client_port: free_port(),
             peer_port: free_port(),
+            netns: None,
+        };
+        server.spawn()?;
+        Ok(server)
+    }
+
+    /// Start etcd inside the named network namespace, listening on `ip` (the lab puts it on its
+    /// underlay, where every node can reach it).
+    pub fn start_in(netns: &str, ip: IpAddr) -> std::io::Result<EtcdServer> {
+        let data = tempfile::Builder::new().prefix("weft-etcd-").tempdir()?;
+        let mut server = EtcdServer {
+            process: None,
+            data,
+            ip,
+            client_port: 2379,
+            peer_port: 2380,
+            netns: Some(netns.to_string()),
         };
         server.spawn()?;
         Ok(server)
     }
 
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        format!("http://{}", SocketAddr::new(self.ip, self.client_port))
     }
 
     pub fn pid(&self) -> u32 {
@@ -55,9 +76,16 @@ impl EtcdServer {
     }
 
     fn spawn(&mut self) -> std::io::Result<()> {
-        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let peer = format!("http://{}", SocketAddr::new(self.ip, self.peer_port));
         let log = std::fs::File::create(self.data.path().join("etcd.log"))?;
-        let mut command = Command::new(etcd_binary());
+        let mut command = match &self.netns {
+            Some(netns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", netns]).arg(etcd_binary());
+                c
+            }
+            None => Command::new(etcd_binary()),
+        };
         command
             .arg("--name=weft-test")
             .arg(format!(
@@ -78,9 +106,19 @@ impl EtcdServer {
     }
 
     fn wait_ready(&self) -> std::io::Result<()> {
-        let addr = format!("127.0.0.1:{}", self.client_port);
+        let addr = SocketAddr::new(self.ip, self.client_port);
+        let netns = self.netns.clone();
         let health = || {
-            let mut stream = std::net::TcpStream::connect(&addr).ok()?;
+            let netns = netns.clone();
+            let connect = move || -> std::io::Result<std::net::TcpStream> {
+                if let Some(name) = &netns {
+                    let file = std::fs::File::open(format!("/run/netns/{name}"))?;
+                    nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+                        .map_err(std::io::Error::from)?;
+                }
+                std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1))
+            };
+            let mut stream = std::thread::spawn(connect).join().ok()?.ok()?;
             use std::io::{Read, Write};
             stream.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
             stream.write_all(b"GET /health HTTP/1.0\r\n\r\n").ok()?;

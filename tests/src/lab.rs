@@ -27,6 +27,8 @@ use crate::procs::{bin_path, wait_for, ChildGuard};
 
 pub const CLUSTER_CIDR_V4: &str = "10.244.0.0/16";
 pub const CLUSTER_CIDR_V6: &str = "fd00:10:244::/48";
+/// The lab's etcd, on the underlay bridge (`--store etcd`).
+pub const ETCD_V4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
 pub const OUTSIDE_V4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 254);
 pub const OUTSIDE_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x254);
 
@@ -153,7 +155,12 @@ impl Lab {
         let outside = NetnsGuard::create(&format!("{prefix}-outside"))?;
         attach(&underlay, &outside, "out", OUTSIDE_V4, OUTSIDE_V6)?;
         let etcd = match config.store {
-            StoreKind::Etcd => Some(EtcdServer::start().map_err(|e| format!("start etcd: {e}"))?),
+            StoreKind::Etcd => {
+                // etcd lives on the underlay, where every node reaches it.
+                underlay.exec(&["ip", "addr", "add", &format!("{ETCD_V4}/24"), "dev", "br0"])?;
+                let etcd = EtcdServer::start_in(underlay.name(), IpAddr::V4(ETCD_V4));
+                Some(etcd.map_err(|e| format!("start etcd: {e}"))?)
+            }
             StoreKind::File => None,
         };
         let mut lab = Lab {

@@ -456,3 +456,16 @@ fn a_node_whose_underlay_address_changes_is_followed_without_a_restart() {
         .unwrap();
     assert!(link.contains("local 192.0.2.42"), "{link}");
 }
+
+#[test]
+fn the_lab_runs_on_etcd_too() {
+    let config = LabConfig {
+        nodes: 2,
+        pods_per_node: 1,
+        store: weft_lab::lab::StoreKind::Etcd,
+        ..Default::default()
+    };
+    let lab = Lab::up(config).unwrap_or_else(|e| panic!("{e}"));
+    let probes = lab.wait_converged(Duration::from_secs(10));
+    assert!(probes.iter().all(|p| p.ok), "\n{}", render_matrix(&probes));
+}
