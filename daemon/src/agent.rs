@@ -26,12 +26,16 @@ use crate::underlay;
 /// The first retry delay after a transient store error; doubled up to [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_millis(250);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// Renewals in a row that must miss an underlay family before it is unpublished.
+const FAMILY_MISSES_BEFORE_DROP: u32 = 2;
 
 /// What the agent publishes for the rest of the daemon.
 #[derive(Clone)]
 pub struct AgentView {
     pub lease: watch::Receiver<Option<Lease>>,
-    pub peers: watch::Receiver<Arc<PeerSet>>,
+    /// `None` until the store's first snapshot arrives: acting on "no peers" before then would
+    /// tear down every tunnel of a restarted node.
+    pub peers: watch::Receiver<Option<Arc<PeerSet>>>,
 }
 
 /// The backend data this node publishes: VTEP MACs derived from the node name, one per pod family,
@@ -71,7 +75,7 @@ pub async fn run<S: LeaseStore>(
     info!(node = %lease.node, pod_cidrs = %lease.pod_cidrs, public_ip = ?lease.public_ips, "lease acquired");
 
     let (lease_tx, lease_rx) = watch::channel(Some(lease.clone()));
-    let (peers_tx, peers_rx) = watch::channel(Arc::new(PeerSet::default()));
+    let (peers_tx, peers_rx) = watch::channel(None);
     let view = AgentView {
         lease: lease_rx,
         peers: peers_rx,
@@ -83,21 +87,22 @@ pub async fn run<S: LeaseStore>(
     if let Some(tx) = view_tx {
         let _ = tx.send(view);
     }
-    let tracker = tokio::spawn(track_peers(
-        store.watch_peers(&config.node_name),
-        peers_tx,
-        lease_tx.subscribe(),
-    ));
+    let tracker = tokio::spawn(track_peers(store.watch_peers(&config.node_name), peers_tx));
 
     let renew_every = (config.lease_ttl / 3).max(Duration::from_millis(500));
     let mut backoff = MIN_BACKOFF;
+    // After a failed renewal the next try comes after the backoff, not a whole interval later:
+    // two slow failures in a row must not cost the lease.
+    let mut next_renewal = renew_every;
+    let mut family_misses = 0;
     loop {
-        let wait = tokio::time::sleep(renew_every);
+        let wait = tokio::time::sleep(next_renewal);
+        next_renewal = renew_every;
         tokio::select! {
             _ = wait => {}
             _ = shutdown.changed() => break,
         }
-        follow_underlay(&config, &mut lease);
+        follow_underlay(&config, &mut lease, &mut family_misses);
         match store.renew(&lease).await {
             Ok(renewed) => {
                 lease = renewed;
@@ -121,7 +126,7 @@ pub async fn run<S: LeaseStore>(
             }
             Err(e) => {
                 warn!(error = %e, retry_in = ?backoff, "lease renewal failed");
-                tokio::time::sleep(backoff).await;
+                next_renewal = backoff;
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }
         }
@@ -170,13 +175,23 @@ fn remember(config: &Config, lease: &Lease) {
 }
 
 /// Re-detect the underlay address; a change is published with the next renewal.
-fn follow_underlay(config: &Config, lease: &mut Lease) {
+fn follow_underlay(config: &Config, lease: &mut Lease, family_misses: &mut u32) {
     match underlay::detect(&config.underlay) {
         Ok(ips) if ips != lease.public_ips => {
+            // A family that vanishes for a moment (a DHCP renewal, a default route re-added) must
+            // not be unpublished at once: peers of that family would refuse this node.
+            let drops_family = (lease.public_ips.v4.is_some() && ips.v4.is_none())
+                || (lease.public_ips.v6.is_some() && ips.v6.is_none());
+            if drops_family && *family_misses < FAMILY_MISSES_BEFORE_DROP {
+                *family_misses += 1;
+                warn!(published = ?lease.public_ips, detected = ?ips, "an underlay family is missing; keeping it published for now");
+                return;
+            }
+            *family_misses = 0;
             info!(old = ?lease.public_ips, new = ?ips, "underlay address changed; republishing");
             lease.public_ips = ips;
         }
-        Ok(_) => {}
+        Ok(_) => *family_misses = 0,
         Err(e) => {
             warn!(error = %e, "cannot detect the underlay address; keeping the published one")
         }
@@ -185,8 +200,7 @@ fn follow_underlay(config: &Config, lease: &mut Lease) {
 
 async fn track_peers<W: PeerWatcher>(
     mut watcher: W,
-    peers_tx: watch::Sender<Arc<PeerSet>>,
-    own: watch::Receiver<Option<Lease>>,
+    peers_tx: watch::Sender<Option<Arc<PeerSet>>>,
 ) {
     let mut peers = PeerSet::default();
     let mut backoff = MIN_BACKOFF;
@@ -195,14 +209,14 @@ async fn track_peers<W: PeerWatcher>(
             Ok(update) => {
                 backoff = MIN_BACKOFF;
                 let events = peers.apply(update);
-                if events.is_empty() {
+                let first = peers_tx.borrow().is_none();
+                if events.is_empty() && !first {
                     continue;
                 }
-                let own_lease = own.borrow().clone();
                 for event in &events {
-                    log_event(event, own_lease.as_ref());
+                    log_event(event);
                 }
-                peers_tx.send_replace(Arc::new(peers.clone()));
+                peers_tx.send_replace(Some(Arc::new(peers.clone())));
             }
             Err(e) => {
                 warn!(error = %e, retry_in = ?backoff, "peer watch failed");
@@ -213,7 +227,8 @@ async fn track_peers<W: PeerWatcher>(
     }
 }
 
-fn log_event(event: &PeerEvent, own: Option<&Lease>) {
+/// One line per peer change; the plan judges whether the peer is usable (and says so).
+fn log_event(event: &PeerEvent) {
     match event {
         PeerEvent::Added(l) => {
             info!(peer = %l.node, pod_cidrs = %l.pod_cidrs, public_ip = ?l.public_ips, "peer added")
@@ -225,13 +240,5 @@ fn log_event(event: &PeerEvent, own: Option<&Lease>) {
             "peer updated"
         ),
         PeerEvent::Removed(l) => info!(peer = %l.node, pod_cidrs = %l.pod_cidrs, "peer removed"),
-    }
-    if let (PeerEvent::Added(peer) | PeerEvent::Updated { new: peer, .. }, Some(own)) = (event, own)
-    {
-        let shared = (peer.public_ips.v4.is_some() && peer.public_ips.v4 == own.public_ips.v4)
-            || (peer.public_ips.v6.is_some() && peer.public_ips.v6 == own.public_ips.v6);
-        if shared {
-            error!(peer = %peer.node, public_ip = ?peer.public_ips, "peer publishes this node's own underlay address (the Vagrant 10.0.2.15 trap?); no tunnel can tell the two apart");
-        }
     }
 }

@@ -228,7 +228,8 @@ impl CniService {
             .allocations()
             .map(|(key, _)| pod::host_veth_name(&key.container_id, &key.ifname).to_string())
             .collect();
-        drop(ipam);
+        // The lock is held to the end: an ADD that allocates meanwhile would otherwise see its
+        // fresh veth removed as a leftover.
         let links = nl::links(&self.host)
             .await
             .map_err(|e| io_error("list links", e))?;
@@ -247,6 +248,7 @@ impl CniService {
                 Err(e) => failures.push(format!("{name}: {e}")),
             }
         }
+        drop(ipam);
         info!(
             released = released.len(),
             veths_removed = removed,

@@ -197,6 +197,13 @@ impl RawSettings {
                 .parse()
                 .map_err(|reason: String| invalid("backend", text, reason))?,
         };
+        if backend == Backend::WireGuard {
+            return Err(invalid(
+                "backend",
+                "wireguard",
+                "the WireGuard backend is not built yet; use vxlan (traffic is not encrypted)",
+            ));
+        }
         let store = self.parse_store()?;
         let lease_ttl = match &self.lease_ttl {
             None => Duration::from_secs(60),
@@ -552,6 +559,11 @@ mod tests {
                 "unknown backend",
             ),
             (
+                |r| r.backend = Some("wireguard".into()),
+                "--backend",
+                "not built yet",
+            ),
+            (
                 |r| r.store = Some("consul".into()),
                 "--store",
                 "expected file, etcd or kube",
@@ -636,11 +648,11 @@ mod tests {
     fn file_fills_what_flags_leave_unset() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("weft.toml");
-        std::fs::write(&path, "backend = \"wireguard\"\nlease-ttl = 15\nnode-name = \"from-file\"\nrelease-on-exit = true\n").unwrap();
+        std::fs::write(&path, "backend = \"vxlan\"\nlease-ttl = 15\nnode-name = \"from-file\"\nrelease-on-exit = true\n").unwrap();
         let file = RawSettings::from_file(&path).unwrap();
         let config = base().or(file).validate().unwrap();
         assert_eq!(config.node_name.as_str(), "node-a", "flag wins");
-        assert_eq!(config.backend, Backend::WireGuard);
+        assert_eq!(config.backend, Backend::Vxlan);
         assert_eq!(config.lease_ttl, Duration::from_secs(15));
         assert!(config.release_on_exit);
     }

@@ -38,8 +38,6 @@ pub enum IpamError {
         #[source]
         source: std::io::Error,
     },
-    #[error("IPAM state {path} is damaged: {reason}")]
-    Damaged { path: PathBuf, reason: String },
 }
 
 /// One pod interface: the runtime's container ID and the interface name inside the pod.
@@ -106,10 +104,10 @@ impl Ipam {
     pub fn open(state_dir: &Path, cidrs: PodCidrs) -> Result<Ipam, IpamError> {
         let path = state_dir.join("ipam.json");
         let state = match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| IpamError::Damaged {
-                path: path.clone(),
-                reason: e.to_string(),
-            })?,
+            Ok(bytes) => match serde_json::from_slice(&bytes) {
+                Ok(state) => state,
+                Err(e) => set_aside(&path, &e.to_string())?,
+            },
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => IpamState::default(),
             Err(source) => return Err(IpamError::Io { path, source }),
         };
@@ -289,6 +287,19 @@ impl Ipam {
     }
 }
 
+/// A damaged state file (a power loss without fsync can leave it empty) is moved aside and IPAM
+/// starts empty: the node's pods are being re-created anyway, and refusing to start would block
+/// every pod on the node until someone deletes the file by hand.
+fn set_aside(path: &Path, reason: &str) -> Result<IpamState, IpamError> {
+    let aside = path.with_extension("json.damaged");
+    std::fs::rename(path, &aside).map_err(|source| IpamError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    tracing::warn!(path = %path.display(), moved_to = %aside.display(), %reason, "IPAM state was damaged; starting empty");
+    Ok(IpamState::default())
+}
+
 /// Host addresses of an IPv4 pod CIDR, less the network address (the VXLAN device's) and broadcast.
 fn usable_v4(net: Ipv4Net) -> u32 {
     let size = 1u64 << (32 - net.prefix_len());
@@ -401,12 +412,15 @@ mod tests {
     }
 
     #[test]
-    fn damaged_state_is_an_error_not_an_empty_pool() {
+    fn damaged_state_is_set_aside_not_fatal() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("ipam.json"), b"{\"allocations\": 7}").unwrap();
-        let err = Ipam::open(dir.path(), cidrs("10.0.0.0/24", ""))
-            .err()
-            .unwrap();
-        assert!(err.to_string().contains("ipam.json is damaged"), "{err}");
+        std::fs::write(dir.path().join("ipam.json"), b"").unwrap();
+        let mut ipam = Ipam::open(dir.path(), cidrs("10.0.0.0/24", "")).unwrap();
+        assert!(ipam.is_empty());
+        assert!(
+            dir.path().join("ipam.json.damaged").exists(),
+            "kept for inspection"
+        );
+        ipam.allocate(&key(1)).unwrap();
     }
 }

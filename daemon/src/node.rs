@@ -26,24 +26,8 @@ use crate::config::Config;
 use crate::datapath::vxlan::{self, Applier};
 use crate::datapath::{self, masq, netns, nl};
 use crate::ipam::Ipam;
-use crate::plan::{self, Datapath, PlanConfig};
+use crate::plan::{self, Datapath, Family, PlanConfig};
 use crate::underlay;
-
-/// VXLAN encapsulation overhead over an IPv4 underlay (outer IPv4 20 + UDP 8 + VXLAN 8 + inner
-/// Ethernet 14).
-pub const VXLAN_OVERHEAD_V4: u32 = 50;
-/// … and over an IPv6 underlay (outer IPv6 40).
-pub const VXLAN_OVERHEAD_V6: u32 = 70;
-
-/// The overlay MTU: the configured one, else the underlay interface's less the encapsulation.
-pub fn overlay_mtu(config: &Config, public_ips: &PublicIps, underlay_mtu: u32) -> u32 {
-    let overhead = if public_ips.v4.is_some() {
-        VXLAN_OVERHEAD_V4
-    } else {
-        VXLAN_OVERHEAD_V6
-    };
-    config.mtu.unwrap_or(underlay_mtu.saturating_sub(overhead))
-}
 
 /// The MTU of the interface holding the node's underlay address (1500 if it cannot be found).
 pub async fn underlay_mtu(host: &Handle, public_ips: &PublicIps) -> u32 {
@@ -75,23 +59,35 @@ pub async fn start(
     lease: &Lease,
     view: AgentView,
 ) -> anyhow::Result<Vec<JoinHandle<()>>> {
-    datapath::enable_forwarding().context("enable IP forwarding")?;
+    let kept_ra = datapath::enable_forwarding(config.pool_v4.is_some(), config.pool_v6.is_some())
+        .context("enable IP forwarding")?;
+    if !kept_ra.is_empty() {
+        info!(interfaces = ?kept_ra, "accept_ra 1 → 2: router advertisements stay accepted with IPv6 forwarding on");
+    }
     let host = netns::connect_here().context("open a netlink connection")?;
     let underlay = underlay_mtu(&host, &lease.public_ips).await;
-    let mtu = overlay_mtu(config, &lease.public_ips, underlay);
+    let plan_config = PlanConfig::new(config, underlay);
+    let underlay_family = if lease.public_ips.v4.is_some() {
+        Family::V4
+    } else {
+        Family::V6
+    };
+    let mtu = plan_config.overlay_mtu(underlay_family);
     let ipam = Ipam::open(&config.state_dir, lease.pod_cidrs).context("open the IPAM state")?;
     let socket = config.run_dir.join("cni.sock");
     let listener = cni_server::bind(&socket)
         .with_context(|| format!("bind the CNI socket {}", socket.display()))?;
     let service = Arc::new(CniService::new(host.clone(), ipam, view.lease.clone(), mtu));
     info!(socket = %socket.display(), pod_mtu = mtu, "serving CNI requests");
-    let reconciler = Reconciler::new(host, PlanConfig::new(config, underlay));
+    let reconciler = Reconciler::new(host, plan_config);
     Ok(vec![
         tokio::spawn(cni_server::serve(listener, service)),
         tokio::spawn(reconciler.run(view)),
     ])
 }
 
+/// How soon a pass in which something failed is retried.
+const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(2);
 /// How often the observed state is read again from the kernel, repairing drift.
 pub const RESYNC_EVERY: Duration = Duration::from_secs(30);
 /// Above this many operations, one summary line is logged instead of one line per operation.
@@ -106,6 +102,8 @@ struct Reconciler {
     incumbents: plan::Incumbents,
     refusals: BTreeSet<String>,
     masq_applied: Option<serde_json::Value>,
+    /// Something failed in the last pass: read the kernel again and retry soon.
+    retry_soon: bool,
 }
 
 impl Reconciler {
@@ -117,6 +115,7 @@ impl Reconciler {
             incumbents: plan::Incumbents::default(),
             refusals: BTreeSet::new(),
             masq_applied: None,
+            retry_soon: false,
         }
     }
 
@@ -127,12 +126,15 @@ impl Reconciler {
         loop {
             let own = lease_rx.borrow_and_update().clone();
             let peers = peers_rx.borrow_and_update().clone();
-            if let Some(own) = own {
+            if let (Some(own), Some(peers)) = (own, peers) {
                 self.reconcile(&own, peers.iter()).await;
             }
+            let retry = std::mem::take(&mut self.retry_soon);
+            let retry_timer = tokio::time::sleep(RETRY_AFTER_FAILURE);
             tokio::select! {
                 changed = lease_rx.changed() => if changed.is_err() { return },
                 changed = peers_rx.changed() => if changed.is_err() { return },
+                _ = retry_timer, if retry => {}
                 _ = resync.tick() => {
                     self.observed = None;
                     self.masq_applied = None;
@@ -172,15 +174,26 @@ impl Reconciler {
             } else {
                 info!(operations = ops.len(), "datapath: applying");
             }
+            // Every operation is tried: one the kernel keeps refusing must not hold back the
+            // others (routes come last in the list) nor the masquerade rules.
             let mut applier = Applier::new(&self.host);
-            if let Err(e) = applier.apply_all(&ops).await {
-                warn!(error = %e, "datapath operation failed; reading the kernel again at the next pass");
-                return;
+            let mut failed = 0;
+            for op in &ops {
+                if let Err(e) = applier.apply(op).await {
+                    warn!(op = %op, error = %e, "datapath operation failed");
+                    failed += 1;
+                }
             }
-            debug!(requests = applier.requests, "datapath converged");
+            debug!(requests = applier.requests, failed, "datapath pass done");
+            if failed > 0 {
+                warn!(failed, retry_in = ?RETRY_AFTER_FAILURE, "reading the kernel again and retrying");
+                self.retry_soon = true;
+            }
         }
-        self.observed = Some(plan.datapath);
-        self.apply_masquerade(own);
+        if !self.retry_soon {
+            self.observed = Some(plan.datapath);
+        }
+        self.apply_masquerade(own).await;
     }
 
     fn report_refusals(&mut self, refused: &[plan::Refusal]) {
@@ -194,17 +207,24 @@ impl Reconciler {
         self.refusals = now;
     }
 
-    fn apply_masquerade(&mut self, own: &Lease) {
+    async fn apply_masquerade(&mut self, own: &Lease) {
         let batch = masq::ruleset(&own.pod_cidrs, &self.plan_config.cluster_cidrs);
         if self.masq_applied.as_ref() == Some(&batch) {
             return;
         }
-        match masq::apply(&batch) {
+        let to_apply = batch.clone();
+        let applied = tokio::task::spawn_blocking(move || masq::apply(&to_apply))
+            .await
+            .unwrap_or_else(|e| Err(masq::MasqError::Spawn(std::io::Error::other(e))));
+        match applied {
             Ok(()) => {
                 info!(table = masq::TABLE, "masquerade rules applied");
                 self.masq_applied = Some(batch);
             }
-            Err(e) => warn!(error = %e, "cannot apply the masquerade rules; will retry"),
+            Err(e) => {
+                warn!(error = %e, "cannot apply the masquerade rules; will retry");
+                self.retry_soon = true;
+            }
         }
     }
 }

@@ -121,6 +121,17 @@ impl BackendData {
     }
 }
 
+/// FNV-1a, 64 bit: a small hash that is stable across Rust releases and machines, for names and
+/// addresses derived from identities (VTEP MACs, host veth names).
+pub fn stable_hash(bytes: &[u8]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in bytes {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    hash
+}
+
 /// A unicast Ethernet address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
@@ -130,13 +141,7 @@ impl MacAddr {
     /// A locally administered unicast MAC derived from `seed`: stable across restarts, so peers'
     /// FDB and neighbour entries stay valid when a node's VXLAN device is re-created.
     pub fn stable_local(seed: &str) -> MacAddr {
-        // FNV-1a, 64 bit: small, dependency-free and stable across Rust releases.
-        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-        for byte in seed.as_bytes() {
-            hash ^= u64::from(*byte);
-            hash = hash.wrapping_mul(0x0100_0000_01b3);
-        }
-        let b = hash.to_be_bytes();
+        let b = stable_hash(seed.as_bytes()).to_be_bytes();
         MacAddr([(b[0] & 0xfe) | 0x02, b[1], b[2], b[3], b[4], b[5]])
     }
 }

@@ -278,6 +278,8 @@ async fn program_peers(netns: &NetnsGuard, n: usize) -> Result<String, String> {
         service_cidrs: Vec::new(),
         underlay_mtu: 1500,
         mtu: None,
+        node_prefix_v4: Some(24),
+        node_prefix_v6: Some(64),
     };
     let own = simulated_lease(0);
     let peers: Vec<_> = (1..=n + 1).map(simulated_lease).collect();

@@ -325,3 +325,37 @@ fn read_records(etcd: &EtcdServer) -> Vec<(String, Vec<String>)> {
             .collect()
     })
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_record_comes_back_and_leave_from_another_process_frees_the_claims() {
+    let etcd = EtcdServer::start().expect("start etcd");
+    let mut client = etcd_client::Client::connect([etcd.endpoint()], None)
+        .await
+        .unwrap();
+    let mut a_store = store(&etcd, 10);
+    let a = a_store.acquire(&request("a")).await.unwrap();
+
+    client
+        .delete(format!("{PREFIX}/nodes/a"), None)
+        .await
+        .unwrap();
+    a_store.renew(&a).await.unwrap();
+    let back = client.get(format!("{PREFIX}/nodes/a"), None).await.unwrap();
+    assert_eq!(back.kvs().len(), 1, "the renewal republished the record");
+
+    // `weftd leave` runs in a new process: it has no etcd lease id, only the node's name.
+    store(&etcd, 10).release(&a).await.unwrap();
+    let claims = client
+        .get(
+            format!("{PREFIX}/subnets/"),
+            Some(GetOptions::new().with_prefix()),
+        )
+        .await
+        .unwrap();
+    assert!(claims.kvs().is_empty(), "every claim of a is gone");
+    let c = store(&etcd, 10).acquire(&request("c")).await.unwrap();
+    assert_eq!(
+        c.pod_cidrs, a.pod_cidrs,
+        "a's subnets are free for the next node"
+    );
+}

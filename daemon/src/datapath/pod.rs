@@ -26,6 +26,7 @@ use netlink_packet_route::route::{RouteMessage, RouteScope};
 use netlink_packet_route::AddressFamily;
 use nix::errno::Errno;
 use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
+use weft_proto::lease::stable_hash;
 use weft_proto::names::IfName;
 
 use super::netns::{Netns, NetnsError};
@@ -65,11 +66,7 @@ fn netlink(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> PodError
 /// The host-side veth name of a pod interface: `weft` + 11 hex digits of a hash of container ID and
 /// interface name (15 bytes, IFNAMSIZ). Stable, so DEL and GC find it without state.
 pub fn host_veth_name(container_id: &str, ifname: &str) -> IfName {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in container_id.bytes().chain([b'/']).chain(ifname.bytes()) {
-        hash ^= u64::from(byte);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
-    }
+    let hash = stable_hash(format!("{container_id}/{ifname}").as_bytes());
     IfName::new(format!("{HOST_VETH_PREFIX}{:011x}", hash >> 20)).expect("15 ASCII bytes")
 }
 

@@ -109,6 +109,8 @@ fn cfg() -> PlanConfig {
         ],
         underlay_mtu: 1500,
         mtu: None,
+        node_prefix_v4: None,
+        node_prefix_v6: None,
     }
 }
 
@@ -1427,6 +1429,8 @@ fn plan_config_from_the_daemon_config() {
             service_cidrs: vec!["10.96.0.0/12".parse().unwrap()],
             underlay_mtu: 1500,
             mtu: Some(1400),
+            node_prefix_v4: Some(24),
+            node_prefix_v6: Some(64),
         }
     );
 }
@@ -1489,6 +1493,8 @@ fn big_config() -> PlanConfig {
         ],
         underlay_mtu: 1500,
         mtu: None,
+        node_prefix_v4: None,
+        node_prefix_v6: None,
     }
 }
 
@@ -1716,5 +1722,31 @@ fn five_thousand_peers_from_empty() {
     eprintln!(
         "5000 peers: plan {planned:?}, diff from empty {diffed:?} ({} ops), diff when equal {idle:?}",
         ops.len()
+    );
+}
+
+#[test]
+fn a_peer_claiming_a_pod_cidr_of_the_wrong_size_is_refused() {
+    let config = PlanConfig {
+        node_prefix_v4: Some(24),
+        node_prefix_v6: Some(64),
+        ..cfg()
+    };
+    let mut squatter = c();
+    squatter.pod_cidrs.v4 = Some("10.244.128.0/17".parse().unwrap());
+    let plan = plan_with(&a(), &[&b(), &squatter], &config);
+    assert_eq!(plan.refused.len(), 1, "{:?}", plan.refused);
+    assert!(
+        plan.refused[0]
+            .reason
+            .contains("10.244.128.0/17 is not a /24"),
+        "{}",
+        plan.refused[0]
+    );
+    assert!(
+        plan.datapath
+            .routes
+            .contains_key(&"10.244.2.0/24".parse().unwrap()),
+        "b is unaffected"
     );
 }

@@ -91,9 +91,21 @@ pub struct PlanConfig {
     pub underlay_mtu: u32,
     /// An explicit MTU for the VXLAN devices (`--mtu`); `None` derives it from `underlay_mtu`.
     pub mtu: Option<u32>,
+    /// The prefix length every node's IPv4 / IPv6 pod CIDR has (`--node-prefix-v4/-v6`): a peer
+    /// claiming a wider or narrower one is refused, so one record cannot squat on a range that
+    /// honest nodes will later claim. `None` skips the check.
+    pub node_prefix_v4: Option<u8>,
+    pub node_prefix_v6: Option<u8>,
 }
 
 impl PlanConfig {
+    /// The overlay MTU (VXLAN devices and pod interfaces) over an underlay of `family`: the
+    /// configured one, else the underlay MTU less the encapsulation.
+    pub fn overlay_mtu(&self, underlay: Family) -> u32 {
+        self.mtu
+            .unwrap_or(self.underlay_mtu.saturating_sub(underlay.overhead()))
+    }
+
     /// From the daemon's configuration and the MTU of the underlay interface it found.
     pub fn new(config: &Config, underlay_mtu: u32) -> PlanConfig {
         PlanConfig {
@@ -106,6 +118,8 @@ impl PlanConfig {
             service_cidrs: config.service_cidrs.clone(),
             underlay_mtu,
             mtu: config.mtu,
+            node_prefix_v4: config.pool_v4.map(|p| p.prefix_len),
+            node_prefix_v6: config.pool_v6.map(|p| p.prefix_len),
         }
     }
 }
@@ -352,9 +366,7 @@ pub fn desired<'a>(
             node: own.node.clone(),
         })?;
     let underlay = Family::of(&local);
-    let mtu = config
-        .mtu
-        .unwrap_or(config.underlay_mtu.saturating_sub(underlay.overhead()));
+    let mtu = config.overlay_mtu(underlay);
 
     let mut own_devices = Vec::new();
     for family in Family::ALL {
@@ -465,6 +477,16 @@ fn examine<'a>(
         };
         if cidr.trunc() != cidr {
             problems.push(format!("pod CIDR {cidr} has host bits set"));
+        }
+        let expected_len = if cidr.addr().is_ipv4() {
+            config.node_prefix_v4
+        } else {
+            config.node_prefix_v6
+        };
+        if let Some(len) = expected_len.filter(|len| *len != cidr.prefix_len()) {
+            problems.push(format!(
+                "pod CIDR {cidr} is not a /{len}, the size of every node's pod CIDR"
+            ));
         }
         if cidr.prefix_len() == 0 {
             problems.push(format!("pod CIDR {cidr} is a default route"));

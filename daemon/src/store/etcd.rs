@@ -40,8 +40,6 @@ pub struct EtcdStore {
     /// The etcd lease the node's keys live under, once acquired.
     lease_id: Option<i64>,
     keeper: Option<std::sync::Arc<tokio::sync::Mutex<(LeaseKeeper, LeaseKeepAliveStream)>>>,
-    /// What the node record in etcd says now, to publish only changes.
-    published: Option<Lease>,
 }
 
 fn unavailable(what: &str, e: impl std::fmt::Display) -> StoreError {
@@ -72,7 +70,6 @@ impl EtcdStore {
             client: None,
             lease_id: None,
             keeper: None,
-            published: None,
         }
     }
 
@@ -289,7 +286,6 @@ impl LeaseStore for EtcdStore {
                 debug!(attempt, lease_id, "claimed {}", lease.pod_cidrs);
                 self.lease_id = Some(lease_id);
                 self.keeper = None;
-                self.published = Some(lease.clone());
                 return Ok(lease);
             }
             let jitter = u64::from(attempt % 7) * 3 + (std::process::id() as u64 % 5);
@@ -309,9 +305,14 @@ impl LeaseStore for EtcdStore {
             .lease_id
             .ok_or_else(|| lost("no etcd lease was acquired"))?;
         self.keep_alive_once(lease_id, &lease.node).await?;
-        if self.published.as_ref() != Some(lease) {
-            let mut client = self.client().await?;
-            let key = self.node_key(&lease.node);
+        // Compare with what etcd holds, not with what was last sent: a record deleted by hand (or
+        // by `weftd leave` run by mistake) must come back while the node keeps its subnets.
+        let mut client = self.client().await?;
+        let key = self.node_key(&lease.node);
+        let stored = call("read record", client.get(key.clone(), None)).await?;
+        let wanted = record_json(lease);
+        let current = stored.kvs().first().map(|kv| kv.value().to_vec());
+        if current.as_deref() != Some(wanted.as_bytes()) {
             // Republish only while the claims are still ours.
             let compares: Vec<Compare> = lease
                 .pod_cidrs
@@ -320,11 +321,7 @@ impl LeaseStore for EtcdStore {
                     Compare::value(self.claim_key(&net), CompareOp::Equal, lease.node.as_str())
                 })
                 .collect();
-            let put = TxnOp::put(
-                key,
-                record_json(lease),
-                Some(PutOptions::new().with_lease(lease_id)),
-            );
+            let put = TxnOp::put(key, wanted, Some(PutOptions::new().with_lease(lease_id)));
             let resp = call(
                 "republish",
                 client.txn(Txn::new().when(compares).and_then([put])),
@@ -333,7 +330,6 @@ impl LeaseStore for EtcdStore {
             if !resp.succeeded() {
                 return Err(lost("its subnet claims are gone"));
             }
-            self.published = Some(lease.clone());
         }
         Ok(lease.clone())
     }
@@ -344,13 +340,29 @@ impl LeaseStore for EtcdStore {
             // Revoking deletes every key attached to the lease: claims and record.
             call("revoke lease", client.lease_revoke(lease_id)).await?;
         }
+        // A `weftd leave` in another process holds no lease id: delete the claims that still name
+        // this node (compare-and-swap, so a claim taken over meanwhile is left alone) and the record.
+        let node = lease.node.as_str();
+        let held: Vec<IpNet> = self
+            .read_claims()
+            .await?
+            .into_iter()
+            .filter(|(_, holder)| holder == node)
+            .map(|(net, _)| net)
+            .collect();
+        for net in held {
+            let key = self.claim_key(&net);
+            let txn = Txn::new()
+                .when([Compare::value(key.clone(), CompareOp::Equal, node)])
+                .and_then([TxnOp::delete(key, None)]);
+            call("delete claim", client.txn(txn)).await?;
+        }
         call(
             "delete record",
             client.delete(self.node_key(&lease.node), None),
         )
         .await?;
         self.keeper = None;
-        self.published = None;
         Ok(())
     }
 
