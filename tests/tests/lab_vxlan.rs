@@ -259,6 +259,26 @@ fn a_tcp_stream_survives_weftd_restarts_on_both_ends() {
         "every byte sent arrived"
     );
     let _ = server;
+    for node in &lab.nodes {
+        let log = node.log();
+        assert!(
+            log.matches("lease acquired").count() >= 2,
+            "{} restarted:\n{log}",
+            node.name
+        );
+        for removal in [
+            "op=ip route del",
+            "op=ip neigh del",
+            "op=bridge fdb del",
+            "op=ip link del",
+        ] {
+            assert!(
+                !log.contains(removal),
+                "{}: a restart removed entries ({removal}):\n{log}",
+                node.name
+            );
+        }
+    }
 }
 
 #[test]
