@@ -157,7 +157,7 @@ impl Reconciler {
         self.report_refusals(&plan.refused);
         let observed = match self.observed.take() {
             Some(observed) => observed,
-            None => match vxlan::observe(&self.host).await {
+            None => match vxlan::observe(&self.host, &self.plan_config.cluster_cidrs).await {
                 Ok(observed) => observed,
                 Err(e) => {
                     warn!(error = %e, "cannot read the datapath; will retry");

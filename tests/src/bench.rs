@@ -292,7 +292,9 @@ async fn program_peers(netns: &NetnsGuard, n: usize) -> Result<String, String> {
             plan.refused.len()
         ));
     }
-    let observed = observe(&handle).await.map_err(|e| e.to_string())?;
+    let observed = observe(&handle, &config.cluster_cidrs)
+        .await
+        .map_err(|e| e.to_string())?;
     let ops = diff(&plan.datapath, &observed);
     let mut applier = Applier::new(&handle);
     applier.apply_all(&ops).await.map_err(|e| e.to_string())?;
@@ -309,7 +311,9 @@ async fn program_peers(netns: &NetnsGuard, n: usize) -> Result<String, String> {
         .await
         .map_err(|e| e.to_string())?;
     let change_elapsed = started.elapsed();
-    let check = observe(&handle).await.map_err(|e| e.to_string())?;
+    let check = observe(&handle, &config.cluster_cidrs)
+        .await
+        .map_err(|e| e.to_string())?;
     if !diff(&next.datapath, &check).is_empty() {
         return Err(format!(
             "{n} peers: the kernel does not hold the plan after applying it"

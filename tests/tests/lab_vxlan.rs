@@ -105,7 +105,7 @@ fn the_node_shows_what_a_flannel_user_expects() {
     assert!(link6.contains("vxlan id 2"), "{link6}");
     let routes = node_exec(&lab, 0, &["ip", "route"]);
     assert!(
-        routes.contains("10.244.1.0/24 via 10.244.1.0 dev weft.vxlan proto static onlink"),
+        routes.contains("10.244.1.0/24 via 10.244.1.0 dev weft.vxlan proto 87 onlink"),
         "{routes}"
     );
     let routes6 = node_exec(&lab, 0, &["ip", "-6", "route"]);
@@ -488,4 +488,74 @@ fn the_lab_runs_on_etcd_too() {
     let lab = Lab::up(config).unwrap_or_else(|e| panic!("{e}"));
     let probes = lab.wait_converged(Duration::from_secs(10));
     assert!(probes.iter().all(|p| p.ok), "\n{}", render_matrix(&probes));
+}
+
+#[test]
+fn entries_weft_did_not_create_are_never_touched() {
+    let mut lab = lab(2, 1);
+    lab.wait_converged(Duration::from_secs(10));
+    // An operator's route and neighbour entry on weft's device, and a route of their own elsewhere.
+    node_exec(
+        &lab,
+        0,
+        &[
+            "ip",
+            "route",
+            "add",
+            "198.51.100.0/24",
+            "via",
+            "10.244.1.0",
+            "dev",
+            "weft.vxlan",
+            "onlink",
+        ],
+    );
+    node_exec(
+        &lab,
+        0,
+        &[
+            "ip",
+            "neigh",
+            "add",
+            "198.51.100.1",
+            "lladdr",
+            "02:aa:bb:cc:dd:ee",
+            "dev",
+            "weft.vxlan",
+            "nud",
+            "permanent",
+        ],
+    );
+    node_exec(
+        &lab,
+        0,
+        &["ip", "route", "add", "203.0.113.0/24", "via", "192.0.2.254"],
+    );
+    // A restart reads the kernel from scratch; a new node makes the reconciler act.
+    lab.stop_daemon(0, false);
+    lab.start_daemon(0).unwrap();
+    let node = lab.add_node().unwrap();
+    lab.add_pod(node).unwrap();
+    assert!(lab
+        .wait_converged(Duration::from_secs(10))
+        .iter()
+        .all(|p| p.ok));
+    let routes = node_exec(&lab, 0, &["ip", "route"]);
+    assert!(
+        routes.contains("198.51.100.0/24 via 10.244.1.0 dev weft.vxlan onlink"),
+        "{routes}"
+    );
+    assert!(
+        routes.contains("203.0.113.0/24 via 192.0.2.254"),
+        "{routes}"
+    );
+    assert!(
+        routes.contains("10.244.2.0/24 via 10.244.2.0 dev weft.vxlan proto 87 onlink"),
+        "{routes}"
+    );
+    let neigh = node_exec(&lab, 0, &["ip", "neigh", "show", "dev", "weft.vxlan"]);
+    assert!(
+        neigh.contains("198.51.100.1 lladdr 02:aa:bb:cc:dd:ee PERMANENT"),
+        "{neigh}"
+    );
 }

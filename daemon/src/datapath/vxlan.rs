@@ -2,7 +2,10 @@
 //! entries into a [`Datapath`], and apply [`Op`]s from `plan::diff`.
 //!
 //! Only weft's own devices (`weft.vxlan`, `weft-v6.vxlan`) and entries on them are ever read or
-//! changed. Routes are `replace`d and neighbour/FDB entries `replace`d (idempotent); deletes that
+//! changed, and of those only what weft makes: routes carrying weft's route protocol number
+//! ([`ROUTE_PROTOCOL`], `proto 87` in `ip route`), permanent neighbour entries for addresses inside
+//! the cluster CIDRs, and permanent FDB entries with a remote. A route or neighbour entry an
+//! operator adds to a weft device is left alone. Routes are `replace`d and neighbour/FDB entries `replace`d (idempotent); deletes that
 //! find nothing are fine. A VXLAN link cannot be replaced in place: a changed VNI, port, local
 //! address, learning flag or MAC means delete and create (the plan says why, for the log).
 
@@ -47,13 +50,20 @@ pub struct ApplyError {
     pub source: OpError,
 }
 
+/// The `rtm_protocol` of every route weft makes on its devices (`ip route show proto 87`): how
+/// weft tells its routes from anyone else's.
+pub const ROUTE_PROTOCOL: u8 = 87;
+
 /// weft's device names, one per pod family.
 pub fn device_names() -> [IfName; 2] {
     [Family::V4.device_name(), Family::V6.device_name()]
 }
 
 /// What the kernel holds on weft's devices now.
-pub async fn observe(handle: &Handle) -> Result<Datapath, rtnetlink::Error> {
+pub async fn observe(
+    handle: &Handle,
+    cluster_cidrs: &[IpNet],
+) -> Result<Datapath, rtnetlink::Error> {
     let mut observed = Datapath::default();
     let mut indexes = BTreeMap::new();
     for name in device_names() {
@@ -98,7 +108,7 @@ pub async fn observe(handle: &Handle) -> Result<Datapath, rtnetlink::Error> {
             let Some(gateway) = view.gateway else {
                 continue;
             };
-            if view.message.header.protocol == RouteProtocol::Kernel {
+            if view.message.header.protocol != RouteProtocol::Other(ROUTE_PROTOCOL) {
                 continue;
             }
             let onlink = view.message.header.flags.contains(RouteFlags::Onlink);
@@ -116,7 +126,9 @@ pub async fn observe(handle: &Handle) -> Result<Datapath, rtnetlink::Error> {
             if message.header.state != NeighbourState::Permanent {
                 continue;
             }
-            if let (Some(ip), Some(mac)) = (neighbour_ip(&message), neighbour_mac(&message)) {
+            let ip =
+                neighbour_ip(&message).filter(|ip| cluster_cidrs.iter().any(|c| c.contains(ip)));
+            if let (Some(ip), Some(mac)) = (ip, neighbour_mac(&message)) {
                 observed.insert_neighbour(Neighbour {
                     dev: dev.clone(),
                     ip,
@@ -442,7 +454,8 @@ impl<'a> Applier<'a> {
                 let b = RouteMessageBuilder::<Ipv4Addr>::new()
                     .destination_prefix(dst.addr(), dst.prefix_len())
                     .gateway(gw)
-                    .output_interface(index);
+                    .output_interface(index)
+                    .protocol(RouteProtocol::Other(ROUTE_PROTOCOL));
                 if route.onlink {
                     b.onlink().build()
                 } else {
@@ -453,7 +466,8 @@ impl<'a> Applier<'a> {
                 let b = RouteMessageBuilder::<Ipv6Addr>::new()
                     .destination_prefix(dst.addr(), dst.prefix_len())
                     .gateway(gw)
-                    .output_interface(index);
+                    .output_interface(index)
+                    .protocol(RouteProtocol::Other(ROUTE_PROTOCOL));
                 if route.onlink {
                     b.onlink().build()
                 } else {
