@@ -38,6 +38,9 @@ use crate::datapath::nl;
 use crate::datapath::pod::{self, PodError, PodSpec, GATEWAY_V4, GATEWAY_V6};
 use crate::ipam::{Allocation, AttachmentKey, Ipam, IpamError};
 
+/// How long a connection may take to deliver its request.
+const REQUEST_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// ADD: no free address in the node's pod CIDR.
 pub const CODE_POOL_EXHAUSTED: u32 = 100;
 /// CHECK: the pod's network is not what ADD made.
@@ -394,10 +397,15 @@ pub async fn serve(listener: UnixListener, service: Arc<CniService>) {
 
 async fn serve_one(mut stream: UnixStream, service: &CniService) -> std::io::Result<()> {
     let mut bytes = Vec::new();
-    (&mut stream)
+    let read = (&mut stream)
         .take(shim::MAX_MESSAGE_BYTES as u64 + 1)
-        .read_to_end(&mut bytes)
-        .await?;
+        .read_to_end(&mut bytes);
+    // The shim writes its request at once; a client that never finishes must not hold a task.
+    tokio::time::timeout(REQUEST_READ_TIMEOUT, read)
+        .await
+        .map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::TimedOut, "no complete request in time")
+        })??;
     let reply = match shim::decode_request(&bytes) {
         Ok(request) => service.handle(&request).await,
         Err(e) => ShimReply::from(e.to_cni_error()),
