@@ -397,11 +397,9 @@ pub async fn serve(listener: UnixListener, service: Arc<CniService>) {
 
 async fn serve_one(mut stream: UnixStream, service: &CniService) -> std::io::Result<()> {
     let mut bytes = Vec::new();
-    let read = (&mut stream)
-        .take(shim::MAX_MESSAGE_BYTES as u64 + 1)
-        .read_to_end(&mut bytes);
+    let mut limited = (&mut stream).take(shim::MAX_MESSAGE_BYTES as u64 + 1);
     // The shim writes its request at once; a client that never finishes must not hold a task.
-    tokio::time::timeout(REQUEST_READ_TIMEOUT, read)
+    tokio::time::timeout(REQUEST_READ_TIMEOUT, limited.read_to_end(&mut bytes))
         .await
         .map_err(|_| {
             std::io::Error::new(std::io::ErrorKind::TimedOut, "no complete request in time")
