@@ -139,8 +139,8 @@ pub struct Lab {
     pub underlay: NetnsGuard,
     pub etcd: Option<EtcdServer>,
     remove_dir: bool,
-    /// Pods ever made: numbers pod names so a removed pod's name is never reused.
-    pods_made: usize,
+    /// Pods ever made per node: numbers pod names so a removed pod's name is never reused.
+    pods_made: std::collections::BTreeMap<usize, usize>,
 }
 
 impl Lab {
@@ -173,7 +173,7 @@ impl Lab {
             underlay,
             etcd,
             remove_dir: true,
-            pods_made: 0,
+            pods_made: Default::default(),
         };
         for _ in 0..config.nodes {
             lab.add_node()?;
@@ -350,8 +350,9 @@ impl Lab {
 
     /// Make a pod namespace on a node and ADD it; returns its index in `pods`.
     pub fn add_pod(&mut self, node: usize) -> Result<usize, String> {
-        self.pods_made += 1;
-        let number = self.pods_made;
+        let made = self.pods_made.entry(node).or_default();
+        *made += 1;
+        let number = *made;
         let name = format!("{}-p{number}", self.nodes[node].name);
         let netns = NetnsGuard::create(&format!("{}-{name}", self.prefix))?;
         let container_id = format!("{}{}", self.prefix, name.replace('-', ""));
