@@ -219,12 +219,24 @@ impl Reconciler {
         match applied {
             Ok(()) => {
                 info!(table = masq::TABLE, "masquerade rules applied");
+                warn_about_forward_drop().await;
                 self.masq_applied = Some(batch);
             }
             Err(e) => {
                 warn!(error = %e, "cannot apply the masquerade rules; will retry");
                 self.retry_soon = true;
             }
+        }
+    }
+}
+
+/// nftables has no cross-table accept: a forward chain elsewhere with policy drop drops pod traffic
+/// whatever weft's table says, and weft does not edit other tables. Say so, naming the chain.
+async fn warn_about_forward_drop() {
+    let listing = tokio::task::spawn_blocking(masq::list_chains).await;
+    if let Ok(Ok(listing)) = listing {
+        for chain in masq::forward_drop_chains(&listing) {
+            warn!(chain = %chain, "this chain drops forwarded packets by policy: pod traffic through this node is dropped there unless it accepts the cluster CIDRs (weft changes no table but its own)");
         }
     }
 }

@@ -559,3 +559,38 @@ fn entries_weft_did_not_create_are_never_touched() {
         "{neigh}"
     );
 }
+
+/// nftables has no cross-table accept, so weft cannot override another table's forward drop
+/// policy without editing that table (which it never does); it names the chain in a warning.
+#[test]
+fn a_forward_drop_policy_elsewhere_is_named_in_a_warning_and_left_alone() {
+    let mut lab = lab(1, 1);
+    node_exec(&lab, 0, &["nft", "add", "table", "inet", "hostfw"]);
+    node_exec(
+        &lab,
+        0,
+        &[
+            "nft",
+            "add",
+            "chain",
+            "inet",
+            "hostfw",
+            "forward",
+            "{ type filter hook forward priority 0; policy drop; }",
+        ],
+    );
+    lab.stop_daemon(0, false);
+    lab.start_daemon(0).unwrap();
+    let warned = weft_lab::procs::wait_for(Duration::from_secs(5), || {
+        let log = lab.nodes[0].log();
+        log.contains("drops forwarded packets by policy")
+            .then_some(log)
+    });
+    let log = warned.unwrap_or_else(|| panic!("no warning:\n{}", lab.nodes[0].log()));
+    assert!(log.contains("chain=inet hostfw forward"), "{log}");
+    let chains = node_exec(&lab, 0, &["nft", "list", "table", "inet", "hostfw"]);
+    assert!(
+        chains.contains("policy drop"),
+        "the host's table is untouched:\n{chains}"
+    );
+}

@@ -109,6 +109,38 @@ pub fn removal() -> Value {
     json!({"nftables": [{"add": {"table": table()}}, {"delete": {"table": table()}}]})
 }
 
+/// The base chains of other tables that drop forwarded packets by policy (`family table chain`),
+/// read from `nft -j list chains` output. Pod traffic dies there whatever weft's table says.
+pub fn forward_drop_chains(listing: &Value) -> Vec<String> {
+    listing["nftables"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|item| item.get("chain"))
+        .filter(|c| c["hook"] == "forward" && c["policy"] == "drop" && c["table"] != TABLE)
+        .map(|c| {
+            let text = |k: &str| c[k].as_str().unwrap_or("?").to_string();
+            format!("{} {} {}", text("family"), text("table"), text("name"))
+        })
+        .collect()
+}
+
+/// List the chains of every table (read only).
+pub fn list_chains() -> Result<Value, MasqError> {
+    let output = Command::new("nft")
+        .args(["-j", "list", "chains"])
+        .stdin(Stdio::null())
+        .output()
+        .map_err(MasqError::Spawn)?;
+    if !output.status.success() {
+        return Err(MasqError::Refused(
+            String::from_utf8_lossy(&output.stderr).trim().to_string(),
+        ));
+    }
+    serde_json::from_slice(&output.stdout)
+        .map_err(|e| MasqError::Refused(format!("unreadable listing: {e}")))
+}
+
 /// Apply a batch in one nft transaction.
 pub fn apply(batch: &Value) -> Result<(), MasqError> {
     let mut child = Command::new("nft")
@@ -182,6 +214,17 @@ mod tests {
             commands.iter().all(|c| c.to_string().contains("\"weft\"")),
             "only weft's table is named"
         );
+    }
+
+    #[test]
+    fn forward_drop_policies_elsewhere_are_found() {
+        let listing = json!({"nftables": [
+            {"metainfo": {"version": "1.0.6"}},
+            {"chain": {"family": "ip", "table": "filter", "name": "FORWARD", "hook": "forward", "prio": 0, "policy": "drop"}},
+            {"chain": {"family": "inet", "table": "weft", "name": "forward", "hook": "forward", "prio": 0, "policy": "accept"}},
+            {"chain": {"family": "inet", "table": "fw", "name": "input", "hook": "input", "prio": 0, "policy": "drop"}},
+        ]});
+        assert_eq!(forward_drop_chains(&listing), ["ip filter FORWARD"]);
     }
 
     #[test]
