@@ -229,3 +229,48 @@ fn sigterm_keeps_the_lease_and_leave_gives_it_back() {
     );
     assert!(store.record("b").is_some());
 }
+
+#[test]
+fn a_bad_setting_stops_start_up_with_one_line_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("weft.toml");
+    std::fs::write(&config, "cluster-cidr = \"10.244.0.0/16\"\nlease-ttl = 1\n").unwrap();
+    let cases: Vec<(Vec<&str>, Vec<(&str, &str)>, &str)> = vec![
+        (
+            vec!["--cluster-cidr", "10.244.0.0/33"],
+            vec![],
+            "invalid setting --cluster-cidr: \"10.244.0.0/33\": not a CIDR",
+        ),
+        (
+            vec!["--cluster-cidr", "10.244.0.0/16"],
+            vec![("WEFT_BACKEND", "geneve")],
+            "invalid setting --backend: \"geneve\"",
+        ),
+        (
+            vec![],
+            vec![("WEFT_CONFIG", config.to_str().unwrap())],
+            "invalid setting --lease-ttl: \"1\"",
+        ),
+    ];
+    for (args, env, expected) in cases {
+        let output = Command::new(bin_path("weftd"))
+            .arg("run")
+            .args(&args)
+            .args([
+                "--node-name",
+                "n1",
+                "--datapath",
+                "none",
+                "--public-ip",
+                "192.0.2.1",
+            ])
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        assert!(!output.status.success());
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let lines: Vec<&str> = stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "one line: {stderr}");
+        assert!(lines[0].contains(expected), "{expected:?} not in {stderr}");
+    }
+}
