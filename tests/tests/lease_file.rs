@@ -235,7 +235,9 @@ fn a_bad_setting_stops_start_up_with_one_line_naming_it() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("weft.toml");
     std::fs::write(&config, "cluster-cidr = \"10.244.0.0/16\"\nlease-ttl = 1\n").unwrap();
-    let cases: Vec<(Vec<&str>, Vec<(&str, &str)>, &str)> = vec![
+    /// Flags, environment, the words the error must contain.
+    type Case<'a> = (Vec<&'a str>, Vec<(&'a str, &'a str)>, &'a str);
+    let cases: Vec<Case> = vec![
         (
             vec!["--cluster-cidr", "10.244.0.0/33"],
             vec![],
