@@ -449,37 +449,20 @@ impl<'a> Applier<'a> {
 
     async fn route_message(&mut self, route: &Route) -> Result<RouteMessage, OpError> {
         let index = self.index(&route.dev).await?;
-        let message = match (route.dst, route.gateway) {
-            (IpNet::V4(dst), IpAddr::V4(gw)) => {
-                let b = RouteMessageBuilder::<Ipv4Addr>::new()
-                    .destination_prefix(dst.addr(), dst.prefix_len())
-                    .gateway(gw)
-                    .output_interface(index)
-                    .protocol(RouteProtocol::Other(ROUTE_PROTOCOL));
-                if route.onlink {
-                    b.onlink().build()
-                } else {
-                    b.build()
-                }
-            }
-            (IpNet::V6(dst), IpAddr::V6(gw)) => {
-                let b = RouteMessageBuilder::<Ipv6Addr>::new()
-                    .destination_prefix(dst.addr(), dst.prefix_len())
-                    .gateway(gw)
-                    .output_interface(index)
-                    .protocol(RouteProtocol::Other(ROUTE_PROTOCOL));
-                if route.onlink {
-                    b.onlink().build()
-                } else {
-                    b.build()
-                }
-            }
-            _ => {
-                return Err(OpError::MixedFamilies {
-                    dst: route.dst,
-                    gateway: route.gateway,
-                })
-            }
+        let mixed = || OpError::MixedFamilies {
+            dst: route.dst,
+            gateway: route.gateway,
+        };
+        let builder = RouteMessageBuilder::<IpAddr>::new()
+            .destination_prefix(route.dst.addr(), route.dst.prefix_len())
+            .and_then(|b| b.gateway(route.gateway))
+            .map_err(|_| mixed())?
+            .output_interface(index)
+            .protocol(RouteProtocol::Other(ROUTE_PROTOCOL));
+        let message = if route.onlink {
+            builder.onlink().build()
+        } else {
+            builder.build()
         };
         Ok(message)
     }
