@@ -359,3 +359,53 @@ async fn a_deleted_record_comes_back_and_leave_from_another_process_frees_the_cl
         "a's subnets are free for the next node"
     );
 }
+
+/// etcd's claims are the authority: a record copying another node's pod CIDR is no peer, even for a
+/// watcher that starts after it was written (where the plan alone could only refuse both).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_whose_cidr_is_claimed_by_another_node_is_no_peer() {
+    let etcd = EtcdServer::start().expect("start etcd");
+    let mut client = etcd_client::Client::connect([etcd.endpoint()], None)
+        .await
+        .unwrap();
+    let b = store(&etcd, 10).acquire(&request("b")).await.unwrap();
+    let mut thief = b.clone();
+    thief.node = NodeName::new("thief").unwrap();
+    let record = serde_json::to_string(&thief.to_record()).unwrap();
+    client
+        .put(format!("{PREFIX}/nodes/thief"), record, None)
+        .await
+        .unwrap();
+
+    let mut watcher = store(&etcd, 10).watch_peers(&NodeName::new("observer").unwrap());
+    let mut peers = PeerSet::default();
+    assert!(
+        watch_until(&mut watcher, &mut peers, Duration::from_secs(5), |p| p
+            .get(&b.node)
+            .is_some())
+        .await
+    );
+    assert!(
+        peers.get(&thief.node).is_none(),
+        "the impostor is no peer at start"
+    );
+
+    // Written while the watch runs, it stays out too; and a node leaving takes its record along.
+    client
+        .put(
+            format!("{PREFIX}/nodes/thief"),
+            serde_json::to_string(&thief.to_record()).unwrap(),
+            None,
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    store(&etcd, 10).release(&b).await.unwrap();
+    assert!(
+        watch_until(&mut watcher, &mut peers, Duration::from_secs(5), |p| p
+            .is_empty())
+        .await,
+        "{:?}",
+        peers.len()
+    );
+}

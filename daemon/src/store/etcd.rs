@@ -12,7 +12,7 @@
 //! go. After a restart, the node finds its claims by name (still alive) or is handed its previous
 //! subnets through `LeaseRequest::preferred` (expired but free).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use etcd_client::{
@@ -371,6 +371,7 @@ impl LeaseStore for EtcdStore {
             store: self.clone(),
             own: own.clone(),
             stream: None,
+            view: ClaimedView::default(),
         }
     }
 }
@@ -380,55 +381,143 @@ pub struct EtcdWatcher {
     store: EtcdStore,
     own: NodeName,
     stream: Option<WatchStream>,
+    view: ClaimedView,
+}
+
+/// Node records checked against the claim keys: etcd's compare-and-swap makes a claim key the
+/// authority on who holds a subnet, so a record whose pod CIDRs are not all claimed by its own node
+/// (an impostor copying another node's CIDR, or a record written by hand) is no peer. This turns
+/// the store into the arbiter the plan cannot be on its own after a restart.
+#[derive(Debug, Default)]
+pub struct ClaimedView {
+    records: BTreeMap<NodeName, Lease>,
+    claims: BTreeMap<IpNet, String>,
+}
+
+impl ClaimedView {
+    /// The peer change `node` amounts to now: its record if every pod CIDR in it is claimed by it,
+    /// else a removal (with a warning naming the CIDR and its holder).
+    pub fn verdict(&self, node: &NodeName) -> PeerChange {
+        let Some(lease) = self.records.get(node) else {
+            return PeerChange::Delete(node.clone());
+        };
+        for net in lease.pod_cidrs.iter() {
+            let holder = self.claims.get(&net).map(String::as_str);
+            if holder != Some(node.as_str()) {
+                warn!(peer = %node, pod_cidr = %net, claimed_by = holder.unwrap_or("no one"), "ignoring a node record whose pod CIDR etcd's claims do not give it");
+                return PeerChange::Delete(node.clone());
+            }
+        }
+        PeerChange::Put(lease.clone())
+    }
+
+    pub fn put_record(&mut self, lease: Lease) {
+        self.records.insert(lease.node.clone(), lease);
+    }
+
+    pub fn remove_record(&mut self, node: &NodeName) {
+        self.records.remove(node);
+    }
+
+    /// Record a claim; returns the nodes whose verdict may have changed.
+    pub fn put_claim(&mut self, net: IpNet, holder: String) -> Vec<NodeName> {
+        let old = self.claims.insert(net, holder.clone());
+        [old, Some(holder)]
+            .into_iter()
+            .flatten()
+            .filter_map(|h| NodeName::new(h).ok())
+            .collect()
+    }
+
+    /// Forget a claim; returns the node whose verdict may have changed.
+    pub fn remove_claim(&mut self, net: &IpNet) -> Vec<NodeName> {
+        self.claims
+            .remove(net)
+            .and_then(|h| NodeName::new(h).ok())
+            .into_iter()
+            .collect()
+    }
+
+    pub fn nodes(&self) -> impl Iterator<Item = &NodeName> {
+        self.records.keys()
+    }
 }
 
 impl EtcdWatcher {
+    /// List claims and records together (one revision), then watch the whole prefix after it.
     async fn start(&mut self) -> Result<PeerUpdate, StoreError> {
-        let prefix = self.store.nodes_prefix();
+        let prefix = format!("{}/", self.store.prefix);
         let mut client = self.store.client().await?;
         let resp = call(
-            "list nodes",
+            "list",
             client.get(prefix.clone(), Some(GetOptions::new().with_prefix())),
         )
         .await?;
         let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
-        let peers: Vec<Lease> = resp
-            .kvs()
-            .iter()
-            .filter_map(|kv| decode_node(kv, &prefix))
-            .filter(|l| l.node != self.own)
+        self.view = ClaimedView::default();
+        for kv in resp.kvs() {
+            self.absorb(kv, EventType::Put);
+        }
+        let peers: Vec<Lease> = self
+            .view
+            .nodes()
+            .filter(|n| **n != self.own)
+            .filter_map(|n| match self.view.verdict(n) {
+                PeerChange::Put(lease) => Some(lease),
+                PeerChange::Delete(_) => None,
+            })
             .collect();
         let options = WatchOptions::new()
             .with_prefix()
             .with_start_revision(revision + 1);
-        let stream = call("watch nodes", client.watch(prefix, Some(options))).await?;
+        let stream = call("watch", client.watch(prefix, Some(options))).await?;
         self.stream = Some(stream);
         Ok(PeerUpdate::Snapshot(peers))
     }
 
-    fn changes(&self, resp: &etcd_client::WatchResponse) -> Vec<PeerChange> {
-        let prefix = self.store.nodes_prefix();
-        let mut changes = Vec::new();
-        for event in resp.events() {
-            let Some(kv) = event.kv() else { continue };
-            let key = String::from_utf8_lossy(kv.key()).into_owned();
-            let Ok(node) = NodeName::new(key[prefix.len()..].to_string()) else {
+    /// Fold one key into the view; returns the nodes whose verdict may have changed.
+    fn absorb(&mut self, kv: &KeyValue, event: EventType) -> Vec<NodeName> {
+        let key = String::from_utf8_lossy(kv.key()).into_owned();
+        let (nodes_prefix, claims_prefix) = (self.store.nodes_prefix(), self.store.claims_prefix());
+        if let Some(name) = key.strip_prefix(&nodes_prefix) {
+            let Ok(node) = NodeName::new(name.to_string()) else {
                 warn!(%key, "skipping a node key that is not a node name");
-                continue;
+                return Vec::new();
             };
-            if node == self.own {
-                continue;
+            // A record that no longer parses describes no usable peer: it is removed.
+            match (event, decode_node(kv, &nodes_prefix)) {
+                (EventType::Put, Some(lease)) => self.view.put_record(lease),
+                _ => self.view.remove_record(&node),
             }
-            match event.event_type() {
-                EventType::Delete => changes.push(PeerChange::Delete(node)),
-                // A record that no longer parses describes no usable peer: it is removed.
-                EventType::Put => match decode_node(kv, &prefix) {
-                    Some(lease) => changes.push(PeerChange::Put(lease)),
-                    None => changes.push(PeerChange::Delete(node)),
-                },
+            return vec![node];
+        }
+        if let Some(rest) = key.strip_prefix(&claims_prefix) {
+            let Some(net) = parse_claim_key(rest) else {
+                warn!(%key, "skipping a subnet claim whose key does not parse");
+                return Vec::new();
+            };
+            return match event {
+                EventType::Put => self
+                    .view
+                    .put_claim(net, String::from_utf8_lossy(kv.value()).into_owned()),
+                EventType::Delete => self.view.remove_claim(&net),
+            };
+        }
+        Vec::new()
+    }
+
+    fn changes(&mut self, resp: &etcd_client::WatchResponse) -> Vec<PeerChange> {
+        let mut affected = BTreeSet::new();
+        for event in resp.events() {
+            if let Some(kv) = event.kv() {
+                affected.extend(self.absorb(kv, event.event_type()));
             }
         }
-        changes
+        affected.remove(&self.own);
+        affected
+            .iter()
+            .map(|node| self.view.verdict(node))
+            .collect()
     }
 }
 
@@ -480,5 +569,54 @@ mod tests {
         }
         assert_eq!(parse_claim_key("v4/garbage"), None);
         assert_eq!(parse_claim_key("v4/10.0.0.0-99"), None);
+    }
+
+    fn lease(name: &str, cidr: &str) -> Lease {
+        use weft_proto::lease::{BackendData, MacAddr, PublicIps};
+        Lease {
+            node: NodeName::new(name).unwrap(),
+            pod_cidrs: PodCidrs {
+                v4: Some(cidr.parse().unwrap()),
+                v6: None,
+            },
+            public_ips: PublicIps {
+                v4: Some("192.0.2.1".parse().unwrap()),
+                v6: None,
+            },
+            backend: BackendData::Vxlan {
+                vtep_mac: Some(MacAddr::stable_local(name)),
+                vtep_mac_v6: None,
+            },
+            expires: None,
+        }
+    }
+
+    #[test]
+    fn records_count_only_with_their_claims() {
+        let mut view = ClaimedView::default();
+        let b = NodeName::new("b").unwrap();
+        let thief = NodeName::new("thief").unwrap();
+        view.put_record(lease("b", "10.244.1.0/24"));
+        assert_eq!(
+            view.verdict(&b),
+            PeerChange::Delete(b.clone()),
+            "no claim yet"
+        );
+        let touched = view.put_claim("10.244.1.0/24".parse().unwrap(), "b".into());
+        assert_eq!(touched, vec![b.clone()]);
+        assert!(matches!(view.verdict(&b), PeerChange::Put(_)));
+        view.put_record(lease("thief", "10.244.1.0/24"));
+        assert_eq!(
+            view.verdict(&thief),
+            PeerChange::Delete(thief.clone()),
+            "the claim is b's"
+        );
+        let touched = view.remove_claim(&"10.244.1.0/24".parse().unwrap());
+        assert_eq!(touched, vec![b.clone()]);
+        assert_eq!(view.verdict(&b), PeerChange::Delete(b));
+        assert_eq!(
+            view.verdict(&NodeName::new("ghost").unwrap()),
+            PeerChange::Delete(NodeName::new("ghost").unwrap())
+        );
     }
 }
