@@ -97,12 +97,13 @@ pub async fn run<S: LeaseStore>(
     let mut family_misses = 0;
     loop {
         let wait = tokio::time::sleep(next_renewal);
+        let scheduled = next_renewal == renew_every;
         next_renewal = renew_every;
         tokio::select! {
             _ = wait => {}
             _ = shutdown.changed() => break,
         }
-        follow_underlay(&config, &mut lease, &mut family_misses);
+        follow_underlay(&config, &mut lease, &mut family_misses, scheduled);
         match store.renew(&lease).await {
             Ok(renewed) => {
                 lease = renewed;
@@ -175,27 +176,48 @@ fn remember(config: &Config, lease: &Lease) {
 }
 
 /// Re-detect the underlay address; a change is published with the next renewal.
-fn follow_underlay(config: &Config, lease: &mut Lease, family_misses: &mut u32) {
-    match underlay::detect(&config.underlay) {
-        Ok(ips) if ips != lease.public_ips => {
-            // A family that vanishes for a moment (a DHCP renewal, a default route re-added) must
-            // not be unpublished at once: peers of that family would refuse this node.
-            let drops_family = (lease.public_ips.v4.is_some() && ips.v4.is_none())
-                || (lease.public_ips.v6.is_some() && ips.v6.is_none());
-            if drops_family && *family_misses < FAMILY_MISSES_BEFORE_DROP {
-                *family_misses += 1;
-                warn!(published = ?lease.public_ips, detected = ?ips, "an underlay family is missing; keeping it published for now");
-                return;
-            }
-            *family_misses = 0;
-            info!(old = ?lease.public_ips, new = ?ips, "underlay address changed; republishing");
-            lease.public_ips = ips;
-        }
-        Ok(_) => *family_misses = 0,
+fn follow_underlay(config: &Config, lease: &mut Lease, family_misses: &mut u32, scheduled: bool) {
+    let detected = match underlay::detect(&config.underlay) {
+        Ok(ips) => ips,
         Err(e) => {
-            warn!(error = %e, "cannot detect the underlay address; keeping the published one")
+            warn!(error = %e, "cannot detect the underlay address; keeping the published one");
+            return;
         }
+    };
+    let (merged, held) = merge_underlay(
+        &lease.public_ips,
+        &detected,
+        *family_misses < FAMILY_MISSES_BEFORE_DROP,
+    );
+    if held {
+        if scheduled {
+            *family_misses += 1;
+        }
+        warn!(published = ?lease.public_ips, detected = ?detected, "an underlay family is missing; keeping it published for now");
+    } else {
+        *family_misses = 0;
     }
+    if merged != lease.public_ips {
+        info!(old = ?lease.public_ips, new = ?merged, "underlay address changed; republishing");
+        lease.public_ips = merged;
+    }
+}
+
+/// The underlay addresses to publish: each detected family as detected; a published family that
+/// is missing now kept as it was while `hold` (a DHCP renewal or a re-added default route must
+/// not unpublish it: peers of that family would refuse this node). Returns whether one was held.
+fn merge_underlay(published: &PublicIps, detected: &PublicIps, hold: bool) -> (PublicIps, bool) {
+    let mut merged = *detected;
+    let mut held = false;
+    if hold && published.v4.is_some() && detected.v4.is_none() {
+        merged.v4 = published.v4;
+        held = true;
+    }
+    if hold && published.v6.is_some() && detected.v6.is_none() {
+        merged.v6 = published.v6;
+        held = true;
+    }
+    (merged, held)
 }
 
 async fn track_peers<W: PeerWatcher>(
@@ -240,5 +262,35 @@ fn log_event(event: &PeerEvent) {
             "peer updated"
         ),
         PeerEvent::Removed(l) => info!(peer = %l.node, pod_cidrs = %l.pod_cidrs, "peer removed"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_family_is_held_while_the_other_follows() {
+        let published = PublicIps {
+            v4: Some("192.0.2.1".parse().unwrap()),
+            v6: Some("2001:db8::1".parse().unwrap()),
+        };
+        let detected = PublicIps {
+            v4: Some("192.0.2.9".parse().unwrap()),
+            v6: None,
+        };
+        let (merged, held) = merge_underlay(&published, &detected, true);
+        assert!(held);
+        assert_eq!(
+            merged.v4, detected.v4,
+            "the moved IPv4 address is followed at once"
+        );
+        assert_eq!(merged.v6, published.v6, "the missing IPv6 address is held");
+        let (merged, held) = merge_underlay(&published, &detected, false);
+        assert!(!held);
+        assert_eq!(
+            merged, detected,
+            "after enough misses the family is dropped"
+        );
     }
 }

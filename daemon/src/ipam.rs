@@ -32,6 +32,8 @@ pub enum IpamError {
         in_use: usize,
         usable: u128,
     },
+    #[error("IPAM state {path} is damaged ({reason}) while pods are wired: restore it, or remove the pods' veths and the file")]
+    Damaged { path: PathBuf, reason: String },
     #[error("IPAM state {path}: {source}")]
     Io {
         path: PathBuf,
@@ -101,12 +103,26 @@ pub struct Ipam {
 
 impl Ipam {
     /// Load the state under `state_dir` (empty if there is none) for a node holding `cidrs`.
-    pub fn open(state_dir: &Path, cidrs: PodCidrs) -> Result<Ipam, IpamError> {
+    ///
+    /// A damaged file is an error unless `set_aside_damage`: the caller passes that only when no
+    /// pod of this node is wired (after a reboot), since an empty IPAM would otherwise hand out
+    /// addresses running pods hold, and GC would remove their veths.
+    pub fn open(
+        state_dir: &Path,
+        cidrs: PodCidrs,
+        set_aside_damage: bool,
+    ) -> Result<Ipam, IpamError> {
         let path = state_dir.join("ipam.json");
         let state = match std::fs::read(&path) {
             Ok(bytes) => match serde_json::from_slice(&bytes) {
                 Ok(state) => state,
-                Err(e) => set_aside(&path, &e.to_string())?,
+                Err(e) if set_aside_damage => set_aside(&path, &e.to_string())?,
+                Err(e) => {
+                    return Err(IpamError::Damaged {
+                        path,
+                        reason: e.to_string(),
+                    })
+                }
             },
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => IpamState::default(),
             Err(source) => return Err(IpamError::Io { path, source }),
@@ -288,8 +304,8 @@ impl Ipam {
 }
 
 /// A damaged state file (a power loss without fsync can leave it empty) is moved aside and IPAM
-/// starts empty: the node's pods are being re-created anyway, and refusing to start would block
-/// every pod on the node until someone deletes the file by hand.
+/// starts empty: after a reboot the node's pods are being re-created anyway, and refusing to start
+/// would block every pod on the node until someone deletes the file by hand.
 fn set_aside(path: &Path, reason: &str) -> Result<IpamState, IpamError> {
     let aside = path.with_extension("json.damaged");
     std::fs::rename(path, &aside).map_err(|source| IpamError::Io {
@@ -330,8 +346,12 @@ mod tests {
     #[test]
     fn dual_stack_allocation_is_distinct_idempotent_and_persisted() {
         let dir = tempfile::tempdir().unwrap();
-        let mut ipam =
-            Ipam::open(dir.path(), cidrs("10.244.1.0/24", "fd00:10:244:1::/64")).unwrap();
+        let mut ipam = Ipam::open(
+            dir.path(),
+            cidrs("10.244.1.0/24", "fd00:10:244:1::/64"),
+            false,
+        )
+        .unwrap();
         let a = ipam.allocate(&key(1)).unwrap();
         let b = ipam.allocate(&key(2)).unwrap();
         assert_eq!(a.v4, Some("10.244.1.1".parse().unwrap()));
@@ -342,8 +362,12 @@ mod tests {
             a,
             "a repeated ADD gets the same addresses"
         );
-        let reopened =
-            Ipam::open(dir.path(), cidrs("10.244.1.0/24", "fd00:10:244:1::/64")).unwrap();
+        let reopened = Ipam::open(
+            dir.path(),
+            cidrs("10.244.1.0/24", "fd00:10:244:1::/64"),
+            false,
+        )
+        .unwrap();
         assert_eq!(reopened.get(&key(1)), Some(a));
         assert_eq!(reopened.len(), 2);
     }
@@ -351,7 +375,7 @@ mod tests {
     #[test]
     fn single_stack_gets_one_family() {
         let dir = tempfile::tempdir().unwrap();
-        let mut v6_only = Ipam::open(dir.path(), cidrs("", "fd00::/120")).unwrap();
+        let mut v6_only = Ipam::open(dir.path(), cidrs("", "fd00::/120"), false).unwrap();
         let a = v6_only.allocate(&key(1)).unwrap();
         assert_eq!((a.v4, a.v6), (None, Some("fd00::1".parse().unwrap())));
     }
@@ -359,7 +383,7 @@ mod tests {
     #[test]
     fn next_fit_does_not_reuse_a_released_address_at_once() {
         let dir = tempfile::tempdir().unwrap();
-        let mut ipam = Ipam::open(dir.path(), cidrs("10.0.0.0/29", "")).unwrap();
+        let mut ipam = Ipam::open(dir.path(), cidrs("10.0.0.0/29", ""), false).unwrap();
         let a = ipam.allocate(&key(1)).unwrap();
         ipam.release(&key(1)).unwrap();
         let b = ipam.allocate(&key(2)).unwrap();
@@ -374,7 +398,7 @@ mod tests {
     #[test]
     fn exhaustion_is_clear_and_leaves_others_untouched() {
         let dir = tempfile::tempdir().unwrap();
-        let mut ipam = Ipam::open(dir.path(), cidrs("10.0.0.0/29", "fd00::/64")).unwrap();
+        let mut ipam = Ipam::open(dir.path(), cidrs("10.0.0.0/29", "fd00::/64"), false).unwrap();
         let held: Vec<Allocation> = (0..6).map(|n| ipam.allocate(&key(n)).unwrap()).collect();
         let v4s: std::collections::BTreeSet<_> = held.iter().map(|a| a.v4.unwrap()).collect();
         assert_eq!(v4s.len(), 6, "the six usable addresses .1-.6");
@@ -399,7 +423,7 @@ mod tests {
     #[test]
     fn retain_releases_what_the_runtime_does_not_know() {
         let dir = tempfile::tempdir().unwrap();
-        let mut ipam = Ipam::open(dir.path(), cidrs("10.0.0.0/24", "")).unwrap();
+        let mut ipam = Ipam::open(dir.path(), cidrs("10.0.0.0/24", ""), false).unwrap();
         for n in 0..5 {
             ipam.allocate(&key(n)).unwrap();
         }
@@ -412,10 +436,14 @@ mod tests {
     }
 
     #[test]
-    fn damaged_state_is_set_aside_not_fatal() {
+    fn damaged_state_is_set_aside_only_when_no_pod_is_wired() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("ipam.json"), b"").unwrap();
-        let mut ipam = Ipam::open(dir.path(), cidrs("10.0.0.0/24", "")).unwrap();
+        let err = Ipam::open(dir.path(), cidrs("10.0.0.0/24", ""), false)
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("ipam.json is damaged"), "{err}");
+        let mut ipam = Ipam::open(dir.path(), cidrs("10.0.0.0/24", ""), true).unwrap();
         assert!(ipam.is_empty());
         assert!(
             dir.path().join("ipam.json.damaged").exists(),

@@ -73,7 +73,13 @@ pub async fn start(
         Family::V6
     };
     let mtu = plan_config.overlay_mtu(underlay_family);
-    let ipam = Ipam::open(&config.state_dir, lease.pod_cidrs).context("open the IPAM state")?;
+    let pods_wired = nl::links(&host)
+        .await
+        .context("list links")?
+        .iter()
+        .any(datapath::pod::is_weft_veth);
+    let ipam = Ipam::open(&config.state_dir, lease.pod_cidrs, !pods_wired)
+        .context("open the IPAM state")?;
     let socket = config.run_dir.join("cni.sock");
     let listener = cni_server::bind(&socket)
         .with_context(|| format!("bind the CNI socket {}", socket.display()))?;
@@ -90,6 +96,8 @@ pub async fn start(
 const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(2);
 /// How often the observed state is read again from the kernel, repairing drift.
 pub const RESYNC_EVERY: Duration = Duration::from_secs(30);
+/// Failed operations logged one by one in a pass; the rest are counted.
+const LOG_FAILURES_UP_TO: usize = 5;
 /// Above this many operations, one summary line is logged instead of one line per operation.
 const LOG_EACH_OP_UP_TO: usize = 20;
 
@@ -101,9 +109,16 @@ struct Reconciler {
     /// The peers' claims the last plan accepted: they win conflicts with newcomers at the next one.
     incumbents: plan::Incumbents,
     refusals: BTreeSet<String>,
+    /// The ruleset last applied, and whether it still needs applying (the resync re-applies it,
+    /// repairing drift, without logging it again).
     masq_applied: Option<serde_json::Value>,
-    /// Something failed in the last pass: read the kernel again and retry soon.
+    masq_due: bool,
+    /// Forward chains of other tables already warned about.
+    warned_chains: BTreeSet<String>,
+    /// Something failed in the last pass: read the kernel again and retry after `retry_delay`,
+    /// which doubles (up to the resync period) while failures go on.
     retry_soon: bool,
+    retry_delay: Duration,
 }
 
 impl Reconciler {
@@ -115,7 +130,10 @@ impl Reconciler {
             incumbents: plan::Incumbents::default(),
             refusals: BTreeSet::new(),
             masq_applied: None,
+            masq_due: true,
+            warned_chains: BTreeSet::new(),
             retry_soon: false,
+            retry_delay: RETRY_AFTER_FAILURE,
         }
     }
 
@@ -130,14 +148,14 @@ impl Reconciler {
                 self.reconcile(&own, peers.iter()).await;
             }
             let retry = std::mem::take(&mut self.retry_soon);
-            let retry_timer = tokio::time::sleep(RETRY_AFTER_FAILURE);
+            let retry_timer = tokio::time::sleep(self.retry_delay);
             tokio::select! {
                 changed = lease_rx.changed() => if changed.is_err() { return },
                 changed = peers_rx.changed() => if changed.is_err() { return },
                 _ = retry_timer, if retry => {}
                 _ = resync.tick() => {
                     self.observed = None;
-                    self.masq_applied = None;
+                    self.masq_due = true;
                 }
             }
         }
@@ -161,39 +179,76 @@ impl Reconciler {
                 Ok(observed) => observed,
                 Err(e) => {
                     warn!(error = %e, "cannot read the datapath; will retry");
+                    self.schedule_retry();
+                    self.apply_masquerade(own).await;
                     return;
                 }
             },
         };
         let ops = plan::diff(&plan.datapath, &observed);
-        if !ops.is_empty() {
-            if ops.len() <= LOG_EACH_OP_UP_TO {
-                for op in &ops {
-                    info!(op = %op, "datapath");
-                }
-            } else {
-                info!(operations = ops.len(), "datapath: applying");
-            }
-            // Every operation is tried: one the kernel keeps refusing must not hold back the
-            // others (routes come last in the list) nor the masquerade rules.
-            let mut applier = Applier::new(&self.host);
-            let mut failed = 0;
-            for op in &ops {
-                if let Err(e) = applier.apply(op).await {
-                    warn!(op = %op, error = %e, "datapath operation failed");
-                    failed += 1;
-                }
-            }
-            debug!(requests = applier.requests, failed, "datapath pass done");
-            if failed > 0 {
-                warn!(failed, retry_in = ?RETRY_AFTER_FAILURE, "reading the kernel again and retrying");
-                self.retry_soon = true;
-            }
-        }
-        if !self.retry_soon {
+        let failed = self.apply(&ops).await;
+        if failed > 0 {
+            self.schedule_retry();
+        } else {
+            self.retry_delay = RETRY_AFTER_FAILURE;
             self.observed = Some(plan.datapath);
         }
         self.apply_masquerade(own).await;
+    }
+
+    /// Apply every operation; returns how many failed. One the kernel keeps refusing must not hold
+    /// back the others (routes come last) nor the masquerade rules; but once a device cannot be
+    /// made, the operations on it are skipped rather than failed one by one.
+    async fn apply(&mut self, ops: &[plan::Op]) -> usize {
+        if ops.is_empty() {
+            return 0;
+        }
+        if ops.len() <= LOG_EACH_OP_UP_TO {
+            for op in ops {
+                info!(op = %op, "datapath");
+            }
+        } else {
+            info!(operations = ops.len(), "datapath: applying");
+        }
+        let mut applier = Applier::new(&self.host);
+        let mut broken_devices = BTreeSet::new();
+        let (mut failed, mut skipped) = (0, 0);
+        for op in ops {
+            if broken_devices.contains(op.dev()) {
+                skipped += 1;
+                continue;
+            }
+            if let Err(e) = applier.apply(op).await {
+                failed += 1;
+                if failed <= LOG_FAILURES_UP_TO {
+                    warn!(op = %op, error = %e, "datapath operation failed");
+                }
+                let device_missing = matches!(e, vxlan::OpError::NoDevice(_))
+                    || matches!(
+                        op,
+                        plan::Op::CreateDevice(_) | plan::Op::RecreateDevice { .. }
+                    );
+                if device_missing {
+                    broken_devices.insert(op.dev().clone());
+                }
+            }
+        }
+        debug!(
+            requests = applier.requests,
+            failed, skipped, "datapath pass done"
+        );
+        if failed > 0 {
+            warn!(failed, skipped, retry_in = ?self.retry_delay, "datapath pass incomplete; reading the kernel again and retrying");
+        }
+        failed + skipped
+    }
+
+    fn schedule_retry(&mut self) {
+        if self.retry_soon {
+            return;
+        }
+        self.retry_soon = true;
+        self.retry_delay = (self.retry_delay * 2).min(RESYNC_EVERY);
     }
 
     fn report_refusals(&mut self, refused: &[plan::Refusal]) {
@@ -209,7 +264,8 @@ impl Reconciler {
 
     async fn apply_masquerade(&mut self, own: &Lease) {
         let batch = masq::ruleset(&own.pod_cidrs, &self.plan_config.cluster_cidrs);
-        if self.masq_applied.as_ref() == Some(&batch) {
+        let changed = self.masq_applied.as_ref() != Some(&batch);
+        if !changed && !self.masq_due {
             return;
         }
         let to_apply = batch.clone();
@@ -218,25 +274,32 @@ impl Reconciler {
             .unwrap_or_else(|e| Err(masq::MasqError::Spawn(std::io::Error::other(e))));
         match applied {
             Ok(()) => {
-                info!(table = masq::TABLE, "masquerade rules applied");
-                warn_about_forward_drop().await;
+                if changed {
+                    info!(table = masq::TABLE, "masquerade rules applied");
+                }
                 self.masq_applied = Some(batch);
+                self.masq_due = false;
+                self.warn_about_forward_drop().await;
             }
             Err(e) => {
                 warn!(error = %e, "cannot apply the masquerade rules; will retry");
-                self.retry_soon = true;
+                self.schedule_retry();
             }
         }
     }
-}
 
-/// nftables has no cross-table accept: a forward chain elsewhere with policy drop drops pod traffic
-/// whatever weft's table says, and weft does not edit other tables. Say so, naming the chain.
-async fn warn_about_forward_drop() {
-    let listing = tokio::task::spawn_blocking(masq::list_chains).await;
-    if let Ok(Ok(listing)) = listing {
-        for chain in masq::forward_drop_chains(&listing) {
-            warn!(chain = %chain, "this chain drops forwarded packets by policy: pod traffic through this node is dropped there unless it accepts the cluster CIDRs (weft changes no table but its own)");
+    /// nftables has no cross-table accept: a forward chain elsewhere with policy drop drops pod
+    /// traffic whatever weft's table says, and weft does not edit other tables. Say so, naming
+    /// each such chain once.
+    async fn warn_about_forward_drop(&mut self) {
+        let listing = tokio::task::spawn_blocking(masq::list_chains).await;
+        if let Ok(Ok(listing)) = listing {
+            let chains: BTreeSet<String> =
+                masq::forward_drop_chains(&listing).into_iter().collect();
+            for chain in chains.difference(&self.warned_chains) {
+                warn!(chain = %chain, "this chain drops forwarded packets by policy: pod traffic through this node is dropped there unless it accepts the cluster CIDRs (weft changes no table but its own)");
+            }
+            self.warned_chains = chains;
         }
     }
 }

@@ -24,7 +24,8 @@ pub fn enable_forwarding(ipv4: bool, ipv6: bool) -> io::Result<Vec<String>> {
     if ipv6 {
         for entry in std::fs::read_dir("/proc/sys/net/ipv6/conf")?.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            if name == "all" || name == "default" || name == "lo" {
+            // `default` too: an interface created later inherits it.
+            if name == "all" || name == "lo" {
                 continue;
             }
             let accept_ra = entry.path().join("accept_ra");

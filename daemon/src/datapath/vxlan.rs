@@ -141,6 +141,9 @@ pub async fn observe(
         let Some(dev) = indexes.get(&message.header.ifindex) else {
             continue;
         };
+        if message.header.state != NeighbourState::Permanent {
+            continue;
+        }
         if let (Some(dst), Some(mac)) = (neighbour_ip(&message), neighbour_mac(&message)) {
             observed.insert_fdb(Fdb {
                 dev: dev.clone(),
@@ -453,6 +456,9 @@ impl<'a> Applier<'a> {
             dst: route.dst,
             gateway: route.gateway,
         };
+        if route.dst.addr().is_ipv4() != route.gateway.is_ipv4() {
+            return Err(mixed());
+        }
         let builder = RouteMessageBuilder::<IpAddr>::new()
             .destination_prefix(route.dst.addr(), route.dst.prefix_len())
             .and_then(|b| b.gateway(route.gateway))

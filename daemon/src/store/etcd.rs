@@ -305,31 +305,35 @@ impl LeaseStore for EtcdStore {
             .lease_id
             .ok_or_else(|| lost("no etcd lease was acquired"))?;
         self.keep_alive_once(lease_id, &lease.node).await?;
-        // Compare with what etcd holds, not with what was last sent: a record deleted by hand (or
-        // by `weftd leave` run by mistake) must come back while the node keeps its subnets.
+        // One transaction per renewal: the claims must still be this node's, under this very
+        // etcd lease (a claim deleted, or moved to another lease, means the lease is lost), and
+        // the record is put back as it should be — one deleted by hand comes back.
         let mut client = self.client().await?;
-        let key = self.node_key(&lease.node);
-        let stored = call("read record", client.get(key.clone(), None)).await?;
-        let wanted = record_json(lease);
-        let current = stored.kvs().first().map(|kv| kv.value().to_vec());
-        if current.as_deref() != Some(wanted.as_bytes()) {
-            // Republish only while the claims are still ours.
-            let compares: Vec<Compare> = lease
-                .pod_cidrs
-                .iter()
-                .map(|net| {
-                    Compare::value(self.claim_key(&net), CompareOp::Equal, lease.node.as_str())
-                })
-                .collect();
-            let put = TxnOp::put(key, wanted, Some(PutOptions::new().with_lease(lease_id)));
-            let resp = call(
-                "republish",
-                client.txn(Txn::new().when(compares).and_then([put])),
-            )
-            .await?;
-            if !resp.succeeded() {
-                return Err(lost("its subnet claims are gone"));
-            }
+        let compares: Vec<Compare> = lease
+            .pod_cidrs
+            .iter()
+            .flat_map(|net| {
+                let key = self.claim_key(&net);
+                [
+                    Compare::value(key.clone(), CompareOp::Equal, lease.node.as_str()),
+                    Compare::lease(key, CompareOp::Equal, lease_id),
+                ]
+            })
+            .collect();
+        let put = TxnOp::put(
+            self.node_key(&lease.node),
+            record_json(lease),
+            Some(PutOptions::new().with_lease(lease_id)),
+        );
+        let resp = call(
+            "renew",
+            client.txn(Txn::new().when(compares).and_then([put])),
+        )
+        .await?;
+        if !resp.succeeded() {
+            return Err(lost(
+                "its subnet claims are gone or held under another etcd lease",
+            ));
         }
         Ok(lease.clone())
     }
@@ -340,8 +344,14 @@ impl LeaseStore for EtcdStore {
             // Revoking deletes every key attached to the lease: claims and record.
             call("revoke lease", client.lease_revoke(lease_id)).await?;
         }
-        // A `weftd leave` in another process holds no lease id: delete the claims that still name
-        // this node (compare-and-swap, so a claim taken over meanwhile is left alone) and the record.
+        // A `weftd leave` in another process holds no lease id: delete the record first (peers
+        // drop the node cleanly), then the claims that still name this node (compare-and-swap, so
+        // a claim taken over meanwhile is left alone).
+        call(
+            "delete record",
+            client.delete(self.node_key(&lease.node), None),
+        )
+        .await?;
         let node = lease.node.as_str();
         let held: Vec<IpNet> = self
             .read_claims()
@@ -357,11 +367,6 @@ impl LeaseStore for EtcdStore {
                 .and_then([TxnOp::delete(key, None)]);
             call("delete claim", client.txn(txn)).await?;
         }
-        call(
-            "delete record",
-            client.delete(self.node_key(&lease.node), None),
-        )
-        .await?;
         self.keeper = None;
         Ok(())
     }
@@ -485,10 +490,15 @@ impl EtcdWatcher {
                 return Vec::new();
             };
             // A record that no longer parses describes no usable peer: it is removed.
-            match (event, decode_node(kv, &nodes_prefix)) {
-                (EventType::Put, Some(lease)) => self.view.put_record(lease),
-                _ => self.view.remove_record(&node),
+            let lease = match event {
+                EventType::Put => decode_node(kv, &nodes_prefix),
+                EventType::Delete => None,
+            };
+            match lease {
+                Some(lease) => self.view.put_record(lease),
+                None => self.view.remove_record(&node),
             }
+
             return vec![node];
         }
         if let Some(rest) = key.strip_prefix(&claims_prefix) {
