@@ -1,20 +1,24 @@
 //! Pod addresses from the node's pod CIDRs, both families, persisted under the state directory.
 //!
 //! ```text
-//! STATE_DIR/ipam.json   {"allocations": {"CONTAINER_ID/IFNAME": {"v4": "...", "v6": "..."}},
-//!                        "next_v4": "...", "next_v6": "..."}
+//! STATE_DIR/ipam/CONTAINER_ID@IFNAME   {"v4": "10.244.1.5", "v6": "fd00:10:244:1::5"}
 //! ```
-//! Every change is written (temporary file, rename) before the caller acts on it, so a daemon killed
-//! at any point has either not handed the address out or remembers it (no fsync: a power loss
-//! reboots the node, its runtime re-creates every pod, and GC releases what the old file held); GC releases what the runtime
-//! no longer knows. One container ID + interface always gets the same addresses back (a repeated ADD).
-//! Allocation is next-fit from a cursor, as host-local does, so a just-released address is not
-//! handed out again at once (stale conntrack entries and ARP caches point at it for a while).
+//! One small file per pod interface, written (temporary file, rename to a new name) before the
+//! caller acts on it and removed when the address is released. A daemon killed at any point has
+//! either not handed the address out or remembers it, and an ADD costs one small file however
+//! many pods the node runs (a single state file rewritten per ADD grew with the pod count, and
+//! renaming over an existing file makes ext4 flush it). No fsync: a power loss reboots the node,
+//! its runtime re-creates every pod, and GC releases what the old files held.
+//!
+//! One container ID + interface always gets the same addresses back (a repeated ADD). Allocation
+//! is next-fit from a cursor, as host-local does, so a just-released address is not handed out
+//! again at once (stale conntrack entries and ARP caches point at it for a while); after a restart
+//! the cursor starts at the highest address in use.
 //!
 //! Reserved: the CIDR's network address (the VXLAN device holds it, as flannel does) and, for
 //! IPv4, the broadcast address.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
@@ -32,7 +36,7 @@ pub enum IpamError {
         in_use: usize,
         usable: u128,
     },
-    #[error("IPAM state {path} is damaged ({reason}) while pods are wired: restore it, or remove the pods' veths and the file")]
+    #[error("IPAM state {path} is damaged ({reason}) while pods are wired: restore it, or remove the pod's veth and the file")]
     Damaged { path: PathBuf, reason: String },
     #[error("IPAM state {path}: {source}")]
     Io {
@@ -40,6 +44,8 @@ pub enum IpamError {
         #[source]
         source: std::io::Error,
     },
+    #[error("container ID {0:?} cannot name an IPAM record")]
+    BadKey(String),
 }
 
 /// One pod interface: the runtime's container ID and the interface name inside the pod.
@@ -57,18 +63,30 @@ impl AttachmentKey {
         }
     }
 
-    fn encode(&self) -> String {
-        format!("{}/{}", self.container_id, self.ifname)
+    /// The record's file name: `CONTAINER_ID@IFNAME`. Container IDs are CNI identifiers (letters,
+    /// digits, `_`, `-`, `.`), so the first `@` separates the two; anything that could escape the
+    /// directory or hide the file is refused.
+    fn file_name(&self) -> Result<String, IpamError> {
+        let cid = &self.container_id;
+        let bad = cid.is_empty()
+            || cid.starts_with('.')
+            || cid.contains(['/', '@', '\0'])
+            || self.ifname.contains('/');
+        if bad {
+            return Err(IpamError::BadKey(cid.clone()));
+        }
+        Ok(format!("{cid}@{}", self.ifname))
     }
 
-    fn decode(text: &str) -> Option<AttachmentKey> {
-        let (cid, ifname) = text.rsplit_once('/')?;
+    fn from_file_name(name: &str) -> Option<AttachmentKey> {
+        let (cid, ifname) = name.split_once('@')?;
         Some(AttachmentKey::new(cid, ifname))
     }
 }
 
 /// The addresses of one pod interface; a single-stack node leaves the other family empty.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Allocation {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub v4: Option<Ipv4Addr>,
@@ -85,49 +103,93 @@ impl Allocation {
     }
 }
 
-#[derive(Debug, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct IpamState {
-    allocations: BTreeMap<String, Allocation>,
-    #[serde(default)]
+pub struct Ipam {
+    dir: PathBuf,
+    cidrs: PodCidrs,
+    allocations: BTreeMap<AttachmentKey, Allocation>,
+    /// Every address held, for O(log n) "is it free?".
+    taken: BTreeSet<IpAddr>,
     next_v4: Option<Ipv4Addr>,
-    #[serde(default)]
     next_v6: Option<Ipv6Addr>,
 }
 
-pub struct Ipam {
-    path: PathBuf,
-    cidrs: PodCidrs,
-    state: IpamState,
-}
-
 impl Ipam {
-    /// Load the state under `state_dir` (empty if there is none) for a node holding `cidrs`.
+    /// Load the records under `state_dir` (none yet is fine) for a node holding `cidrs`.
     ///
-    /// A damaged file is an error unless `set_aside_damage`: the caller passes that only when no
-    /// pod of this node is wired (after a reboot), since an empty IPAM would otherwise hand out
-    /// addresses running pods hold, and GC would remove their veths.
+    /// A damaged record is an error unless `set_aside_damage`: the caller passes that only when no
+    /// pod of this node is wired (after a reboot), since forgetting a record would otherwise hand
+    /// out an address a running pod holds.
     pub fn open(
         state_dir: &Path,
         cidrs: PodCidrs,
         set_aside_damage: bool,
     ) -> Result<Ipam, IpamError> {
-        let path = state_dir.join("ipam.json");
-        let state = match std::fs::read(&path) {
-            Ok(bytes) => match serde_json::from_slice(&bytes) {
-                Ok(state) => state,
-                Err(e) if set_aside_damage => set_aside(&path, &e.to_string())?,
-                Err(e) => {
-                    return Err(IpamError::Damaged {
-                        path,
-                        reason: e.to_string(),
-                    })
-                }
-            },
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => IpamState::default(),
-            Err(source) => return Err(IpamError::Io { path, source }),
+        let dir = state_dir.join("ipam");
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| IpamError::Io { path, source }
         };
-        Ok(Ipam { path, cidrs, state })
+        std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+        let mut ipam = Ipam {
+            dir: dir.clone(),
+            cidrs,
+            allocations: BTreeMap::new(),
+            taken: BTreeSet::new(),
+            next_v4: None,
+            next_v6: None,
+        };
+        for entry in std::fs::read_dir(&dir).map_err(io(&dir))?.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') {
+                continue; // a write in progress when the daemon died, or a record set aside
+            }
+            let path = entry.path();
+            let parsed = std::fs::read(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|bytes| {
+                    serde_json::from_slice::<Allocation>(&bytes).map_err(|e| e.to_string())
+                })
+                .and_then(|a| {
+                    AttachmentKey::from_file_name(&name)
+                        .map(|k| (k, a))
+                        .ok_or_else(|| "not CONTAINER_ID@IFNAME".to_string())
+                });
+            match parsed {
+                Ok((key, allocation)) => ipam.remember(key, allocation),
+                Err(reason) if set_aside_damage => set_aside(&path, &name, &reason)?,
+                Err(reason) => return Err(IpamError::Damaged { path, reason }),
+            }
+        }
+        ipam.next_v4 = ipam
+            .taken
+            .iter()
+            .filter_map(|ip| match ip {
+                IpAddr::V4(v4) => Some(*v4),
+                _ => None,
+            })
+            .max();
+        ipam.next_v6 = ipam
+            .taken
+            .iter()
+            .filter_map(|ip| match ip {
+                IpAddr::V6(v6) => Some(*v6),
+                _ => None,
+            })
+            .max();
+        Ok(ipam)
+    }
+
+    fn remember(&mut self, key: AttachmentKey, allocation: Allocation) {
+        self.taken.extend(allocation.addresses());
+        self.allocations.insert(key, allocation);
+    }
+
+    fn forget(&mut self, key: &AttachmentKey) -> Option<Allocation> {
+        let allocation = self.allocations.remove(key)?;
+        for ip in allocation.addresses() {
+            self.taken.remove(&ip);
+        }
+        Some(allocation)
     }
 
     /// The node's CIDRs changed (a lease lost and re-acquired elsewhere): new pods get addresses
@@ -137,22 +199,19 @@ impl Ipam {
     }
 
     pub fn get(&self, key: &AttachmentKey) -> Option<Allocation> {
-        self.state.allocations.get(&key.encode()).copied()
+        self.allocations.get(key).copied()
     }
 
     pub fn len(&self) -> usize {
-        self.state.allocations.len()
+        self.allocations.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.state.allocations.is_empty()
+        self.allocations.is_empty()
     }
 
     pub fn allocations(&self) -> impl Iterator<Item = (AttachmentKey, Allocation)> + '_ {
-        self.state
-            .allocations
-            .iter()
-            .filter_map(|(k, a)| AttachmentKey::decode(k).map(|key| (key, *a)))
+        self.allocations.iter().map(|(k, a)| (k.clone(), *a))
     }
 
     /// The addresses of `key`: the ones it already has, else new ones (persisted before returning).
@@ -160,29 +219,35 @@ impl Ipam {
         if let Some(existing) = self.get(key) {
             return Ok(existing);
         }
+        let name = key.file_name()?;
         let mut allocation = Allocation::default();
         if let Some(net) = self.cidrs.v4 {
-            let ip = self.free_v4(net)?;
-            allocation.v4 = Some(ip);
-            self.state.next_v4 = Some(ip);
+            allocation.v4 = Some(self.free_v4(net)?);
         }
         if let Some(net) = self.cidrs.v6 {
-            let ip = self.free_v6(net)?;
-            allocation.v6 = Some(ip);
-            self.state.next_v6 = Some(ip);
+            allocation.v6 = Some(self.free_v6(net)?);
         }
-        self.state.allocations.insert(key.encode(), allocation);
-        self.save()?;
+        let path = self.dir.join(name);
+        let json = serde_json::to_vec(&allocation).expect("an allocation always serialises");
+        atomic_replace(&path, &json).map_err(|source| IpamError::Io { path, source })?;
+        self.next_v4 = allocation.v4.or(self.next_v4);
+        self.next_v6 = allocation.v6.or(self.next_v6);
+        self.remember(key.clone(), allocation);
         Ok(allocation)
     }
 
     /// Forget `key`; `None` if it had nothing (a repeated DEL).
     pub fn release(&mut self, key: &AttachmentKey) -> Result<Option<Allocation>, IpamError> {
-        let released = self.state.allocations.remove(&key.encode());
-        if released.is_some() {
-            self.save()?;
+        if !self.allocations.contains_key(key) {
+            return Ok(None);
         }
-        Ok(released)
+        let path = self.dir.join(key.file_name()?);
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => return Err(IpamError::Io { path, source }),
+        }
+        Ok(self.forget(key))
     }
 
     /// Keep only the attachments `keep` accepts; returns what was released.
@@ -190,13 +255,17 @@ impl Ipam {
         &mut self,
         keep: impl Fn(&AttachmentKey) -> bool,
     ) -> Result<Vec<(AttachmentKey, Allocation)>, IpamError> {
-        let released: Vec<(AttachmentKey, Allocation)> =
-            self.allocations().filter(|(k, _)| !keep(k)).collect();
-        for (key, _) in &released {
-            self.state.allocations.remove(&key.encode());
-        }
-        if !released.is_empty() {
-            self.save()?;
+        let gone: Vec<AttachmentKey> = self
+            .allocations
+            .keys()
+            .filter(|k| !keep(k))
+            .cloned()
+            .collect();
+        let mut released = Vec::new();
+        for key in gone {
+            if let Some(allocation) = self.release(&key)? {
+                released.push((key, allocation));
+            }
         }
         Ok(released)
     }
@@ -215,26 +284,17 @@ impl Ipam {
     }
 
     fn in_use(&self, net: IpNet) -> usize {
-        self.state
-            .allocations
-            .values()
-            .flat_map(|a| a.addresses())
-            .filter(|ip| net.contains(ip))
-            .count()
+        self.taken.iter().filter(|ip| net.contains(*ip)).count()
     }
 
     fn is_taken(&self, ip: IpAddr) -> bool {
-        self.state
-            .allocations
-            .values()
-            .any(|a| a.addresses().any(|x| x == ip))
+        self.taken.contains(&ip)
     }
 
     fn free_v4(&self, net: Ipv4Net) -> Result<Ipv4Addr, IpamError> {
         let first = u32::from(net.network()) as u128 + 1;
         let usable = usable_v4(net) as u128;
         let after = self
-            .state
             .next_v4
             .filter(|ip| net.contains(ip))
             .map(|ip| u32::from(ip) as u128);
@@ -250,11 +310,7 @@ impl Ipam {
     fn free_v6(&self, net: Ipv6Net) -> Result<Ipv6Addr, IpamError> {
         let first = u128::from(net.network()) + 1;
         let usable = usable_v6(net);
-        let after = self
-            .state
-            .next_v6
-            .filter(|ip| net.contains(ip))
-            .map(u128::from);
+        let after = self.next_v6.filter(|ip| net.contains(ip)).map(u128::from);
         self.scan(IpNet::V6(net), first, usable, after, |n| {
             IpAddr::V6(Ipv6Addr::from(n))
         })
@@ -293,27 +349,19 @@ impl Ipam {
         }
         Err(exhausted())
     }
-
-    fn save(&self) -> Result<(), IpamError> {
-        let json = serde_json::to_vec(&self.state).expect("IPAM state always serialises");
-        atomic_replace(&self.path, &json).map_err(|source| IpamError::Io {
-            path: self.path.clone(),
-            source,
-        })
-    }
 }
 
-/// A damaged state file (a power loss without fsync can leave it empty) is moved aside and IPAM
-/// starts empty: after a reboot the node's pods are being re-created anyway, and refusing to start
-/// would block every pod on the node until someone deletes the file by hand.
-fn set_aside(path: &Path, reason: &str) -> Result<IpamState, IpamError> {
-    let aside = path.with_extension("json.damaged");
+/// A damaged record (a power loss without fsync can leave it empty) is renamed `.damaged-NAME`
+/// (kept for inspection, ignored from then on): after a reboot its pod is being re-created
+/// anyway, and refusing to start would block every pod on the node.
+fn set_aside(path: &Path, name: &str, reason: &str) -> Result<(), IpamError> {
+    let aside = path.with_file_name(format!(".damaged-{name}"));
     std::fs::rename(path, &aside).map_err(|source| IpamError::Io {
         path: path.to_path_buf(),
         source,
     })?;
-    tracing::warn!(path = %path.display(), moved_to = %aside.display(), %reason, "IPAM state was damaged; starting empty");
-    Ok(IpamState::default())
+    tracing::warn!(path = %path.display(), moved_to = %aside.display(), %reason, "IPAM record was damaged; set aside");
+    Ok(())
 }
 
 /// Host addresses of an IPv4 pod CIDR, less the network address (the VXLAN device's) and broadcast.
@@ -438,17 +486,53 @@ mod tests {
     #[test]
     fn damaged_state_is_set_aside_only_when_no_pod_is_wired() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("ipam.json"), b"").unwrap();
+        let mut ipam = Ipam::open(dir.path(), cidrs("10.0.0.0/24", ""), false).unwrap();
+        ipam.allocate(&key(1)).unwrap();
+        std::fs::write(dir.path().join("ipam").join("container-2@eth0"), b"").unwrap();
         let err = Ipam::open(dir.path(), cidrs("10.0.0.0/24", ""), false)
             .err()
             .unwrap();
-        assert!(err.to_string().contains("ipam.json is damaged"), "{err}");
-        let mut ipam = Ipam::open(dir.path(), cidrs("10.0.0.0/24", ""), true).unwrap();
-        assert!(ipam.is_empty());
         assert!(
-            dir.path().join("ipam.json.damaged").exists(),
+            err.to_string().contains("container-2@eth0 is damaged"),
+            "{err}"
+        );
+        let mut ipam = Ipam::open(dir.path(), cidrs("10.0.0.0/24", ""), true).unwrap();
+        assert_eq!(ipam.len(), 1, "the sound record is kept");
+        assert!(
+            dir.path()
+                .join("ipam")
+                .join(".damaged-container-2@eth0")
+                .exists(),
             "kept for inspection"
         );
-        ipam.allocate(&key(1)).unwrap();
+        ipam.allocate(&key(2)).unwrap();
+    }
+
+    #[test]
+    fn records_are_one_file_each_and_a_restart_reads_them_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ipam = Ipam::open(dir.path(), cidrs("10.0.0.0/24", "fd00::/64"), false).unwrap();
+        for n in 0..3 {
+            ipam.allocate(&key(n)).unwrap();
+        }
+        ipam.release(&key(1)).unwrap();
+        let mut files: Vec<String> = std::fs::read_dir(dir.path().join("ipam"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        files.sort();
+        assert_eq!(files, ["container-0@eth0", "container-2@eth0"]);
+        let mut again = Ipam::open(dir.path(), cidrs("10.0.0.0/24", "fd00::/64"), false).unwrap();
+        assert_eq!(again.get(&key(2)), ipam.get(&key(2)));
+        let next = again.allocate(&key(9)).unwrap();
+        assert_eq!(
+            next.v4,
+            Some("10.0.0.4".parse().unwrap()),
+            "the cursor resumes after the highest address"
+        );
+        assert!(matches!(
+            again.allocate(&AttachmentKey::new("../evil", "eth0")),
+            Err(IpamError::BadKey(_))
+        ));
     }
 }

@@ -37,19 +37,23 @@ fn weft_veths(lab: &Lab) -> BTreeSet<String> {
         .collect()
 }
 
-/// Container IDs holding addresses in the node's IPAM state.
+/// `CONTAINER_ID/IFNAME` → addresses, from the node's IPAM records.
 fn allocations(lab: &Lab) -> Vec<(String, Value)> {
-    let path = lab.nodes[0].dir.join("state").join("ipam.json");
-    let Ok(bytes) = std::fs::read(path) else {
+    let dir = lab.nodes[0].dir.join("state").join("ipam");
+    let Ok(entries) = std::fs::read_dir(dir) else {
         return Vec::new();
     };
-    let state: Value = serde_json::from_slice(&bytes).unwrap();
-    state["allocations"]
-        .as_object()
-        .unwrap()
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect()
+    let mut records: Vec<(String, Value)> = entries
+        .flatten()
+        .map(|e| (e.file_name().to_string_lossy().into_owned(), e.path()))
+        .filter(|(name, _)| !name.starts_with('.'))
+        .map(|(name, path)| {
+            let record: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+            (name.replacen('@', "/", 1), record)
+        })
+        .collect();
+    records.sort_by(|a, b| a.0.cmp(&b.0));
+    records
 }
 
 fn routes(lab: &Lab) -> String {
