@@ -1,0 +1,29 @@
+# Sourced by test-all.sh and lab.sh: root check and the Debian packages weft's tests and lab use.
+
+# require_root WHO WHY
+require_root() {
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "$1: run as root ($2)" >&2
+    exit 1
+  fi
+}
+
+# Install whatever is missing: etcd, nft, Debian's reference CNI plugins, iperf3, ping, iproute2,
+# wireguard-tools, and protoc + its includes to build the etcd client.
+install_missing() {
+  local need=()
+  command -v etcd >/dev/null || need+=(etcd-server)
+  command -v protoc >/dev/null || need+=(protobuf-compiler)
+  [ -e /usr/include/google/protobuf/descriptor.proto ] || need+=(libprotobuf-dev)
+  command -v nft >/dev/null || need+=(nftables)
+  command -v wg >/dev/null || need+=(wireguard-tools)
+  command -v iperf3 >/dev/null || need+=(iperf3)
+  command -v ping >/dev/null || need+=(iputils-ping)
+  command -v ip >/dev/null || need+=(iproute2)
+  [ -x /usr/lib/cni/portmap ] || need+=(containernetworking-plugins)
+  if [ ${#need[@]} -gt 0 ]; then
+    echo "installing ${need[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  fi
+}
