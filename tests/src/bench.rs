@@ -97,41 +97,28 @@ pub fn cni_latency(pods: usize) -> Result<String, String> {
                         ))
                     }
                 };
-                for i in 0..pods {
-                    timed(
-                        0,
-                        &weft_plugin,
-                        "ADD",
-                        &format!("weft{i}"),
-                        &weft_pods[i],
-                        &weft_conf,
-                    )?;
-                    timed(
-                        1,
-                        bridge_plugin,
-                        "ADD",
-                        &format!("ref{i}"),
-                        &ref_pods[i],
-                        &reference_conf,
-                    )?;
-                }
-                for i in 0..pods {
-                    timed(
-                        2,
-                        &weft_plugin,
-                        "DEL",
-                        &format!("weft{i}"),
-                        &weft_pods[i],
-                        &weft_conf,
-                    )?;
-                    timed(
-                        3,
-                        bridge_plugin,
-                        "DEL",
-                        &format!("ref{i}"),
-                        &ref_pods[i],
-                        &reference_conf,
-                    )?;
+                // Slots: weft ADD, reference ADD, weft DEL, reference DEL.
+                for (command, slot) in [("ADD", 0), ("DEL", 2)] {
+                    for i in 0..pods {
+                        let weft_id = format!("weft{i}");
+                        timed(
+                            slot,
+                            &weft_plugin,
+                            command,
+                            &weft_id,
+                            &weft_pods[i],
+                            &weft_conf,
+                        )?;
+                        let ref_id = format!("ref{i}");
+                        timed(
+                            slot + 1,
+                            bridge_plugin,
+                            command,
+                            &ref_id,
+                            &ref_pods[i],
+                            &reference_conf,
+                        )?;
+                    }
                 }
                 Ok(samples)
             })
