@@ -548,8 +548,46 @@ pub fn call_plugin(
     ifname: &str,
     config: &Value,
 ) -> CniOutput {
+    run_plugin(
+        Command::new(plugin),
+        command,
+        container_id,
+        netns,
+        ifname,
+        config,
+    )
+}
+
+/// Run a CNI plugin inside `inside` (the way a node's runtime runs, say, portmap there).
+pub fn call_plugin_in(
+    inside: &NetnsGuard,
+    plugin: &Path,
+    command: &str,
+    container_id: &str,
+    netns: Option<&str>,
+    ifname: &str,
+    config: &Value,
+) -> CniOutput {
+    let program = plugin.to_str().expect("utf-8 plugin path");
+    run_plugin(
+        inside.command(program),
+        command,
+        container_id,
+        netns,
+        ifname,
+        config,
+    )
+}
+
+fn run_plugin(
+    mut cmd: Command,
+    command: &str,
+    container_id: &str,
+    netns: Option<&str>,
+    ifname: &str,
+    config: &Value,
+) -> CniOutput {
     use std::io::Write;
-    let mut cmd = Command::new(plugin);
     cmd.env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("CNI_COMMAND", command)

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use weft_lab::lab::{call_plugin, result_addresses, Lab, LabConfig};
+use weft_lab::lab::{call_plugin, call_plugin_in, result_addresses, Lab, LabConfig};
 use weft_lab::netns::NetnsGuard;
 
 fn lab(pods: usize, weftd_args: &[&str]) -> Lab {
@@ -549,20 +549,13 @@ fn call_in_node(
     netns: &str,
     conf: &Value,
 ) -> weft_lab::lab::CniOutput {
-    let wrapper = lab.dir.join(format!(
-        "in-node-{}",
-        plugin.file_name().unwrap().to_string_lossy()
-    ));
-    std::fs::write(
-        &wrapper,
-        format!(
-            "#!/bin/sh\nexec ip netns exec {} {} \"$@\"\n",
-            lab.nodes[0].netns.name(),
-            plugin.display()
-        ),
+    call_plugin_in(
+        &lab.nodes[0].netns,
+        plugin,
+        command,
+        cid,
+        Some(netns),
+        "eth0",
+        conf,
     )
-    .unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
-    call_plugin(&wrapper, command, cid, Some(netns), "eth0", conf)
 }
