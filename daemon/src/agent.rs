@@ -13,11 +13,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 use weft_proto::lease::{BackendData, Lease, MacAddr, PublicIps};
 
-use crate::config::{Config, DatapathMode};
-use crate::node;
+use crate::config::Config;
 use crate::state;
 use crate::store::peers::{PeerEvent, PeerSet};
 use crate::store::{LeaseRequest, LeaseStore, PeerWatcher, StoreError};
@@ -59,91 +59,157 @@ pub fn lease_request(config: &Config, public_ips: PublicIps) -> LeaseRequest {
     }
 }
 
-/// Run the lease keeper and the peer tracker until `shutdown` turns true.
-pub async fn run<S: LeaseStore>(
-    config: Config,
+/// The agent once its lease is held: the first lease, the view for the rest of the daemon, and
+/// the lease keeper's task.
+pub struct Agent {
+    /// The lease as first acquired.
+    pub lease: Lease,
+    pub view: AgentView,
+    /// Ends when `shutdown` turns true (after releasing the lease if configured), or with the
+    /// error that stopped it.
+    pub keeper: JoinHandle<anyhow::Result<()>>,
+}
+
+/// Acquire the lease (retrying while the store is unreachable), then start the lease keeper and
+/// the peer tracker. `None` if shutdown came before the lease.
+pub async fn start<S: LeaseStore>(
+    config: &Config,
     mut store: S,
     mut shutdown: watch::Receiver<bool>,
-    view_tx: Option<tokio::sync::oneshot::Sender<AgentView>>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Option<Agent>> {
     let public_ips = underlay::detect(&config.underlay).context("choose the underlay address")?;
-    let request = lease_request(&config, public_ips);
-    let Some(mut lease) = acquire(&mut store, &request, &mut shutdown).await? else {
-        return Ok(());
+    let request = lease_request(config, public_ips);
+    let Some(lease) = acquire(&mut store, &request, &mut shutdown).await? else {
+        return Ok(None);
     };
-    remember(&config, &lease);
+    remember(config, &lease);
     info!(node = %lease.node, pod_cidrs = %lease.pod_cidrs, public_ip = ?lease.public_ips, "lease acquired");
 
     let (lease_tx, lease_rx) = watch::channel(Some(lease.clone()));
     let (peers_tx, peers_rx) = watch::channel(None);
-    let view = AgentView {
-        lease: lease_rx,
-        peers: peers_rx,
-    };
-    let datapath_tasks = match config.datapath {
-        DatapathMode::Kernel => node::start(&config, &lease, view.clone()).await?,
-        DatapathMode::None => Vec::new(),
-    };
-    if let Some(tx) = view_tx {
-        let _ = tx.send(view);
-    }
     let tracker = tokio::spawn(track_peers(store.watch_peers(&config.node_name), peers_tx));
+    let keeper = Keeper {
+        config: config.clone(),
+        store,
+        request,
+        lease: lease.clone(),
+        lease_tx,
+        family_misses: 0,
+    };
+    Ok(Some(Agent {
+        lease,
+        view: AgentView {
+            lease: lease_rx,
+            peers: peers_rx,
+        },
+        keeper: tokio::spawn(keeper.run(shutdown, tracker)),
+    }))
+}
 
-    let renew_every = (config.lease_ttl / 3).max(Duration::from_millis(500));
-    let mut backoff = MIN_BACKOFF;
-    // After a failed renewal the next try comes after the backoff, not a whole interval later:
-    // two slow failures in a row must not cost the lease.
-    let mut next_renewal = renew_every;
-    let mut family_misses = 0;
-    loop {
-        let wait = tokio::time::sleep(next_renewal);
-        let scheduled = next_renewal == renew_every;
-        next_renewal = renew_every;
-        tokio::select! {
-            _ = wait => {}
-            _ = shutdown.changed() => break,
+/// The lease keeper's state.
+struct Keeper<S> {
+    config: Config,
+    store: S,
+    request: LeaseRequest,
+    lease: Lease,
+    lease_tx: watch::Sender<Option<Lease>>,
+    /// Scheduled renewals in a row that missed an underlay family.
+    family_misses: u32,
+}
+
+impl<S: LeaseStore> Keeper<S> {
+    /// Renew every TTL/3 until shutdown; then keep or release the lease.
+    async fn run(
+        mut self,
+        mut shutdown: watch::Receiver<bool>,
+        tracker: JoinHandle<()>,
+    ) -> anyhow::Result<()> {
+        let renew_every = (self.config.lease_ttl / 3).max(Duration::from_millis(500));
+        let mut backoff = MIN_BACKOFF;
+        // After a failed renewal the next try comes after the backoff, not a whole interval
+        // later: two slow failures in a row must not cost the lease.
+        let mut next_renewal = renew_every;
+        loop {
+            let scheduled = next_renewal == renew_every;
+            tokio::select! {
+                _ = tokio::time::sleep(next_renewal) => {}
+                _ = shutdown.changed() => break,
+            }
+            next_renewal = renew_every;
+            follow_underlay(
+                &self.config,
+                &mut self.lease,
+                &mut self.family_misses,
+                scheduled,
+            );
+            match self.renew(&mut shutdown).await? {
+                Renewal::Done => backoff = MIN_BACKOFF,
+                Renewal::Failed => {
+                    next_renewal = backoff;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+                Renewal::Shutdown => break,
+            }
+            self.lease_tx.send_replace(Some(self.lease.clone()));
         }
-        follow_underlay(&config, &mut lease, &mut family_misses, scheduled);
-        match store.renew(&lease).await {
+        tracker.abort();
+        self.stop().await
+    }
+
+    /// One renewal; a lost lease is acquired again, asking for the same subnets.
+    async fn renew(&mut self, shutdown: &mut watch::Receiver<bool>) -> anyhow::Result<Renewal> {
+        match self.store.renew(&self.lease).await {
             Ok(renewed) => {
-                lease = renewed;
-                backoff = MIN_BACKOFF;
+                self.lease = renewed;
+                Ok(Renewal::Done)
             }
             Err(StoreError::LeaseLost { reason, .. }) => {
                 warn!(%reason, "lease lost; acquiring it again");
                 let again = LeaseRequest {
-                    preferred: lease.pod_cidrs,
-                    public_ips: lease.public_ips,
-                    ..request.clone()
+                    preferred: self.lease.pod_cidrs,
+                    public_ips: self.lease.public_ips,
+                    ..self.request.clone()
                 };
-                let Some(new) = acquire(&mut store, &again, &mut shutdown).await? else {
-                    break;
+                let Some(new) = acquire(&mut self.store, &again, shutdown).await? else {
+                    return Ok(Renewal::Shutdown);
                 };
-                if new.pod_cidrs != lease.pod_cidrs {
-                    error!(old = %lease.pod_cidrs, new = %new.pod_cidrs, "pod CIDRs changed after the lease was lost: pods started before keep addresses outside this node's CIDRs");
+                if new.pod_cidrs != self.lease.pod_cidrs {
+                    error!(old = %self.lease.pod_cidrs, new = %new.pod_cidrs, "pod CIDRs changed after the lease was lost: pods started before keep addresses outside this node's CIDRs");
                 }
-                lease = new;
-                remember(&config, &lease);
+                self.lease = new;
+                remember(&self.config, &self.lease);
+                Ok(Renewal::Done)
             }
             Err(e) => {
-                warn!(error = %e, retry_in = ?backoff, "lease renewal failed");
-                next_renewal = backoff;
-                backoff = (backoff * 2).min(MAX_BACKOFF);
+                warn!(error = %e, "lease renewal failed; retrying soon");
+                Ok(Renewal::Failed)
             }
         }
-        lease_tx.send_replace(Some(lease.clone()));
     }
-    tracker.abort();
-    for task in datapath_tasks {
-        task.abort();
+
+    /// SIGTERM keeps the lease for the next start, unless `release_on_exit`.
+    async fn stop(mut self) -> anyhow::Result<()> {
+        let pod_cidrs = self.lease.pod_cidrs;
+        if self.config.release_on_exit {
+            self.store
+                .release(&self.lease)
+                .await
+                .context("release the lease")?;
+            info!(%pod_cidrs, "lease released");
+        } else {
+            info!(%pod_cidrs, "stopping; the lease is kept for the next start");
+        }
+        Ok(())
     }
-    if config.release_on_exit {
-        store.release(&lease).await.context("release the lease")?;
-        info!(pod_cidrs = %lease.pod_cidrs, "lease released");
-    } else {
-        info!(pod_cidrs = %lease.pod_cidrs, "stopping; the lease is kept for the next start");
-    }
-    Ok(())
+}
+
+/// How a renewal went.
+enum Renewal {
+    Done,
+    /// A transient failure: retry after the backoff.
+    Failed,
+    /// Shutdown came while acquiring again.
+    Shutdown,
 }
 
 /// Acquire, retrying transient errors; `None` if shutdown came first.

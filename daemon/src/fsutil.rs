@@ -2,7 +2,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// Write `bytes` to `path` atomically: a temporary file in the same directory, flushed to disk, then
 /// renamed over the target. A reader (or a daemon killed half-way) sees the old file or the new one,
@@ -37,7 +37,6 @@ fn replace_file(path: &Path, bytes: &[u8], durable: bool) -> std::io::Result<()>
 /// An exclusive `flock` on a file, released when dropped (and by the kernel if the process dies).
 pub struct FileLock {
     file: File,
-    path: PathBuf,
 }
 
 impl FileLock {
@@ -52,14 +51,7 @@ impl FileLock {
             .write(true)
             .open(path)?;
         file.lock()?;
-        Ok(FileLock {
-            file,
-            path: path.to_path_buf(),
-        })
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
+        Ok(FileLock { file })
     }
 }
 

@@ -202,12 +202,10 @@ impl Ipam {
         self.allocations.get(key).copied()
     }
 
+    /// How many pod interfaces hold addresses.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.allocations.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.allocations.is_empty()
     }
 
     pub fn allocations(&self) -> impl Iterator<Item = (AttachmentKey, Allocation)> + '_ {

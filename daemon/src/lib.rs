@@ -1,20 +1,28 @@
 //! weftd: the weft node agent.
 //!
 //! - [`config`]: flags, environment, file → a validated [`config::Config`];
-//! - [`store`]: the lease stores (file, etcd) behind [`store::LeaseStore`];
-//! - [`subnet`]: carving node subnets from the cluster CIDRs (pure);
-//! - [`underlay`]: choosing the node's underlay address;
+//! - [`store`]: the lease stores (file, etcd) behind [`store::LeaseStore`], opened by [`store::open`];
 //! - [`agent`]: the lease keeper and peer tracker;
-//! - [`state`], [`fsutil`]: what survives a restart, written atomically.
+//! - [`plan`]: pure — peer admission and the seam every backend's plan implements;
+//! - [`backend`]: the backends (VXLAN, none), each its plan, diff and driver;
+//! - [`node`]: forwarding, the CNI server, the reconcile loop, the firewall, cleanup;
+//! - [`run`]: `weftd run`, wiring the agent to the node.
+//!
+//! Inside: [`subnet`] (carving node subnets), [`underlay`] (choosing the underlay address),
+//! `ipam`, `cni_server`, `datapath` (pod wiring, netlink helpers), `state` and `fsutil` (what
+//! survives a restart, written atomically), `net` (address facts).
 
 pub mod agent;
-pub mod cni_server;
+pub mod backend;
+pub(crate) mod cni_server;
 pub mod config;
 pub mod datapath;
-pub mod fsutil;
-pub mod ipam;
+pub(crate) mod fsutil;
+pub(crate) mod ipam;
+pub(crate) mod net;
 pub mod node;
 pub mod plan;
+pub mod run;
 pub mod state;
 pub mod store;
 pub mod subnet;

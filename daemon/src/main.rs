@@ -7,10 +7,8 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tokio::sync::watch;
 use tracing::info;
-use weftd::config::{Config, RawSettings, StoreConfig};
-use weftd::store::etcd::EtcdStore;
-use weftd::store::file::FileStore;
-use weftd::store::LeaseStore;
+use weftd::config::{Config, RawSettings};
+use weftd::store::{self, LeaseStore};
 use weftd::{agent, state, underlay};
 
 #[derive(Parser)]
@@ -78,46 +76,14 @@ fn main() -> ExitCode {
 
 async fn dispatch(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Run(settings) => {
-            let config = load(settings)?;
-            let shutdown = shutdown_on_signal()?;
-            match config.store.clone() {
-                StoreConfig::File { dir } => {
-                    agent::run(
-                        config.clone(),
-                        FileStore::new(dir, config.lease_ttl),
-                        shutdown,
-                        None,
-                    )
-                    .await
-                }
-                StoreConfig::Etcd { endpoints, prefix } => {
-                    agent::run(
-                        config.clone(),
-                        EtcdStore::new(endpoints, prefix, config.lease_ttl),
-                        shutdown,
-                        None,
-                    )
-                    .await
-                }
-            }
-        }
-        Command::Cleanup => weftd::node::cleanup().await,
-        Command::Leave(settings) => {
-            let config = load(settings)?;
-            match config.store.clone() {
-                StoreConfig::File { dir } => {
-                    leave(&config, FileStore::new(dir, config.lease_ttl)).await
-                }
-                StoreConfig::Etcd { endpoints, prefix } => {
-                    leave(&config, EtcdStore::new(endpoints, prefix, config.lease_ttl)).await
-                }
-            }
-        }
+        Command::Run(settings) => weftd::run::run(load(settings)?, shutdown_on_signal()?).await,
+        Command::Cleanup => weftd::node::cleanup::cleanup().await,
+        Command::Leave(settings) => leave(&load(settings)?).await,
     }
 }
 
-async fn leave<S: LeaseStore>(config: &Config, mut store: S) -> anyhow::Result<()> {
+async fn leave(config: &Config) -> anyhow::Result<()> {
+    let mut store = store::open(&config.store, config.lease_ttl);
     let public_ips = underlay::detect(&config.underlay).unwrap_or_default();
     let mut request = agent::lease_request(config, public_ips);
     request.preferred = state::load_previous_cidrs(&config.state_dir);

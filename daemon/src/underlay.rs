@@ -15,6 +15,7 @@ use regex::Regex;
 use weft_proto::lease::PublicIps;
 
 use crate::config::UnderlaySelector;
+use crate::net::is_link_local;
 
 /// The address of VirtualBox's (and so Vagrant's) NAT interface, identical on every VM.
 pub const SHARED_NAT_ADDRESS: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 15);
@@ -130,11 +131,10 @@ fn from_list(ips: &[IpAddr]) -> PublicIps {
 pub fn usable(ip: &IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => {
-            !(v4.is_loopback() || v4.is_link_local() || v4.is_unspecified() || v4.is_multicast())
+            !(v4.is_loopback() || is_link_local(ip) || v4.is_unspecified() || v4.is_multicast())
         }
         IpAddr::V6(v6) => {
-            let link_local = (v6.segments()[0] & 0xffc0) == 0xfe80;
-            !(v6.is_loopback() || link_local || v6.is_unspecified() || v6.is_multicast())
+            !(v6.is_loopback() || is_link_local(ip) || v6.is_unspecified() || v6.is_multicast())
         }
     }
 }
@@ -149,6 +149,27 @@ pub fn addresses_of(all: &[InterfaceAddress], iface: &str) -> PublicIps {
     from_list(&on_iface)
 }
 
+/// The MTU of the interface holding the node's underlay address (1500 if it cannot be found).
+pub async fn mtu(host: &rtnetlink::Handle, public_ips: &PublicIps) -> u32 {
+    let wanted: Vec<IpAddr> = public_ips
+        .v4
+        .map(IpAddr::V4)
+        .into_iter()
+        .chain(public_ips.v6.map(IpAddr::V6))
+        .collect();
+    let Ok(addresses) = list_addresses() else {
+        return 1500;
+    };
+    let Some(iface) = addresses.iter().find(|a| wanted.contains(&a.ip)) else {
+        return 1500;
+    };
+    match crate::datapath::nl::link_by_name(host, &iface.iface).await {
+        Ok(Some(link)) => crate::datapath::nl::link_mtu(&link).unwrap_or(1500),
+        _ => 1500,
+    }
+}
+
+/// Every address of every interface, as `getifaddrs` lists them.
 pub fn list_addresses() -> Result<Vec<InterfaceAddress>, UnderlayError> {
     let addrs = nix::ifaddrs::getifaddrs().map_err(UnderlayError::ListAddresses)?;
     Ok(addrs

@@ -255,8 +255,9 @@ pub fn programming_cost(counts: &[usize]) -> Result<String, String> {
 }
 
 async fn program_peers(netns: &NetnsGuard, n: usize) -> Result<String, String> {
-    use weftd::datapath::vxlan::{observe, Applier};
-    use weftd::plan::{desired, diff, Incumbents, PlanConfig};
+    use weftd::backend::vxlan::{desired, diff, driver::VxlanDriver};
+    use weftd::backend::Driver;
+    use weftd::plan::{admission::Incumbents, PlanConfig};
     let ns =
         weftd::datapath::netns::Netns::open(Path::new(&netns.path())).map_err(|e| e.to_string())?;
     let handle = ns.connect(&[]).map_err(|e| e.to_string())?;
@@ -279,28 +280,26 @@ async fn program_peers(netns: &NetnsGuard, n: usize) -> Result<String, String> {
             plan.refused.len()
         ));
     }
-    let observed = observe(&handle, &config.cluster_cidrs)
-        .await
-        .map_err(|e| e.to_string())?;
+    let mut driver = VxlanDriver::new(handle.clone(), &config.cluster_cidrs);
+    let observed = driver.observe().await.map_err(|e| e.to_string())?;
     let ops = diff(&plan.datapath, &observed);
-    let mut applier = Applier::new(&handle);
-    applier.apply_all(&ops).await.map_err(|e| e.to_string())?;
+    for op in &ops {
+        driver.apply(op).await.map_err(|e| format!("{op}: {e}"))?;
+    }
     let elapsed = started.elapsed();
-    let requests = applier.requests;
+    let requests = driver.requests();
 
     // One further peer joins.
     let started = Instant::now();
     let next = desired(&own, &peers[..=n], &config, &plan.accepted).map_err(|e| e.to_string())?;
     let change = diff(&next.datapath, &plan.datapath);
-    let mut applier = Applier::new(&handle);
-    applier
-        .apply_all(&change)
-        .await
-        .map_err(|e| e.to_string())?;
+    let before = driver.requests();
+    for op in &change {
+        driver.apply(op).await.map_err(|e| format!("{op}: {e}"))?;
+    }
     let change_elapsed = started.elapsed();
-    let check = observe(&handle, &config.cluster_cidrs)
-        .await
-        .map_err(|e| e.to_string())?;
+    let change_requests = driver.requests() - before;
+    let check = driver.observe().await.map_err(|e| e.to_string())?;
     if !diff(&next.datapath, &check).is_empty() {
         return Err(format!(
             "{n} peers: the kernel does not hold the plan after applying it"
@@ -310,7 +309,7 @@ async fn program_peers(netns: &NetnsGuard, n: usize) -> Result<String, String> {
         "{n:>6} {:>10.1} {requests:>10} {:>12} {:>12} {:>10.2}\n",
         elapsed.as_secs_f64() * 1000.0,
         change.len(),
-        applier.requests,
+        change_requests,
         change_elapsed.as_secs_f64() * 1000.0
     ))
 }

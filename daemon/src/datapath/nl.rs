@@ -125,3 +125,14 @@ fn route_address(addr: &RouteAddress) -> Option<IpAddr> {
         _ => None,
     }
 }
+
+/// Delete the link named `name`; one that is not there is fine.
+pub async fn delete_link(handle: &Handle, name: &str) -> Result<(), rtnetlink::Error> {
+    let Some(link) = link_by_name(handle, name).await? else {
+        return Ok(());
+    };
+    match handle.link().del(link.header.index).execute().await {
+        Err(e) if is_errno(&e, &[Errno::ENODEV]) => Ok(()),
+        other => other,
+    }
+}

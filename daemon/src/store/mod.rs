@@ -6,8 +6,9 @@
 //!   (re)starts, incremental changes after that. [`peers::PeerSet`] turns both into the same
 //!   added / updated / removed events, so a restart and a steady state look alike downstream.
 //!
-//! Implementations: [`file`] (the single-host store of a lab) and [`etcd`]. A record that fails to
-//! parse is skipped with a warning naming its key; it never stops the store.
+//! Implementations: [`file`] (the single-host store of a lab) and [`etcd`]; [`open`] gives the one
+//! the configuration names, as a [`Store`]. A record that fails to parse is skipped with a warning
+//! naming its key; it never stops the store.
 
 pub mod etcd;
 pub mod file;
@@ -18,7 +19,10 @@ use std::future::Future;
 use weft_proto::lease::{BackendData, Lease, PodCidrs, PublicIps};
 use weft_proto::names::NodeName;
 
+use crate::config::StoreConfig;
 use crate::subnet::{SubnetError, SubnetPool};
+use etcd::{EtcdStore, EtcdWatcher};
+use file::{FileStore, FileWatcher};
 
 /// What a node asks the store for.
 #[derive(Debug, Clone)]
@@ -124,4 +128,68 @@ pub fn unix_now() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
+}
+
+/// The store the configuration names: the one place the store kind is matched.
+pub enum Store {
+    File(FileStore),
+    Etcd(EtcdStore),
+}
+
+/// That store's peer watcher.
+pub enum Watcher {
+    File(FileWatcher),
+    Etcd(EtcdWatcher),
+}
+
+/// Open the store `config` names, with leases living `ttl`. Nothing is contacted yet: the first
+/// call does (and retries while the store is unreachable).
+pub fn open(config: &StoreConfig, ttl: std::time::Duration) -> Store {
+    match config {
+        StoreConfig::File { dir } => Store::File(FileStore::new(dir.clone(), ttl)),
+        StoreConfig::Etcd { endpoints, prefix } => {
+            Store::Etcd(EtcdStore::new(endpoints.clone(), prefix.clone(), ttl))
+        }
+    }
+}
+
+impl LeaseStore for Store {
+    type Watcher = Watcher;
+
+    async fn acquire(&mut self, request: &LeaseRequest) -> Result<Lease, StoreError> {
+        match self {
+            Store::File(s) => s.acquire(request).await,
+            Store::Etcd(s) => s.acquire(request).await,
+        }
+    }
+
+    async fn renew(&mut self, lease: &Lease) -> Result<Lease, StoreError> {
+        match self {
+            Store::File(s) => s.renew(lease).await,
+            Store::Etcd(s) => s.renew(lease).await,
+        }
+    }
+
+    async fn release(&mut self, lease: &Lease) -> Result<(), StoreError> {
+        match self {
+            Store::File(s) => s.release(lease).await,
+            Store::Etcd(s) => s.release(lease).await,
+        }
+    }
+
+    fn watch_peers(&self, own: &NodeName) -> Watcher {
+        match self {
+            Store::File(s) => Watcher::File(s.watch_peers(own)),
+            Store::Etcd(s) => Watcher::Etcd(s.watch_peers(own)),
+        }
+    }
+}
+
+impl PeerWatcher for Watcher {
+    async fn next(&mut self) -> Result<PeerUpdate, StoreError> {
+        match self {
+            Watcher::File(w) => w.next().await,
+            Watcher::Etcd(w) => w.next().await,
+        }
+    }
 }

@@ -1,162 +1,135 @@
-//! Datapath state as data: what weft wants in the kernel ([`super::desired`]) and what the kernel
-//! has ([`super::diff`]'s `observed`, read by `datapath::vxlan`), in one type so the two compare
-//! directly. Every collection is keyed the way the kernel keys the object, so a diff is a merge of
-//! sorted maps and "same key, other content" is one replace.
+//! The operations of the VXLAN datapath: each one's `ip` / `bridge` equivalent for the log, and
+//! its meaning as a model ([`Datapath::apply`]) that the driver follows and the tests check the
+//! diff against.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::net::IpAddr;
+use std::fmt;
 
-use ipnet::IpNet;
-use weft_proto::lease::MacAddr;
 use weft_proto::names::IfName;
 
-use super::diff::Op;
+use super::state::{Address, Datapath, Fdb, Neighbour, Route, VxlanDevice};
+use crate::plan::ModelError;
 
-/// One VXLAN device.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct VxlanDevice {
-    /// `weft.vxlan` (IPv4 pods) or `weft-v6.vxlan` (IPv6 pods).
-    pub name: IfName,
-    /// VXLAN network identifier: 1 on `weft.vxlan`, 2 on `weft-v6.vxlan`. Fixed by convention and
-    /// never taken from a peer.
-    pub vni: u32,
-    /// UDP destination port of the tunnel: 8472 (the Linux and flannel default) on both devices.
-    pub port: u16,
-    /// This node's underlay address the tunnel sends from: its IPv4 underlay address if it has one,
-    /// else its IPv6 one. Both devices use the same family.
-    pub local: IpAddr,
-    /// The device's MAC, the node's published VTEP MAC for this family (stable across restarts,
-    /// so peers' neighbour and FDB entries survive a re-creation).
-    pub mac: MacAddr,
-    /// Device MTU: the configured override, or underlay MTU − 50 (IPv4 underlay) / − 70 (IPv6).
-    pub mtu: u32,
-    /// Whether the kernel learns remote MACs from received packets: always `false` in the desired
-    /// state; every FDB entry comes from a lease.
-    pub learning: bool,
-    /// Administratively up: always `true` in the desired state. Created devices are created up; an
-    /// observed device that is down (someone ran `ip link set … down`, which also drops its
-    /// routes) is brought up in place.
-    pub up: bool,
+/// One change to the kernel. [`super::Datapath::apply`] defines what each one does; `Display` gives
+/// the equivalent `ip` / `bridge` command, one line, for logs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    /// Create the device, up, with all its attributes.
+    CreateDevice(VxlanDevice),
+    /// Delete the device and create it anew: a VXLAN link cannot be changed in place (`replace`
+    /// fails with EOPNOTSUPP) when one of vni, port, local, learning or mac differs. `reason`
+    /// lists the differences, old → new.
+    RecreateDevice { device: VxlanDevice, reason: String },
+    /// Change a device's MTU in place.
+    SetMtu { dev: IfName, mtu: u32 },
+    /// Set a device administratively up.
+    SetUp(IfName),
+    /// Delete one of weft's devices; its addresses and entries go with it.
+    DeleteDevice(IfName),
+    /// Add an address to a device (`ip addr replace`: idempotent).
+    SetAddress(Address),
+    /// Remove a stale address from a device.
+    DeleteAddress(Address),
+    /// Add or replace the route to `dst` (`ip route replace`).
+    ReplaceRoute(Route),
+    /// Delete a stale route (one whose destination is no longer desired).
+    DeleteRoute(Route),
+    /// Add or replace the permanent neighbour entry for `(dev, ip)`.
+    ReplaceNeighbour(Neighbour),
+    /// Delete a stale neighbour entry.
+    DeleteNeighbour(Neighbour),
+    /// Add or replace the permanent FDB entry for `(dev, mac)`.
+    ReplaceFdb(Fdb),
+    /// Delete a stale FDB entry (a peer gone, or its old VTEP MAC).
+    DeleteFdb(Fdb),
 }
 
-/// An address on one of weft's devices: the network address of this node's pod CIDR of the
-/// device's family, as a host prefix (`10.244.1.0/32` on `weft.vxlan`, `fd00:10:244:1::/128` on
-/// `weft-v6.vxlan`), as flannel puts it on `flannel.1`.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Address {
-    pub dev: IfName,
-    /// The address with its prefix length (/32 or /128 in the desired state).
-    pub address: IpNet,
+impl Op {
+    /// The device the operation acts on.
+    pub fn dev(&self) -> &IfName {
+        match self {
+            Op::CreateDevice(d) | Op::RecreateDevice { device: d, .. } => &d.name,
+            Op::SetMtu { dev, .. } | Op::SetUp(dev) | Op::DeleteDevice(dev) => dev,
+            Op::SetAddress(a) | Op::DeleteAddress(a) => &a.dev,
+            Op::ReplaceRoute(r) | Op::DeleteRoute(r) => &r.dev,
+            Op::ReplaceNeighbour(n) | Op::DeleteNeighbour(n) => &n.dev,
+            Op::ReplaceFdb(f) | Op::DeleteFdb(f) => &f.dev,
+        }
+    }
 }
 
-/// A route to a peer's pod CIDR through its gateway address, on-link on a VXLAN device. Keyed by
-/// `dst` in [`Datapath::routes`] (main table, one route per destination).
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Route {
-    /// The peer's pod CIDR of the device's family.
-    pub dst: IpNet,
-    /// The network address of that pod CIDR: the peer's own address on its VXLAN device.
-    pub gateway: IpAddr,
-    pub dev: IfName,
-    /// Always `true` in the desired state: the gateway is not in any prefix on the device, and
-    /// `onlink` tells the kernel to resolve it on the device regardless.
-    pub onlink: bool,
+struct LinkAdd<'a>(&'a VxlanDevice);
+
+impl fmt::Display for LinkAdd<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let d = self.0;
+        write!(f, "ip link add {}", d.name)?;
+        if d.up {
+            f.write_str(" up")?;
+        }
+        write!(
+            f,
+            " address {} mtu {} type vxlan id {} local {} dstport {} {}",
+            d.mac,
+            d.mtu,
+            d.vni,
+            d.local,
+            d.port,
+            if d.learning { "learning" } else { "nolearning" }
+        )
+    }
 }
 
-/// A permanent neighbour entry: a peer's gateway address resolves to its VTEP MAC, so the kernel
-/// never sends an ARP or NDP query into the tunnel. Keyed by `(dev, ip)`.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Neighbour {
-    pub dev: IfName,
-    /// The peer's gateway address (the network address of its pod CIDR of this family).
-    pub ip: IpAddr,
-    /// The peer's VTEP MAC for this family.
-    pub mac: MacAddr,
-}
-
-/// A permanent FDB entry on a VXLAN device: frames for the peer's VTEP MAC are sent to the peer's
-/// underlay address. Keyed by `(dev, mac)`: one destination per MAC, so a peer whose underlay
-/// address moved is one replace.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Fdb {
-    pub dev: IfName,
-    /// The peer's VTEP MAC for this family.
-    pub mac: MacAddr,
-    /// The peer's underlay address, of the same family as the device's `local`.
-    pub dst: IpAddr,
-}
-
-/// The key of [`Datapath::neighbours`].
-pub type NeighbourKey = (IfName, IpAddr);
-/// The key of [`Datapath::fdb`].
-pub type FdbKey = (IfName, MacAddr);
-
-/// weft's VXLAN datapath: devices and everything on them.
-///
-/// As observed state it holds weft's own objects only, as the reader finds them: the devices named
-/// `weft.vxlan` / `weft-v6.vxlan`; their addresses except the link-local ones the kernel adds
-/// itself; main-table routes on them except `proto kernel` ones; their permanent neighbour entries;
-/// and their FDB entries that have a remote `dst`. An object whose device is absent cannot exist in
-/// the kernel; [`super::diff`] ignores one if it appears.
-///
-/// Maps are keyed as the kernel keys the object; the key always equals the value's own key fields
-/// (use the `insert_*` methods to keep it so).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Datapath {
-    /// By device name. Empty when this node has no pod CIDR (or before anything was created).
-    pub devices: BTreeMap<IfName, VxlanDevice>,
-    /// Each device's own address; desired: one per device.
-    pub addresses: BTreeSet<Address>,
-    /// Routes to peers' pod CIDRs, by destination. Empty without accepted peers.
-    pub routes: BTreeMap<IpNet, Route>,
-    /// Peers' gateway → VTEP MAC, by `(dev, ip)`.
-    pub neighbours: BTreeMap<NeighbourKey, Neighbour>,
-    /// Peers' VTEP MAC → underlay address, by `(dev, mac)`.
-    pub fdb: BTreeMap<FdbKey, Fdb>,
-}
-
-/// An operation the kernel would refuse, as [`Datapath::apply`] models it.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{op}: {reason}")]
-pub struct ApplyError {
-    /// The operation, as its log line.
-    pub op: String,
-    pub reason: &'static str,
+impl fmt::Display for Op {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Op::CreateDevice(d) => LinkAdd(d).fmt(f),
+            Op::RecreateDevice { device, reason } => write!(
+                f,
+                "ip link del {} && {} # {reason}",
+                device.name,
+                LinkAdd(device)
+            ),
+            Op::SetMtu { dev, mtu } => write!(f, "ip link set {dev} mtu {mtu}"),
+            Op::SetUp(dev) => write!(f, "ip link set {dev} up"),
+            Op::DeleteDevice(dev) => write!(f, "ip link del {dev}"),
+            Op::SetAddress(a) => write!(f, "ip addr replace {} dev {}", a.address, a.dev),
+            Op::DeleteAddress(a) => write!(f, "ip addr del {} dev {}", a.address, a.dev),
+            Op::ReplaceRoute(r) | Op::DeleteRoute(r) => {
+                let verb = if matches!(self, Op::ReplaceRoute(_)) {
+                    "replace"
+                } else {
+                    "del"
+                };
+                write!(
+                    f,
+                    "ip route {verb} {} via {} dev {}{}",
+                    r.dst,
+                    r.gateway,
+                    r.dev,
+                    if r.onlink { " onlink" } else { "" }
+                )
+            }
+            Op::ReplaceNeighbour(n) => write!(
+                f,
+                "ip neigh replace {} lladdr {} dev {} nud permanent",
+                n.ip, n.mac, n.dev
+            ),
+            Op::DeleteNeighbour(n) => write!(f, "ip neigh del {} dev {}", n.ip, n.dev),
+            Op::ReplaceFdb(e) => write!(
+                f,
+                "bridge fdb replace {} dev {} dst {} self permanent",
+                e.mac, e.dev, e.dst
+            ),
+            Op::DeleteFdb(e) => write!(
+                f,
+                "bridge fdb del {} dev {} dst {} self",
+                e.mac, e.dev, e.dst
+            ),
+        }
+    }
 }
 
 impl Datapath {
-    /// Add or replace a device (the reader's way in; not an operation).
-    pub fn insert_device(&mut self, device: VxlanDevice) {
-        self.devices.insert(device.name.clone(), device);
-    }
-
-    pub fn insert_address(&mut self, address: Address) {
-        self.addresses.insert(address);
-    }
-
-    /// Add or replace the route to `route.dst`.
-    pub fn insert_route(&mut self, route: Route) {
-        self.routes.insert(route.dst, route);
-    }
-
-    /// Add or replace the neighbour entry for `(dev, ip)`.
-    pub fn insert_neighbour(&mut self, neighbour: Neighbour) {
-        self.neighbours
-            .insert((neighbour.dev.clone(), neighbour.ip), neighbour);
-    }
-
-    /// Add or replace the FDB entry for `(dev, mac)`.
-    pub fn insert_fdb(&mut self, fdb: Fdb) {
-        self.fdb.insert((fdb.dev.clone(), fdb.mac), fdb);
-    }
-
-    /// Number of routes, neighbour and FDB entries on `dev`.
-    pub fn entries_on(&self, dev: &IfName) -> usize {
-        self.routes.values().filter(|r| &r.dev == dev).count()
-            + self.neighbours.keys().filter(|(d, _)| d == dev).count()
-            + self.fdb.keys().filter(|(d, _)| d == dev).count()
-    }
-
     /// What `op` does to the kernel, as a model: the reference meaning of each [`Op`] for the code
     /// that applies them, and what the diff is tested against.
     ///
@@ -164,9 +137,9 @@ impl Datapath {
     /// re-create). Like the kernel, the model refuses to create a device that exists, to touch one
     /// that does not, to route on-link through a device that is down, and to delete an entry that
     /// is not there (an entry is deleted only with the content it has).
-    pub fn apply(&mut self, op: &Op) -> Result<(), ApplyError> {
+    pub fn apply(&mut self, op: &Op) -> Result<(), ModelError> {
         let fail = |reason| {
-            Err(ApplyError {
+            Err(ModelError {
                 op: op.to_string(),
                 reason,
             })
@@ -253,18 +226,12 @@ impl Datapath {
         }
         Ok(())
     }
-
-    fn remove_entries_on(&mut self, dev: &IfName) {
-        self.addresses.retain(|a| &a.dev != dev);
-        self.routes.retain(|_, r| &r.dev != dev);
-        self.neighbours.retain(|(d, _), _| d != dev);
-        self.fdb.retain(|(d, _), _| d != dev);
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use weft_proto::lease::MacAddr;
 
     fn dev(name: &str) -> IfName {
         IfName::new(name).unwrap()

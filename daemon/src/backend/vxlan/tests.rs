@@ -8,6 +8,7 @@ use weft_proto::lease::{BackendData, Lease, MacAddr, PodCidrs, PublicIps, WgPubl
 use weft_proto::names::{IfName, NodeName};
 
 use super::*;
+use crate::plan::admission::Refusal;
 
 // ---------------------------------------------------------------------------------------------
 // Fixture: nodes a, b, c (index 1, 2, 3), dual-stack pods, IPv4 + IPv6 underlay.
@@ -820,9 +821,9 @@ fn accepted_holds_exactly_what_is_programmed() {
         !held.holds_pod_cidr(&b, &"10.244.2.0/25".parse().unwrap()),
         "exact values only"
     );
-    assert!(held.holds_vtep_mac(&b, Family::V4, mac(2, 4)));
+    assert!(held.holds_identity(&b, &identity(Family::V4, mac(2, 4))));
     assert!(
-        !held.holds_vtep_mac(&b, Family::V6, mac(2, 4)),
+        !held.holds_identity(&b, &identity(Family::V6, mac(2, 4))),
         "per device"
     );
     assert!(held.holds_underlay(&b, ip("192.0.2.2")));
@@ -1128,7 +1129,7 @@ fn own_lease_problems_are_errors_not_an_empty_plan() {
     };
     assert!(matches!(
         desired(&wg, [], &cfg(), &none()),
-        Err(PlanError::NotVxlan { .. })
+        Err(PlanError::WrongBackend { .. })
     ));
 
     let mut no_ip = a();
@@ -1404,9 +1405,9 @@ fn display_of_the_remaining_operations() {
 
 #[test]
 fn device_names_and_vnis() {
-    assert_eq!(Family::V4.device_name().as_str(), "weft.vxlan");
-    assert_eq!(Family::V6.device_name().as_str(), "weft-v6.vxlan");
-    assert_eq!((Family::V4.vni(), Family::V6.vni()), (1, 2));
+    assert_eq!(device_name(Family::V4).as_str(), "weft.vxlan");
+    assert_eq!(device_name(Family::V6).as_str(), "weft-v6.vxlan");
+    assert_eq!((vni(Family::V4), vni(Family::V6)), (1, 2));
 }
 
 #[test]

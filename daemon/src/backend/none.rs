@@ -1,0 +1,97 @@
+//! The backend that programs nothing: `--datapath none` keeps the lease and follows peers (store
+//! debugging, the lease tests), still judging every peer so refusals are logged.
+
+use ipnet::IpNet;
+use rtnetlink::Handle;
+use weft_proto::lease::{Backend as BackendKind, Lease};
+use weft_proto::names::IfName;
+
+use super::{Backend, Driver, DriverError};
+use crate::plan::admission::{Admitted, Identity, IdentityRule};
+use crate::plan::{BackendPlan, Family, ModelError, PlanConfig, PlanError};
+
+/// No datapath. Peers are admitted as for `kind` (the backend the node publishes), so the log
+/// says which would be refused.
+#[derive(Debug, Clone, Copy)]
+pub struct NoDatapath {
+    pub kind: BackendKind,
+}
+
+/// Its only operation never exists.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NoOp {}
+
+impl std::fmt::Display for NoOp {
+    fn fmt(&self, _: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {}
+    }
+}
+
+impl IdentityRule for NoDatapath {
+    fn backend(&self) -> BackendKind {
+        self.kind
+    }
+
+    /// Every peer of the right backend claims only its name: nothing is programmed to conflict.
+    fn claim(&self, family: Family, peer: &Lease, _own: &Lease) -> Result<Identity, String> {
+        Ok(Identity(format!("node {} ({family})", peer.node)))
+    }
+}
+
+impl BackendPlan for NoDatapath {
+    type State = ();
+    type Op = NoOp;
+
+    fn desired(&self, _: &Lease, _: &[Admitted<'_>], _: &PlanConfig) -> Result<(), PlanError> {
+        Ok(())
+    }
+
+    fn diff(&self, _: &(), _: &()) -> Vec<NoOp> {
+        Vec::new()
+    }
+
+    fn pod_mtu(&self, _: &Lease, config: &PlanConfig) -> u32 {
+        config.overlay_mtu(0)
+    }
+
+    fn op_device<'o>(&self, op: &'o NoOp) -> Option<&'o IfName> {
+        match *op {}
+    }
+
+    fn creates_device(&self, op: &NoOp) -> bool {
+        match *op {}
+    }
+
+    fn model_apply(&self, _: &mut (), op: &NoOp) -> Result<(), ModelError> {
+        match *op {}
+    }
+}
+
+/// Observes nothing, applies nothing.
+pub struct NoDriver;
+
+impl Driver<NoDatapath> for NoDriver {
+    async fn observe(&mut self) -> Result<(), DriverError> {
+        Ok(())
+    }
+
+    async fn apply(&mut self, op: &NoOp) -> Result<(), DriverError> {
+        match *op {}
+    }
+
+    fn requests(&self) -> usize {
+        0
+    }
+}
+
+impl Backend for NoDatapath {
+    type Driver = NoDriver;
+
+    fn driver(&self, _: Handle, _: &[IpNet]) -> NoDriver {
+        NoDriver
+    }
+
+    fn device_names(&self) -> Vec<IfName> {
+        Vec::new()
+    }
+}

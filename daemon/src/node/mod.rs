@@ -1,0 +1,111 @@
+//! The node's datapath side of the daemon, started once the lease is held:
+//!
+//! - [`sysctl`]: forwarding for the pod families in use;
+//! - the CNI server for pods (IPAM opened here, the socket bound here);
+//! - [`reconcile`]: the loop keeping the backend's tunnels and routes, and [`firewall`]: weft's
+//!   nftables table, in step with the lease and the peers;
+//! - [`cleanup`]: `weftd cleanup`.
+//!
+//! [`start`] is where a backend is chosen: one line per backend.
+
+pub mod cleanup;
+pub mod firewall;
+pub mod reconcile;
+pub mod sysctl;
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use rtnetlink::Handle;
+use tokio::task::JoinHandle;
+use tracing::info;
+use weft_proto::lease::{Backend as BackendKind, Lease};
+
+use crate::agent::AgentView;
+use crate::backend::none::NoDatapath;
+use crate::backend::vxlan::Vxlan;
+use crate::backend::Backend;
+use crate::cni_server::{self, CniService};
+use crate::config::{Config, DatapathMode};
+use crate::datapath::{netns, nl, pod};
+use crate::ipam::Ipam;
+use crate::plan::PlanConfig;
+use crate::underlay;
+use firewall::FirewallKeeper;
+use reconcile::Reconciler;
+
+/// Start the node's services for the configured backend; the returned tasks run until aborted.
+pub async fn start(
+    config: &Config,
+    lease: &Lease,
+    view: AgentView,
+) -> anyhow::Result<Vec<JoinHandle<()>>> {
+    match (config.datapath, config.backend) {
+        (DatapathMode::None, kind) => start_without_datapath(config, kind, view).await,
+        (DatapathMode::Kernel, BackendKind::Vxlan) => start_with(Vxlan, config, lease, view).await,
+        (DatapathMode::Kernel, other) => {
+            anyhow::bail!("the {other} backend is not built yet; use --backend vxlan")
+        }
+    }
+}
+
+/// `--datapath none`: only the reconcile loop with a backend that programs nothing, so peers are
+/// still judged and refusals logged; no forwarding, firewall or CNI server.
+async fn start_without_datapath(
+    config: &Config,
+    kind: BackendKind,
+    view: AgentView,
+) -> anyhow::Result<Vec<JoinHandle<()>>> {
+    let host = netns::connect_here().context("open a netlink connection")?;
+    let backend = NoDatapath { kind };
+    let driver = backend.driver(host, &[]);
+    let reconciler = Reconciler::new(backend, driver, PlanConfig::new(config, 1500), None);
+    Ok(vec![tokio::spawn(reconciler.run(view))])
+}
+
+/// Forwarding, the CNI server and the reconcile loop for `backend`.
+async fn start_with<B: Backend>(
+    backend: B,
+    config: &Config,
+    lease: &Lease,
+    view: AgentView,
+) -> anyhow::Result<Vec<JoinHandle<()>>> {
+    let kept_ra = sysctl::enable_forwarding(config.pool_v4.is_some(), config.pool_v6.is_some())
+        .context("enable IP forwarding")?;
+    if !kept_ra.is_empty() {
+        info!(interfaces = ?kept_ra, "accept_ra 1 → 2: router advertisements stay accepted with IPv6 forwarding on");
+    }
+    let host = netns::connect_here().context("open a netlink connection")?;
+    let underlay_mtu = underlay::mtu(&host, &lease.public_ips).await;
+    let plan_config = PlanConfig::new(config, underlay_mtu);
+    let pod_mtu = backend.pod_mtu(lease, &plan_config);
+    let cni = serve_cni(config, lease, host.clone(), view.clone(), pod_mtu).await?;
+    let driver = backend.driver(host, &plan_config.cluster_cidrs);
+    let firewall = Some(FirewallKeeper::new());
+    let reconciler = Reconciler::new(backend, driver, plan_config, firewall);
+    Ok(vec![cni, tokio::spawn(reconciler.run(view))])
+}
+
+/// Open IPAM (its damaged records are set aside only when no pod is wired) and serve the CNI
+/// socket `RUN_DIR/cni.sock`.
+async fn serve_cni(
+    config: &Config,
+    lease: &Lease,
+    host: Handle,
+    view: AgentView,
+    pod_mtu: u32,
+) -> anyhow::Result<JoinHandle<()>> {
+    let pods_wired = nl::links(&host)
+        .await
+        .context("list links")?
+        .iter()
+        .any(pod::is_weft_veth);
+    let ipam = Ipam::open(&config.state_dir, lease.pod_cidrs, !pods_wired)
+        .context("open the IPAM state")?;
+    let socket = config.run_dir.join("cni.sock");
+    let listener = cni_server::bind(&socket)
+        .with_context(|| format!("bind the CNI socket {}", socket.display()))?;
+    let service = Arc::new(CniService::new(host, ipam, view.lease.clone(), pod_mtu));
+    info!(socket = %socket.display(), pod_mtu, "serving CNI requests");
+    Ok(tokio::spawn(cni_server::serve(listener, service)))
+}

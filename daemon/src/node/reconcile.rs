@@ -1,0 +1,217 @@
+//! The reconcile loop, generic over the backend: on every lease or peer change, and every
+//! [`RESYNC_EVERY`], plan the desired state ([`crate::plan::plan`]), diff it against the observed
+//! one and apply the operations through the backend's driver; then the firewall, the same way.
+//!
+//! The observed state is read from the kernel at start (nothing is flushed: a restart converges
+//! what is there, so pod traffic keeps flowing), after any failed operation, and at every resync
+//! (which repairs drift); in between, the result of the last apply stands for it, so one peer
+//! change costs its handful of netlink operations and no dump.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use tracing::{debug, error, info, warn};
+use weft_proto::lease::Lease;
+use weft_proto::names::IfName;
+
+use super::firewall::FirewallKeeper;
+use crate::agent::AgentView;
+use crate::backend::{Backend, Driver, DriverError};
+use crate::plan::admission::{Incumbents, Refusal};
+use crate::plan::{self, PlanConfig};
+
+/// How soon a pass in which something failed is retried.
+const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(2);
+/// How often the observed state is read again from the kernel, repairing drift.
+pub const RESYNC_EVERY: Duration = Duration::from_secs(30);
+/// Failed operations logged one by one in a pass; the rest are counted.
+const LOG_FAILURES_UP_TO: usize = 5;
+/// Above this many operations, one summary line is logged instead of one line per operation.
+const LOG_EACH_OP_UP_TO: usize = 20;
+
+/// The loop's state between passes.
+pub struct Reconciler<B: Backend> {
+    backend: B,
+    driver: B::Driver,
+    plan_config: PlanConfig,
+    /// What the kernel holds, as far as weft knows; `None` means "read it again".
+    observed: Option<B::State>,
+    /// The peers' claims the last plan accepted: they win conflicts with newcomers at the next one.
+    incumbents: Incumbents,
+    refusals: BTreeSet<String>,
+    /// weft's nftables table; `None` where weft keeps no firewall (`--datapath none`).
+    firewall: Option<FirewallKeeper>,
+    /// Something failed in the last pass: read the kernel again and retry after `retry_delay`,
+    /// which doubles (up to the resync period) while failures go on.
+    retry_soon: bool,
+    retry_delay: Duration,
+}
+
+impl<B: Backend> Reconciler<B> {
+    /// A loop programming `backend` through `driver`, and the firewall where one is given.
+    pub fn new(
+        backend: B,
+        driver: B::Driver,
+        plan_config: PlanConfig,
+        firewall: Option<FirewallKeeper>,
+    ) -> Self {
+        Reconciler {
+            backend,
+            driver,
+            plan_config,
+            observed: None,
+            incumbents: Incumbents::default(),
+            refusals: BTreeSet::new(),
+            firewall,
+            retry_soon: false,
+            retry_delay: RETRY_AFTER_FAILURE,
+        }
+    }
+
+    /// Run until the agent's channels close.
+    pub async fn run(mut self, view: AgentView) {
+        let (mut lease_rx, mut peers_rx) = (view.lease, view.peers);
+        let mut resync = tokio::time::interval(RESYNC_EVERY);
+        resync.tick().await;
+        loop {
+            let own = lease_rx.borrow_and_update().clone();
+            let peers = peers_rx.borrow_and_update().clone();
+            if let (Some(own), Some(peers)) = (own, peers) {
+                self.reconcile(&own, peers.iter()).await;
+            }
+            let retry = std::mem::take(&mut self.retry_soon);
+            let retry_timer = tokio::time::sleep(self.retry_delay);
+            tokio::select! {
+                changed = lease_rx.changed() => if changed.is_err() { return },
+                changed = peers_rx.changed() => if changed.is_err() { return },
+                _ = retry_timer, if retry => {}
+                _ = resync.tick() => {
+                    self.observed = None;
+                    if let Some(firewall) = &mut self.firewall {
+                        firewall.resync();
+                    }
+                }
+            }
+        }
+    }
+
+    /// One pass: plan, then converge the backend and the firewall.
+    pub async fn reconcile<'a>(&mut self, own: &Lease, peers: impl Iterator<Item = &'a Lease>) {
+        let planned = plan::plan(
+            &self.backend,
+            own,
+            peers,
+            &self.plan_config,
+            &self.incumbents,
+        );
+        let plan = match planned {
+            Ok(plan) => plan,
+            Err(e) => {
+                error!(error = %e, "cannot plan this node's datapath; changing nothing");
+                return;
+            }
+        };
+        // This plan is the one being programmed now (even if applying it fails below): the claims
+        // it accepted hold against newcomers at the next pass.
+        self.incumbents = plan.accepted.clone();
+        self.report_refusals(&plan.refused);
+        self.converge(plan.datapath).await;
+        if let Some(firewall) = &mut self.firewall {
+            if !firewall
+                .converge(own, &self.plan_config.cluster_cidrs)
+                .await
+            {
+                self.schedule_retry();
+            }
+        }
+    }
+
+    /// Observe (unless the last apply stands for it), diff and apply.
+    async fn converge(&mut self, desired: B::State) {
+        let observed = match self.observed.take() {
+            Some(observed) => observed,
+            None => match self.driver.observe().await {
+                Ok(observed) => observed,
+                Err(e) => {
+                    warn!(error = %e, "cannot read the datapath; will retry");
+                    self.schedule_retry();
+                    return;
+                }
+            },
+        };
+        let ops = self.backend.diff(&desired, &observed);
+        if self.apply(&ops).await > 0 {
+            self.schedule_retry();
+        } else {
+            self.retry_delay = RETRY_AFTER_FAILURE;
+            self.observed = Some(desired);
+        }
+    }
+
+    /// Apply every operation; returns how many failed or were skipped. One the kernel keeps
+    /// refusing must not hold back the others (routes come last) nor the firewall; but once a
+    /// device cannot be made, the operations on it are skipped rather than failed one by one.
+    async fn apply(&mut self, ops: &[B::Op]) -> usize {
+        if ops.is_empty() {
+            return 0;
+        }
+        log_ops(ops);
+        let requests_before = self.driver.requests();
+        let mut broken_devices: BTreeSet<IfName> = BTreeSet::new();
+        let (mut failed, mut skipped) = (0, 0);
+        for op in ops {
+            let dev = self.backend.op_device(op);
+            if dev.is_some_and(|d| broken_devices.contains(d)) {
+                skipped += 1;
+                continue;
+            }
+            if let Err(e) = self.driver.apply(op).await {
+                failed += 1;
+                if failed <= LOG_FAILURES_UP_TO {
+                    warn!(op = %op, error = %e, "datapath operation failed");
+                }
+                let device_missing =
+                    matches!(e, DriverError::NoDevice(_)) || self.backend.creates_device(op);
+                if let (true, Some(dev)) = (device_missing, dev) {
+                    broken_devices.insert(dev.clone());
+                }
+            }
+        }
+        let requests = self.driver.requests() - requests_before;
+        debug!(requests, failed, skipped, "datapath pass done");
+        if failed > 0 {
+            warn!(failed, skipped, retry_in = ?self.retry_delay, "datapath pass incomplete; reading the kernel again and retrying");
+        }
+        failed + skipped
+    }
+
+    fn schedule_retry(&mut self) {
+        if self.retry_soon {
+            return;
+        }
+        self.retry_soon = true;
+        self.retry_delay = (self.retry_delay * 2).min(RESYNC_EVERY);
+    }
+
+    fn report_refusals(&mut self, refused: &[Refusal]) {
+        let now: BTreeSet<String> = refused.iter().map(|r| r.to_string()).collect();
+        for refusal in now.difference(&self.refusals) {
+            warn!("{refusal}; programming nothing for it");
+        }
+        for cleared in self.refusals.difference(&now) {
+            info!("no longer refused: {cleared}");
+        }
+        self.refusals = now;
+    }
+}
+
+/// One line per operation, or one summary line for many.
+fn log_ops<O: std::fmt::Display>(ops: &[O]) {
+    if ops.len() <= LOG_EACH_OP_UP_TO {
+        for op in ops {
+            info!(op = %op, "datapath");
+        }
+    } else {
+        info!(operations = ops.len(), "datapath: applying");
+    }
+}
