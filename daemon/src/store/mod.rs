@@ -133,13 +133,13 @@ pub fn unix_now() -> u64 {
 /// The store the configuration names: the one place the store kind is matched.
 pub enum Store {
     File(FileStore),
-    Etcd(EtcdStore),
+    Etcd(Box<EtcdStore>),
 }
 
 /// That store's peer watcher.
 pub enum Watcher {
     File(FileWatcher),
-    Etcd(EtcdWatcher),
+    Etcd(Box<EtcdWatcher>),
 }
 
 /// Open the store `config` names, with leases living `ttl`. Nothing is contacted yet: the first
@@ -147,9 +147,11 @@ pub enum Watcher {
 pub fn open(config: &StoreConfig, ttl: std::time::Duration) -> Store {
     match config {
         StoreConfig::File { dir } => Store::File(FileStore::new(dir.clone(), ttl)),
-        StoreConfig::Etcd { endpoints, prefix } => {
-            Store::Etcd(EtcdStore::new(endpoints.clone(), prefix.clone(), ttl))
-        }
+        StoreConfig::Etcd { endpoints, prefix } => Store::Etcd(Box::new(EtcdStore::new(
+            endpoints.clone(),
+            prefix.clone(),
+            ttl,
+        ))),
     }
 }
 
@@ -180,7 +182,7 @@ impl LeaseStore for Store {
     fn watch_peers(&self, own: &NodeName) -> Watcher {
         match self {
             Store::File(s) => Watcher::File(s.watch_peers(own)),
-            Store::Etcd(s) => Watcher::Etcd(s.watch_peers(own)),
+            Store::Etcd(s) => Watcher::Etcd(Box::new(s.watch_peers(own))),
         }
     }
 }

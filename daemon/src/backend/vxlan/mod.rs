@@ -226,9 +226,12 @@ impl BackendPlan for Vxlan {
     }
 }
 
+/// One of this node's devices: its family, this node's pod CIDR of that family, its VTEP MAC.
+type OwnDevice = (Family, ipnet::IpNet, MacAddr);
+
 /// This node's tunnel source address and, per pod family it holds a CIDR of, the CIDR and its
 /// VTEP MAC; or why its lease cannot be served.
-fn own_devices(own: &Lease) -> Result<(IpAddr, Vec<(Family, ipnet::IpNet, MacAddr)>), PlanError> {
+fn own_devices(own: &Lease) -> Result<(IpAddr, Vec<OwnDevice>), PlanError> {
     if own.backend.backend() != Backend::Vxlan {
         return Err(PlanError::WrongBackend {
             node: own.node.clone(),
