@@ -57,9 +57,19 @@ fn incompatible(desired: &VxlanDevice, observed: &VxlanDevice) -> Option<String>
 /// `observed` holds weft's own devices only (see [`Datapath`]): a device in it that `desired` does
 /// not name is deleted.
 pub fn diff(desired: &Datapath, observed: &Datapath) -> Vec<Op> {
-    let mut ops = Vec::new();
+    let (mut ops, fresh) = device_ops(desired, observed);
+    // An observed object counts only on a device that stays as it is: one on a deleted or
+    // (re-)created device is gone with it.
+    let kept = |dev: &IfName| desired.devices.contains_key(dev) && !fresh.contains(dev);
+    address_ops(desired, observed, &kept, &mut ops);
+    entry_ops(desired, observed, &kept, &mut ops);
+    ops
+}
 
-    // 1. Devices. `fresh`: created or re-created now, so nothing observed on them survives.
+/// 1. Devices: deletions, creations and re-creations, then in-place changes; and the devices
+///    that are (re-)created now (`fresh`), on which nothing observed survives.
+fn device_ops<'d>(desired: &'d Datapath, observed: &Datapath) -> (Vec<Op>, BTreeSet<&'d IfName>) {
+    let mut ops = Vec::new();
     let mut fresh: BTreeSet<&IfName> = BTreeSet::new();
     for name in observed.devices.keys() {
         if !desired.devices.contains_key(name) {
@@ -68,40 +78,40 @@ pub fn diff(desired: &Datapath, observed: &Datapath) -> Vec<Op> {
     }
     let mut in_place = Vec::new();
     for (name, want) in &desired.devices {
-        match observed.devices.get(name) {
-            None => {
-                ops.push(Op::CreateDevice(want.clone()));
-                fresh.insert(name);
-            }
-            Some(have) => match incompatible(want, have) {
-                Some(reason) => {
-                    ops.push(Op::RecreateDevice {
-                        device: want.clone(),
-                        reason,
-                    });
-                    fresh.insert(name);
-                }
-                None => {
-                    if have.mtu != want.mtu {
-                        in_place.push(Op::SetMtu {
-                            dev: name.clone(),
-                            mtu: want.mtu,
-                        });
-                    }
-                    if want.up && !have.up {
-                        in_place.push(Op::SetUp(name.clone()));
-                    }
-                }
-            },
+        let Some(have) = observed.devices.get(name) else {
+            ops.push(Op::CreateDevice(want.clone()));
+            fresh.insert(name);
+            continue;
+        };
+        if let Some(reason) = incompatible(want, have) {
+            ops.push(Op::RecreateDevice {
+                device: want.clone(),
+                reason,
+            });
+            fresh.insert(name);
+            continue;
+        }
+        if have.mtu != want.mtu {
+            in_place.push(Op::SetMtu {
+                dev: name.clone(),
+                mtu: want.mtu,
+            });
+        }
+        if want.up && !have.up {
+            in_place.push(Op::SetUp(name.clone()));
         }
     }
     ops.extend(in_place);
+    (ops, fresh)
+}
 
-    // An observed object counts only on a device that stays as it is: one on a deleted or
-    // (re-)created device is gone with it.
-    let kept = |dev: &IfName| desired.devices.contains_key(dev) && !fresh.contains(dev);
-
-    // 2. Addresses.
+/// 2. Addresses: set the desired, delete the stale.
+fn address_ops(
+    desired: &Datapath,
+    observed: &Datapath,
+    kept: &dyn Fn(&IfName) -> bool,
+    ops: &mut Vec<Op>,
+) {
     for address in &desired.addresses {
         if !(kept(&address.dev) && observed.addresses.contains(address)) {
             ops.push(Op::SetAddress(address.clone()));
@@ -112,7 +122,15 @@ pub fn diff(desired: &Datapath, observed: &Datapath) -> Vec<Op> {
             ops.push(Op::DeleteAddress(address.clone()));
         }
     }
+}
 
+/// 3–6. Routes, neighbour and FDB entries, in the order the module explains.
+fn entry_ops(
+    desired: &Datapath,
+    observed: &Datapath,
+    kept: &dyn Fn(&IfName) -> bool,
+    ops: &mut Vec<Op>,
+) {
     // 3. Stale routes.
     for (dst, route) in &observed.routes {
         if kept(&route.dev) && !desired.routes.contains_key(dst) {
@@ -127,14 +145,12 @@ pub fn diff(desired: &Datapath, observed: &Datapath) -> Vec<Op> {
     }
     // 5. FDB, neighbours, then stale FDB entries.
     for (key, fdb) in &desired.fdb {
-        let have = observed.fdb.get(key).filter(|e| kept(&e.dev));
-        if have != Some(fdb) {
+        if observed.fdb.get(key).filter(|e| kept(&e.dev)) != Some(fdb) {
             ops.push(Op::ReplaceFdb(fdb.clone()));
         }
     }
     for (key, neighbour) in &desired.neighbours {
-        let have = observed.neighbours.get(key).filter(|n| kept(&n.dev));
-        if have != Some(neighbour) {
+        if observed.neighbours.get(key).filter(|n| kept(&n.dev)) != Some(neighbour) {
             ops.push(Op::ReplaceNeighbour(neighbour.clone()));
         }
     }
@@ -145,10 +161,8 @@ pub fn diff(desired: &Datapath, observed: &Datapath) -> Vec<Op> {
     }
     // 6. Routes.
     for (dst, route) in &desired.routes {
-        let have = observed.routes.get(dst).filter(|r| kept(&r.dev));
-        if have != Some(route) {
+        if observed.routes.get(dst).filter(|r| kept(&r.dev)) != Some(route) {
             ops.push(Op::ReplaceRoute(route.clone()));
         }
     }
-    ops
 }

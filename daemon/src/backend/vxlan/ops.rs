@@ -138,94 +138,98 @@ impl Datapath {
     /// that does not, to route on-link through a device that is down, and to delete an entry that
     /// is not there (an entry is deleted only with the content it has).
     pub fn apply(&mut self, op: &Op) -> Result<(), ModelError> {
-        let fail = |reason| {
-            Err(ModelError {
-                op: op.to_string(),
-                reason,
-            })
+        let applied = match op {
+            Op::CreateDevice(_)
+            | Op::RecreateDevice { .. }
+            | Op::SetMtu { .. }
+            | Op::SetUp(_)
+            | Op::DeleteDevice(_) => self.apply_to_device(op),
+            _ => self.apply_to_entries(op),
         };
+        applied.map_err(|reason| ModelError {
+            op: op.to_string(),
+            reason,
+        })
+    }
+
+    /// The device operations (and nothing for the others).
+    fn apply_to_device(&mut self, op: &Op) -> Result<(), &'static str> {
         match op {
             Op::DeleteDevice(name) => {
-                if self.devices.remove(name).is_none() {
-                    return fail("no such device");
-                }
+                self.devices.remove(name).ok_or("no such device")?;
                 self.remove_entries_on(name);
             }
             Op::CreateDevice(device) => {
                 if self.devices.contains_key(&device.name) {
-                    return fail("the device exists");
+                    return Err("the device exists");
                 }
                 self.insert_device(device.clone());
             }
             Op::RecreateDevice { device, .. } => {
-                if self.devices.remove(&device.name).is_none() {
-                    return fail("no such device");
-                }
+                self.devices.remove(&device.name).ok_or("no such device")?;
                 self.remove_entries_on(&device.name);
                 self.insert_device(device.clone());
             }
-            Op::SetMtu { dev, mtu } => match self.devices.get_mut(dev) {
-                Some(device) => device.mtu = *mtu,
-                None => return fail("no such device"),
-            },
-            Op::SetUp(dev) => match self.devices.get_mut(dev) {
-                Some(device) => device.up = true,
-                None => return fail("no such device"),
-            },
+            Op::SetMtu { dev, mtu } => {
+                self.devices.get_mut(dev).ok_or("no such device")?.mtu = *mtu;
+            }
+            Op::SetUp(dev) => self.devices.get_mut(dev).ok_or("no such device")?.up = true,
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Addresses, routes, neighbour and FDB entries (and nothing for device operations).
+    fn apply_to_entries(&mut self, op: &Op) -> Result<(), &'static str> {
+        let device = |dev: &IfName| self.devices.get(dev).ok_or("no such device");
+        match op {
             Op::SetAddress(address) => {
-                if !self.devices.contains_key(&address.dev) {
-                    return fail("no such device");
-                }
+                device(&address.dev)?;
                 self.addresses.insert(address.clone());
             }
             Op::DeleteAddress(address) => {
                 if !self.addresses.remove(address) {
-                    return fail("no such address");
+                    return Err("no such address");
                 }
             }
             Op::ReplaceRoute(route) => {
-                match self.devices.get(&route.dev) {
-                    None => return fail("no such device"),
-                    Some(device) if !device.up => return fail("the device is down"),
-                    Some(_) => {}
+                if !device(&route.dev)?.up {
+                    return Err("the device is down");
                 }
                 self.insert_route(route.clone());
             }
             Op::DeleteRoute(route) => {
-                if self.routes.get(&route.dst) != Some(route) {
-                    return fail("no such route");
-                }
-                self.routes.remove(&route.dst);
+                remove_exact(&mut self.routes, &route.dst, route).ok_or("no such route")?
             }
             Op::ReplaceNeighbour(neighbour) => {
-                if !self.devices.contains_key(&neighbour.dev) {
-                    return fail("no such device");
-                }
+                device(&neighbour.dev)?;
                 self.insert_neighbour(neighbour.clone());
             }
-            Op::DeleteNeighbour(neighbour) => {
-                let key = (neighbour.dev.clone(), neighbour.ip);
-                if self.neighbours.get(&key) != Some(neighbour) {
-                    return fail("no such neighbour entry");
-                }
-                self.neighbours.remove(&key);
-            }
+            Op::DeleteNeighbour(n) => remove_exact(&mut self.neighbours, &(n.dev.clone(), n.ip), n)
+                .ok_or("no such neighbour entry")?,
             Op::ReplaceFdb(fdb) => {
-                if !self.devices.contains_key(&fdb.dev) {
-                    return fail("no such device");
-                }
+                device(&fdb.dev)?;
                 self.insert_fdb(fdb.clone());
             }
-            Op::DeleteFdb(fdb) => {
-                let key = (fdb.dev.clone(), fdb.mac);
-                if self.fdb.get(&key) != Some(fdb) {
-                    return fail("no such FDB entry");
-                }
-                self.fdb.remove(&key);
-            }
+            Op::DeleteFdb(fdb) => remove_exact(&mut self.fdb, &(fdb.dev.clone(), fdb.mac), fdb)
+                .ok_or("no such FDB entry")?,
+            _ => {}
         }
         Ok(())
     }
+}
+
+/// Remove `key` from `map` if it holds exactly `value` (an entry is deleted only with the content
+/// it has); `None` if it does not.
+fn remove_exact<K: Ord, V: PartialEq>(
+    map: &mut std::collections::BTreeMap<K, V>,
+    key: &K,
+    value: &V,
+) -> Option<()> {
+    if map.get(key) != Some(value) {
+        return None;
+    }
+    map.remove(key).map(|_| ())
 }
 
 #[cfg(test)]
