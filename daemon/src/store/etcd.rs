@@ -147,50 +147,40 @@ impl EtcdStore {
     ) -> Result<Option<Lease>, StoreError> {
         let claims = self.read_claims().await?;
         let node = request.node.as_str();
-        let taken: BTreeSet<IpNet> = claims.iter().map(|(net, _)| *net).collect();
+        let mut held = PodCidrs::default();
+        for (net, _) in claims.iter().filter(|(_, holder)| holder == node) {
+            match net {
+                IpNet::V4(n) if request.pool_v4.is_some_and(|p| p.contains_subnet(net)) => {
+                    held.v4 = Some(*n)
+                }
+                IpNet::V6(n) if request.pool_v6.is_some_and(|p| p.contains_subnet(net)) => {
+                    held.v6 = Some(*n)
+                }
+                _ => {}
+            }
+        }
+        let taken: BTreeSet<IpNet> = claims
+            .iter()
+            .filter(|(_, holder)| holder != node)
+            .map(|(net, _)| *net)
+            .collect();
+        let pod_cidrs = request.choose_cidrs(&held, &taken)?;
         let put = || Some(PutOptions::new().with_lease(lease_id));
         let mut compares = Vec::new();
         let mut ops = Vec::new();
-        let mut chosen = Vec::new();
-        let pools = [
-            (request.pool_v4, request.preferred.v4.map(IpNet::V4)),
-            (request.pool_v6, request.preferred.v6.map(IpNet::V6)),
-        ];
-        for (pool, preferred) in pools {
-            let Some(pool) = pool else { continue };
-            let held = claims
-                .iter()
-                .find(|(net, holder)| holder == node && pool.contains_subnet(net));
-            let net = match held {
-                Some((net, _)) => {
-                    compares.push(Compare::value(self.claim_key(net), CompareOp::Equal, node));
-                    *net
-                }
-                None => {
-                    let net = pool.choose(&taken, preferred)?;
-                    compares.push(Compare::create_revision(
-                        self.claim_key(&net),
-                        CompareOp::Equal,
-                        0,
-                    ));
-                    net
-                }
-            };
-            ops.push(TxnOp::put(self.claim_key(&net), node, put()));
-            chosen.push(net);
+        for net in pod_cidrs.iter() {
+            let key = self.claim_key(&net);
+            compares.push(match held.iter().any(|h| h == net) {
+                true => Compare::value(key.clone(), CompareOp::Equal, node),
+                false => Compare::create_revision(key.clone(), CompareOp::Equal, 0),
+            });
+            ops.push(TxnOp::put(key, node, put()));
         }
         // Claims this node holds but no longer wants (its pools changed) are given back.
         for (net, holder) in &claims {
-            if holder == node && !chosen.contains(net) {
+            if holder == node && !pod_cidrs.iter().any(|c| c == *net) {
                 compares.push(Compare::value(self.claim_key(net), CompareOp::Equal, node));
                 ops.push(TxnOp::delete(self.claim_key(net), None));
-            }
-        }
-        let mut pod_cidrs = PodCidrs::default();
-        for net in chosen {
-            match net {
-                IpNet::V4(n) => pod_cidrs.v4 = Some(n),
-                IpNet::V6(n) => pod_cidrs.v6 = Some(n),
             }
         }
         let lease = request.lease_with(pod_cidrs, None);

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 use tracing::warn;
-use weft_proto::lease::{Lease, NodeRecord, PodCidrs};
+use weft_proto::lease::{Lease, NodeRecord};
 use weft_proto::names::NodeName;
 
 use super::{unix_now, LeaseRequest, LeaseStore, PeerUpdate, PeerWatcher, StoreError};
@@ -71,21 +71,8 @@ impl FileStore {
             .flat_map(|l| l.pod_cidrs.iter())
             .collect();
         // The store's own record wins over the state directory's memory of it.
-        let preferred = |want: Option<IpNet>, held: Option<IpNet>| held.or(want);
-        let prev = own_previous.map(|l| l.pod_cidrs).unwrap_or_default();
-        let mut pod_cidrs = PodCidrs::default();
-        if let Some(pool) = &request.pool_v4 {
-            let want = preferred(request.preferred.v4.map(IpNet::V4), prev.v4.map(IpNet::V4));
-            if let IpNet::V4(net) = pool.choose(&taken, want)? {
-                pod_cidrs.v4 = Some(net);
-            }
-        }
-        if let Some(pool) = &request.pool_v6 {
-            let want = preferred(request.preferred.v6.map(IpNet::V6), prev.v6.map(IpNet::V6));
-            if let IpNet::V6(net) = pool.choose(&taken, want)? {
-                pod_cidrs.v6 = Some(net);
-            }
-        }
+        let held = own_previous.map(|l| l.pod_cidrs).unwrap_or_default();
+        let pod_cidrs = request.choose_cidrs(&held, &taken)?;
         self.remove_expired(&records, now);
         let lease = request.lease_with(pod_cidrs, self.expires(now));
         self.write(&lease)?;
@@ -271,7 +258,7 @@ mod tests {
             node: NodeName::new(name).unwrap(),
             pool_v4: Some(SubnetPool::new(cluster.parse().unwrap(), 24).unwrap()),
             pool_v6: Some(SubnetPool::new("fd00:10:244::/48".parse().unwrap(), 64).unwrap()),
-            preferred: PodCidrs::default(),
+            preferred: weft_proto::lease::PodCidrs::default(),
             public_ips: PublicIps {
                 v4: Some("192.0.2.1".parse().unwrap()),
                 v6: None,

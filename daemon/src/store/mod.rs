@@ -14,7 +14,10 @@ pub mod etcd;
 pub mod file;
 pub mod peers;
 
+use std::collections::BTreeSet;
 use std::future::Future;
+
+use ipnet::IpNet;
 
 use weft_proto::lease::{BackendData, Lease, PodCidrs, PublicIps};
 use weft_proto::names::NodeName;
@@ -37,6 +40,31 @@ pub struct LeaseRequest {
 }
 
 impl LeaseRequest {
+    /// The pod CIDRs to claim, per family this node runs: the one the store already gives this
+    /// node (`held`), else the one it remembers (`preferred`) if free, else the first free one.
+    /// `taken` holds every other node's subnets. The one place this choice is made, for every
+    /// store that picks subnets itself.
+    pub fn choose_cidrs(
+        &self,
+        held: &PodCidrs,
+        taken: &BTreeSet<IpNet>,
+    ) -> Result<PodCidrs, SubnetError> {
+        let mut chosen = PodCidrs::default();
+        if let Some(pool) = &self.pool_v4 {
+            let want = held.v4.or(self.preferred.v4).map(IpNet::V4);
+            if let IpNet::V4(net) = pool.choose(taken, want)? {
+                chosen.v4 = Some(net);
+            }
+        }
+        if let Some(pool) = &self.pool_v6 {
+            let want = held.v6.or(self.preferred.v6).map(IpNet::V6);
+            if let IpNet::V6(net) = pool.choose(taken, want)? {
+                chosen.v6 = Some(net);
+            }
+        }
+        Ok(chosen)
+    }
+
     /// The lease this request asks for, once subnets are chosen.
     pub fn lease_with(&self, pod_cidrs: PodCidrs, expires: Option<u64>) -> Lease {
         Lease {
