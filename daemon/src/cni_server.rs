@@ -35,8 +35,9 @@ use weft_proto::shim::{self, ShimReply, ShimRequest};
 
 use crate::datapath::netns::{Netns, NetnsError};
 use crate::datapath::nl;
-use crate::datapath::pod::{self, PodError, PodSpec, GATEWAY_V4, GATEWAY_V6};
+use crate::datapath::pod::{self, PodError, PodSpec};
 use crate::ipam::{Allocation, AttachmentKey, Ipam, IpamError};
+use crate::net::host_prefix;
 
 /// How long a connection may take to deliver its request.
 const REQUEST_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -324,39 +325,24 @@ fn mac_text(mac: [u8; 6]) -> String {
 }
 
 fn ip_configs(allocation: &Allocation) -> Vec<IpConfig> {
-    let mut ips = Vec::new();
-    if let Some(v4) = allocation.v4 {
-        ips.push(IpConfig {
-            address: IpNet::new(IpAddr::V4(v4), 32).expect("/32"),
-            gateway: Some(IpAddr::V4(GATEWAY_V4)),
+    allocation
+        .addresses()
+        .map(|ip| IpConfig {
+            address: host_prefix(ip),
+            gateway: Some(pod::gateway_for(&ip)),
             interface: Some(1),
-        });
-    }
-    if let Some(v6) = allocation.v6 {
-        ips.push(IpConfig {
-            address: IpNet::new(IpAddr::V6(v6), 128).expect("/128"),
-            gateway: Some(IpAddr::V6(GATEWAY_V6)),
-            interface: Some(1),
-        });
-    }
-    ips
+        })
+        .collect()
 }
 
 fn default_routes(allocation: &Allocation) -> Vec<Route> {
-    let mut routes = Vec::new();
-    if allocation.v4.is_some() {
-        routes.push(Route::new(
-            "0.0.0.0/0".parse().expect("default"),
-            Some(IpAddr::V4(GATEWAY_V4)),
-        ));
-    }
-    if allocation.v6.is_some() {
-        routes.push(Route::new(
-            "::/0".parse().expect("default"),
-            Some(IpAddr::V6(GATEWAY_V6)),
-        ));
-    }
-    routes
+    allocation
+        .addresses()
+        .map(|ip| {
+            let any = IpNet::new(ip, 0).expect("a /0 prefix is valid").trunc();
+            Route::new(any, Some(pod::gateway_for(&ip)))
+        })
+        .collect()
 }
 
 /// Bind the socket: a stale file from a previous run is replaced; only root may connect.

@@ -32,11 +32,22 @@ use weft_proto::names::IfName;
 use super::netns::{Netns, NetnsError};
 use super::nl;
 use crate::ipam::Allocation;
+use crate::net::host_prefix;
+use crate::plan::Family;
 
 /// The pods' IPv4 gateway: link-local, the same on every node.
 pub const GATEWAY_V4: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
 /// The pods' IPv6 gateway.
 pub const GATEWAY_V6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1);
+/// The gateway of a pod's default route for addresses of `ip`'s family: [`GATEWAY_V4`] or
+/// [`GATEWAY_V6`]. The one place that choice is made (the wiring and the CNI result use it).
+pub fn gateway_for(ip: &IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => IpAddr::V4(GATEWAY_V4),
+        IpAddr::V6(_) => IpAddr::V6(GATEWAY_V6),
+    }
+}
+
 /// Prefix of every host-side veth weft makes.
 pub const HOST_VETH_PREFIX: &str = "weft";
 
@@ -154,11 +165,7 @@ async fn configure(host: &Handle, pod: &Handle, spec: &PodSpec<'_>) -> Result<Po
         let key = format!("/proc/sys/net/ipv6/conf/{}/accept_dad", spec.host_veth);
         std::fs::write(&key, "0").map_err(|e| PodError::Sysctl(format!("{key}: {e}")))?;
     }
-    host.link()
-        .change(LinkUnspec::new_with_index(host_index).up().build())
-        .execute()
-        .await
-        .map_err(netlink("set the host veth up"))?;
+    set_up(host, host_index, "set the host veth up").await?;
 
     let pod_link = nl::link_by_name(pod, spec.ifname.as_str())
         .await
@@ -167,60 +174,89 @@ async fn configure(host: &Handle, pod: &Handle, spec: &PodSpec<'_>) -> Result<Po
     let pod_index = pod_link.header.index;
     let pod_mac = nl::link_mac(&pod_link)
         .ok_or_else(|| PodError::Missing("pod interface has no MAC".into()))?;
-    pod.link()
-        .change(LinkUnspec::new_with_index(pod_index).up().build())
-        .execute()
-        .await
-        .map_err(netlink("set the pod interface up"))?;
+    set_up(pod, pod_index, "set the pod interface up").await?;
 
-    if let Some(v4) = spec.addresses.v4 {
-        pod.address()
-            .add(pod_index, IpAddr::V4(v4), 32)
-            .replace()
-            .execute()
-            .await
-            .map_err(netlink("add the pod's IPv4 address"))?;
-        gateway_neighbour(pod, pod_index, IpAddr::V4(GATEWAY_V4), &host_mac).await?;
-        let gateway_route = RouteMessageBuilder::<Ipv4Addr>::new()
-            .destination_prefix(GATEWAY_V4, 32)
-            .output_interface(pod_index)
-            .scope(RouteScope::Link)
-            .build();
-        replace_route(pod, gateway_route, "add the IPv4 gateway route").await?;
-        let default = RouteMessageBuilder::<Ipv4Addr>::new()
-            .gateway(GATEWAY_V4)
-            .output_interface(pod_index)
-            .build();
-        replace_route(pod, default, "add the pod's IPv4 default route").await?;
-        let to_pod = RouteMessageBuilder::<Ipv4Addr>::new()
-            .destination_prefix(v4, 32)
-            .output_interface(host_index)
-            .scope(RouteScope::Link)
-            .build();
-        replace_route(host, to_pod, "add the node's route to the pod").await?;
-    }
-    if let Some(v6) = spec.addresses.v6 {
-        let mut add = pod.address().add(pod_index, IpAddr::V6(v6), 128).replace();
-        add.message_mut().header.flags |= AddressHeaderFlags::Nodad;
-        add.message_mut()
-            .attributes
-            .push(AddressAttribute::Flags(AddressFlags::Nodad));
-        add.execute()
-            .await
-            .map_err(netlink("add the pod's IPv6 address"))?;
-        gateway_neighbour(pod, pod_index, IpAddr::V6(GATEWAY_V6), &host_mac).await?;
-        let default = RouteMessageBuilder::<Ipv6Addr>::new()
-            .gateway(GATEWAY_V6)
-            .output_interface(pod_index)
-            .build();
-        replace_route(pod, default, "add the pod's IPv6 default route").await?;
-        let to_pod = RouteMessageBuilder::<Ipv6Addr>::new()
-            .destination_prefix(v6, 128)
-            .output_interface(host_index)
-            .build();
-        replace_route(host, to_pod, "add the node's route to the pod").await?;
+    let ends = Ends {
+        host,
+        pod,
+        host_index,
+        pod_index,
+        host_mac,
+    };
+    for ip in spec.addresses.addresses() {
+        ends.route_address(ip).await?;
     }
     Ok(PodWiring { host_mac, pod_mac })
+}
+
+async fn set_up(handle: &Handle, index: u32, what: &str) -> Result<(), PodError> {
+    handle
+        .link()
+        .change(LinkUnspec::new_with_index(index).up().build())
+        .execute()
+        .await
+        .map_err(netlink(what))
+}
+
+/// Both ends of a pod's veth, up.
+struct Ends<'a> {
+    host: &'a Handle,
+    pod: &'a Handle,
+    host_index: u32,
+    pod_index: u32,
+    host_mac: [u8; 6],
+}
+
+impl Ends<'_> {
+    /// Give the pod `ip` (DAD off for IPv6), a default route via the link-local gateway of its
+    /// family (resolved by a permanent neighbour entry to the host end), and the node a host
+    /// route to it through the veth.
+    async fn route_address(&self, ip: IpAddr) -> Result<(), PodError> {
+        let family = Family::of(&ip);
+        let len = host_prefix(ip).prefix_len();
+        let mut add = self.pod.address().add(self.pod_index, ip, len).replace();
+        if ip.is_ipv6() {
+            add.message_mut().header.flags |= AddressHeaderFlags::Nodad;
+            add.message_mut()
+                .attributes
+                .push(AddressAttribute::Flags(AddressFlags::Nodad));
+        }
+        add.execute()
+            .await
+            .map_err(netlink(format!("add the pod's {family} address")))?;
+        let gateway = gateway_for(&ip);
+        gateway_neighbour(self.pod, self.pod_index, gateway, &self.host_mac).await?;
+        if ip.is_ipv4() {
+            // An IPv4 gateway outside every prefix on the interface needs a link route to it;
+            // IPv6's link-local one is on-link by definition.
+            let to_gateway = route_to(gateway, self.pod_index, RouteScope::Link)?;
+            replace_route(self.pod, to_gateway, "add the IPv4 gateway route").await?;
+        }
+        let default = RouteMessageBuilder::<IpAddr>::new()
+            .gateway(gateway)
+            .map_err(|_| PodError::Missing(format!("gateway {gateway}")))?
+            .output_interface(self.pod_index)
+            .build();
+        let what = format!("add the pod's {family} default route");
+        replace_route(self.pod, default, &what).await?;
+        let scope = if ip.is_ipv4() {
+            RouteScope::Link
+        } else {
+            RouteScope::Universe
+        };
+        let to_pod = route_to(ip, self.host_index, scope)?;
+        replace_route(self.host, to_pod, "add the node's route to the pod").await
+    }
+}
+
+/// A host route to `ip` through interface `index`.
+fn route_to(ip: IpAddr, index: u32, scope: RouteScope) -> Result<RouteMessage, PodError> {
+    Ok(RouteMessageBuilder::<IpAddr>::new()
+        .destination_prefix(ip, host_prefix(ip).prefix_len())
+        .map_err(|_| PodError::Missing(format!("route to {ip}")))?
+        .output_interface(index)
+        .scope(scope)
+        .build())
 }
 
 /// The pod's permanent neighbour entry for a gateway: the host end's MAC.
@@ -319,34 +355,47 @@ pub async fn check(host: &Handle, spec: &PodSpec<'_>) -> Result<(), PodError> {
                 spec.ifname
             )));
         }
-        let (family, gateway, host_len) = match ip {
-            IpAddr::V4(_) => (AddressFamily::Inet, IpAddr::V4(GATEWAY_V4), 32),
-            IpAddr::V6(_) => (AddressFamily::Inet6, IpAddr::V6(GATEWAY_V6), 128),
-        };
-        let pod_routes = nl::main_routes(&pod, family)
-            .await
-            .map_err(netlink("list the pod's routes"))?;
-        if !pod_routes
-            .iter()
-            .any(|r| r.dst.prefix_len() == 0 && r.gateway == Some(gateway))
-        {
-            return Err(missing(format!(
-                "the pod's default route via {gateway} is missing"
-            )));
-        }
-        let host_routes = nl::main_routes(host, family)
-            .await
-            .map_err(netlink("list the node's routes"))?;
-        let to_pod = ipnet::IpNet::new(ip, host_len).expect("host prefix");
-        if !host_routes
-            .iter()
-            .any(|r| r.dst == to_pod && r.oif == Some(host_link.header.index))
-        {
-            return Err(missing(format!(
-                "the node's route to {to_pod} via {} is missing",
-                spec.host_veth
-            )));
-        }
+        check_routes(host, &pod, ip, host_link.header.index, &spec.host_veth).await?;
+    }
+    Ok(())
+}
+
+/// The pod's default route via the gateway of `ip`'s family, and the node's route to `ip`
+/// through `host_veth` (index `host_index`).
+async fn check_routes(
+    host: &Handle,
+    pod: &Handle,
+    ip: IpAddr,
+    host_index: u32,
+    host_veth: &IfName,
+) -> Result<(), PodError> {
+    let family = match ip {
+        IpAddr::V4(_) => AddressFamily::Inet,
+        IpAddr::V6(_) => AddressFamily::Inet6,
+    };
+    let gateway = gateway_for(&ip);
+    let pod_routes = nl::main_routes(pod, family)
+        .await
+        .map_err(netlink("list the pod's routes"))?;
+    if !pod_routes
+        .iter()
+        .any(|r| r.dst.prefix_len() == 0 && r.gateway == Some(gateway))
+    {
+        return Err(PodError::Missing(format!(
+            "the pod's default route via {gateway} is missing"
+        )));
+    }
+    let host_routes = nl::main_routes(host, family)
+        .await
+        .map_err(netlink("list the node's routes"))?;
+    let to_pod = host_prefix(ip);
+    if !host_routes
+        .iter()
+        .any(|r| r.dst == to_pod && r.oif == Some(host_index))
+    {
+        return Err(PodError::Missing(format!(
+            "the node's route to {to_pod} via {host_veth} is missing"
+        )));
     }
     Ok(())
 }
