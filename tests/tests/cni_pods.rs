@@ -351,7 +351,7 @@ fn an_exhausted_pod_cidr_is_a_clear_error_and_others_keep_their_addresses() {
     // A /29 per node: six usable IPv4 addresses.
     let mut lab = lab(6, &["--node-prefix-v4", "29"]);
     let before = allocations(&lab);
-    let err = lab.add_pod(0).unwrap_err();
+    let err = lab.add_pod(0).unwrap_err().to_string();
     assert!(
         err.contains("\"code\":100")
             && err.contains("no free address in 10.244.0.0/29: 6 of 6 in use"),
