@@ -227,3 +227,36 @@ pub fn wait_for<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) -> O
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout_follows_cargo_target_directories() {
+        let target = tempfile::tempdir().unwrap();
+        let t = target.path();
+        std::fs::write(t.join("CACHEDIR.TAG"), "").unwrap();
+        let layout = |exe: &str| Layout::of(&t.join(exe));
+        let debug = layout("debug/deps/lab_vxlan-0123").unwrap();
+        assert_eq!(
+            (debug.out_dir, debug.profile.as_str(), debug.triple),
+            (t.join("debug"), "dev", None)
+        );
+        let release = layout("release/weft-lab").unwrap();
+        assert_eq!(
+            (release.out_dir, release.profile.as_str()),
+            (t.join("release"), "release")
+        );
+        let cross = layout("x86_64-unknown-linux-musl/ci/deps/cni_pods-4567").unwrap();
+        assert_eq!(
+            (
+                cross.target_dir,
+                cross.profile.as_str(),
+                cross.triple.as_deref()
+            ),
+            (t.to_path_buf(), "ci", Some("x86_64-unknown-linux-musl"))
+        );
+        assert_eq!(Layout::of(Path::new("/usr/local/bin/weft-lab")), None);
+    }
+}

@@ -413,7 +413,9 @@ fn daemon_killed_during_a_hundred_adds_loses_and_duplicates_nothing() {
                 })
             })
             .collect();
-        while done.load(Ordering::Relaxed) < 40 {
+        // Bounded: a worker that panicked never counts, and join below reports its panic.
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while done.load(Ordering::Relaxed) < 40 && std::time::Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(2));
         }
         lab.stop_daemon(0, true); // SIGKILL in the middle
