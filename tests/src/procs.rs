@@ -19,10 +19,11 @@ pub fn bin_path(name: &str) -> PathBuf {
 /// The path of a workspace binary, built first when this process runs under cargo.
 ///
 /// Under `cargo test` or `cargo run` (cargo sets `CARGO` for what it runs), the first call in a
-/// process runs `cargo build --bins` on this workspace with the same cargo, profile, target
-/// directory and target triple as the running executable, so the binaries are there on a fresh
-/// clone and never stale. Run any other way (say `target/release/weft-lab` from a release build,
-/// with no cargo around), it is the binary next to the running executable.
+/// process builds [`BINARIES`] (`cargo build --bin …`) from this workspace with the same cargo,
+/// profile, target directory and target triple as the running executable, so the binaries are
+/// there on a fresh clone and never stale; a failed build is an error, not a stale binary. Run any
+/// other way (say `target/release/weft-lab` from a release build, with no cargo around), or moved
+/// away from its sources, it is the binary next to the running executable.
 pub fn locate(name: &str) -> Result<PathBuf> {
     let exe = std::env::current_exe().map_err(|source| LabError::Binary {
         name: name.to_string(),
@@ -110,8 +111,8 @@ const WORKSPACE_MANIFEST: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../Cargo.
 
 /// `cargo build` the workspace's binaries into `layout`; the error carries cargo's output.
 fn build_workspace(cargo: &Path, layout: &Layout) -> Result<(), String> {
-    if !Path::new(WORKSPACE_MANIFEST).is_file() {
-        return Ok(()); // Moved away from its sources: use the binaries as they are.
+    if !Path::new(WORKSPACE_MANIFEST).is_file() || !cargo.is_file() {
+        return Ok(()); // Away from its sources, or cargo is gone: the binaries as they are.
     }
     let mut command = Command::new(cargo);
     command
@@ -131,7 +132,8 @@ fn build_workspace(cargo: &Path, layout: &Layout) -> Result<(), String> {
         return Ok(());
     }
     Err(format!(
-        "`{command:?}` failed ({}):\n{}",
+        "`{}` failed ({}):\n{}",
+        command_line(&command),
         output.status,
         String::from_utf8_lossy(&output.stderr).trim()
     ))
