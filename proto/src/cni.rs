@@ -258,6 +258,18 @@ pub struct CniEnv {
     pub path: Option<String>,
 }
 
+/// "X, Y not set" for the variables `command` requires that are not `present` (a variable not in
+/// `present` counts as set).
+fn missing_env(command: CniCommand, present: &[(&str, bool)]) -> Option<String> {
+    let missing: Vec<&str> = command
+        .required_env()
+        .iter()
+        .copied()
+        .filter(|name| present.iter().any(|(n, set)| n == name && !set))
+        .collect();
+    (!missing.is_empty()).then(|| format!("{} not set", missing.join(", ")))
+}
+
 impl CniEnv {
     /// Parses the environment of one invocation (pass `std::env::vars()` collected into a map).
     pub fn from_map(env: &BTreeMap<String, String>) -> Result<Self, CniError> {
@@ -303,23 +315,12 @@ impl CniEnv {
             nonempty(path),
         );
 
-        let present = |name: &str| match name {
-            ENV_CONTAINERID => container_id.is_some(),
-            ENV_NETNS => netns.is_some(),
-            ENV_IFNAME => ifname.is_some(),
-            _ => true,
-        };
-        let missing: Vec<&str> = command
-            .required_env()
-            .iter()
-            .copied()
-            .filter(|name| !present(name))
-            .collect();
-
-        let mut problems = Vec::new();
-        if !missing.is_empty() {
-            problems.push(format!("{} not set", missing.join(", ")));
-        }
+        let present = [
+            (ENV_CONTAINERID, container_id.is_some()),
+            (ENV_NETNS, netns.is_some()),
+            (ENV_IFNAME, ifname.is_some()),
+        ];
+        let mut problems: Vec<String> = missing_env(command, &present).into_iter().collect();
         if let Some(id) = &container_id {
             if !is_valid_identifier(id) {
                 problems.push(format!(
@@ -552,94 +553,14 @@ impl NetConf {
                 shown(value)
             ))
         })?;
-
         // The version first: a configuration for another version may well have other fields.
-        let cni_version = match obj.get("cniVersion") {
-            None | Some(Value::Null) => {
-                return Err(CniError::new(
-                    CniError::INCOMPATIBLE_VERSION,
-                    "network configuration has no cniVersion (read as 0.1.0, which weft does not support)",
-                )
-                .with_details(supported_list()))
-            }
-            Some(Value::String(v)) if is_supported_version(v) => v.clone(),
-            Some(Value::String(v)) => {
-                return Err(CniError::new(
-                    CniError::INCOMPATIBLE_VERSION,
-                    format!("incompatible CNI version: cniVersion {v:?} is not supported"),
-                )
-                .with_details(supported_list()))
-            }
-            Some(other) => {
-                return Err(CniError::invalid_config(format!(
-                    "field \"cniVersion\" must be a string, not {}",
-                    shown(other)
-                )))
-            }
-        };
-
-        let unknown: Vec<String> = obj
-            .iter()
-            .filter(|(k, _)| {
-                !Self::KNOWN_FIELDS.contains(&k.as_str()) && !k.starts_with("cni.dev/")
-            })
-            .map(|(k, v)| format!("{k:?} (value {})", shown(v)))
-            .collect();
-        if !unknown.is_empty() {
-            return Err(CniError::invalid_config(format!(
-                "unknown field{} in network configuration: {}",
-                if unknown.len() > 1 { "s" } else { "" },
-                unknown.join(", ")
-            ))
-            .with_details(format!(
-                "weft accepts: {} (and other reserved cni.dev/ keys)",
-                Self::KNOWN_FIELDS.join(", ")
-            )));
-        }
-
-        let name: String = required(obj, "name")?;
-        if !is_valid_identifier(&name) {
-            return Err(CniError::invalid_config(format!(
-                "field \"name\": {name:?} is not a valid network name (it must start with a letter \
-                 or digit, followed by letters, digits, '_', '.' or '-')"
-            )));
-        }
-        let plugin_type: String = required(obj, "type")?;
-        if plugin_type.is_empty() || plugin_type.contains(['/', '\\']) {
-            return Err(CniError::invalid_config(format!(
-                "field \"type\": {plugin_type:?} is not a plugin file name"
-            )));
-        }
-
-        if let Some(dns) = obj.get("dns").and_then(Value::as_object) {
-            let known = ["nameservers", "domain", "search", "options"];
-            if let Some(k) = dns.keys().find(|k| !known.contains(&k.as_str())) {
-                return Err(CniError::invalid_config(format!(
-                    "unknown field {k:?} in \"dns\" (value {}); expected nameservers, domain, search or options",
-                    shown(&dns[k])
-                )));
-            }
-        }
-
+        let cni_version = config_version(obj)?;
+        reject_unknown_fields(obj)?;
+        let (name, plugin_type) = name_and_type(obj)?;
+        check_dns_fields(obj)?;
         let runtime_config = optional_object(obj, "runtimeConfig")?;
         let prev_result = optional_object(obj, "prevResult")?;
-
-        let daemon_socket: String =
-            optional(obj, "daemonSocket")?.unwrap_or_else(|| DEFAULT_DAEMON_SOCKET.to_string());
-        if !daemon_socket.starts_with('/') || daemon_socket.len() > SOCKET_PATH_MAX {
-            return Err(CniError::invalid_config(format!(
-                "field \"daemonSocket\": {daemon_socket:?} must be an absolute path of at most \
-                 {SOCKET_PATH_MAX} bytes"
-            )));
-        }
-
-        let mtu: Option<u32> = optional(obj, "mtu")?;
-        if let Some(mtu) = mtu.filter(|m| !(MTU_MIN..=MTU_MAX).contains(m)) {
-            return Err(CniError::invalid_config(format!(
-                "field \"mtu\": {mtu} is outside {MTU_MIN}..={MTU_MAX}"
-            )));
-        }
-
+        let (daemon_socket, mtu) = weft_fields(obj)?;
         Ok(NetConf {
             cni_version,
             cni_versions: optional(obj, "cniVersions")?.unwrap_or_default(),
@@ -677,6 +598,101 @@ impl NetConf {
             .map(|v| CniResult::parse_in(v, "prevResult"))
             .transpose()
     }
+}
+
+/// `cniVersion` of a network configuration: present, a string, and a version weft supports.
+fn config_version(obj: &Map<String, Value>) -> Result<String, CniError> {
+    match obj.get("cniVersion") {
+        None | Some(Value::Null) => Err(CniError::new(
+            CniError::INCOMPATIBLE_VERSION,
+            "network configuration has no cniVersion (read as 0.1.0, which weft does not support)",
+        )
+        .with_details(supported_list())),
+        Some(Value::String(v)) if is_supported_version(v) => Ok(v.clone()),
+        Some(Value::String(v)) => Err(CniError::new(
+            CniError::INCOMPATIBLE_VERSION,
+            format!("incompatible CNI version: cniVersion {v:?} is not supported"),
+        )
+        .with_details(supported_list())),
+        Some(other) => Err(CniError::invalid_config(format!(
+            "field \"cniVersion\" must be a string, not {}",
+            shown(other)
+        ))),
+    }
+}
+
+/// Every top-level field must be one of [`NetConf::KNOWN_FIELDS`] or a reserved `cni.dev/` key.
+fn reject_unknown_fields(obj: &Map<String, Value>) -> Result<(), CniError> {
+    let unknown: Vec<String> = obj
+        .iter()
+        .filter(|(k, _)| !NetConf::KNOWN_FIELDS.contains(&k.as_str()) && !k.starts_with("cni.dev/"))
+        .map(|(k, v)| format!("{k:?} (value {})", shown(v)))
+        .collect();
+    if unknown.is_empty() {
+        return Ok(());
+    }
+    Err(CniError::invalid_config(format!(
+        "unknown field{} in network configuration: {}",
+        if unknown.len() > 1 { "s" } else { "" },
+        unknown.join(", ")
+    ))
+    .with_details(format!(
+        "weft accepts: {} (and other reserved cni.dev/ keys)",
+        NetConf::KNOWN_FIELDS.join(", ")
+    )))
+}
+
+/// `name` (a valid network name) and `type` (a plugin file name), both required.
+fn name_and_type(obj: &Map<String, Value>) -> Result<(String, String), CniError> {
+    let name: String = required(obj, "name")?;
+    if !is_valid_identifier(&name) {
+        return Err(CniError::invalid_config(format!(
+            "field \"name\": {name:?} is not a valid network name (it must start with a letter \
+             or digit, followed by letters, digits, '_', '.' or '-')"
+        )));
+    }
+    let plugin_type: String = required(obj, "type")?;
+    if plugin_type.is_empty() || plugin_type.contains(['/', '\\']) {
+        return Err(CniError::invalid_config(format!(
+            "field \"type\": {plugin_type:?} is not a plugin file name"
+        )));
+    }
+    Ok((name, plugin_type))
+}
+
+/// `dns`, when it is an object, holds only the four keys the spec defines.
+fn check_dns_fields(obj: &Map<String, Value>) -> Result<(), CniError> {
+    let Some(dns) = obj.get("dns").and_then(Value::as_object) else {
+        return Ok(());
+    };
+    let known = ["nameservers", "domain", "search", "options"];
+    match dns.keys().find(|k| !known.contains(&k.as_str())) {
+        Some(k) => Err(CniError::invalid_config(format!(
+            "unknown field {k:?} in \"dns\" (value {}); expected nameservers, domain, search or options",
+            shown(&dns[k])
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// weft's own fields: `daemonSocket` (an absolute path that fits a socket address; the default
+/// when absent) and `mtu` (within [`MTU_MIN`]..=[`MTU_MAX`]).
+fn weft_fields(obj: &Map<String, Value>) -> Result<(String, Option<u32>), CniError> {
+    let daemon_socket: String =
+        optional(obj, "daemonSocket")?.unwrap_or_else(|| DEFAULT_DAEMON_SOCKET.to_string());
+    if !daemon_socket.starts_with('/') || daemon_socket.len() > SOCKET_PATH_MAX {
+        return Err(CniError::invalid_config(format!(
+            "field \"daemonSocket\": {daemon_socket:?} must be an absolute path of at most \
+             {SOCKET_PATH_MAX} bytes"
+        )));
+    }
+    let mtu: Option<u32> = optional(obj, "mtu")?;
+    if let Some(mtu) = mtu.filter(|m| !(MTU_MIN..=MTU_MAX).contains(m)) {
+        return Err(CniError::invalid_config(format!(
+            "field \"mtu\": {mtu} is outside {MTU_MIN}..={MTU_MAX}"
+        )));
+    }
+    Ok((daemon_socket, mtu))
 }
 
 fn supported_list() -> String {
@@ -913,34 +929,7 @@ impl CniResult {
             Some(v) => Dns::deserialize(v).map_err(|e| bad(format!(".dns: {e}")))?,
         };
 
-        let raw_ips = obj
-            .get("ips")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten();
-        for (i, (ip, raw)) in ips.iter().zip(raw_ips).enumerate() {
-            if let Some(index) = ip.interface.filter(|n| *n >= interfaces.len()) {
-                return Err(bad(format!(
-                    ".ips[{i}].interface: {index} is not an index into the {} interfaces",
-                    interfaces.len()
-                )));
-            }
-            // 0.3.x and 0.4.0 label each address with its family; it must agree with the address.
-            if let Some(version) = raw.get("version").filter(|v| !v.is_null()) {
-                let family = if ip.address.addr().is_ipv4() {
-                    "4"
-                } else {
-                    "6"
-                };
-                if version.as_str() != Some(family) {
-                    return Err(bad(format!(
-                        ".ips[{i}].version: {} does not match address {}",
-                        shown(version),
-                        ip.address
-                    )));
-                }
-            }
-        }
+        check_ips(obj, &ips, interfaces.len(), what)?;
         Ok(CniResult {
             interfaces,
             ips,
@@ -948,6 +937,45 @@ impl CniResult {
             dns,
         })
     }
+}
+
+/// Each parsed address in a result against its raw entry: the interface index is in range, and a
+/// 0.3.x/0.4.0 `version` label agrees with the address family.
+fn check_ips(
+    obj: &Map<String, Value>,
+    ips: &[IpConfig],
+    interfaces: usize,
+    what: &str,
+) -> Result<(), CniError> {
+    let bad = |msg: String| CniError::invalid_config(format!("{what}{msg}"));
+    let raw_ips = obj
+        .get("ips")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten();
+    for (i, (ip, raw)) in ips.iter().zip(raw_ips).enumerate() {
+        if let Some(index) = ip.interface.filter(|n| *n >= interfaces) {
+            return Err(bad(format!(
+                ".ips[{i}].interface: {index} is not an index into the {interfaces} interfaces"
+            )));
+        }
+        // 0.3.x and 0.4.0 label each address with its family; it must agree with the address.
+        if let Some(version) = raw.get("version").filter(|v| !v.is_null()) {
+            let family = if ip.address.addr().is_ipv4() {
+                "4"
+            } else {
+                "6"
+            };
+            if version.as_str() != Some(family) {
+                return Err(bad(format!(
+                    ".ips[{i}].version: {} does not match address {}",
+                    shown(version),
+                    ip.address
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn to_object<T: Serialize>(item: &T) -> Map<String, Value> {

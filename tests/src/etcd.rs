@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use crate::error::{LabError, Result};
+use crate::netns::enter_path;
 use crate::procs::{wait_for, ChildGuard};
 
 pub struct EtcdServer {
@@ -31,10 +33,18 @@ pub fn etcd_binary() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("etcd"))
 }
 
+/// A fresh temporary data directory.
+fn data_dir() -> Result<tempfile::TempDir> {
+    tempfile::Builder::new()
+        .prefix("weft-etcd-")
+        .tempdir()
+        .map_err(LabError::io(std::env::temp_dir()))
+}
+
 impl EtcdServer {
     /// Start etcd on loopback and wait until it answers.
-    pub fn start() -> std::io::Result<EtcdServer> {
-        let data = tempfile::Builder::new().prefix("weft-etcd-").tempdir()?;
+    pub fn start() -> Result<EtcdServer> {
+        let data = data_dir()?;
         let mut server = EtcdServer {
             process: None,
             data,
@@ -49,8 +59,8 @@ impl EtcdServer {
 
     /// Start etcd inside the named network namespace, listening on `ip` (the lab puts it on its
     /// underlay, where every node can reach it).
-    pub fn start_in(netns: &str, ip: IpAddr) -> std::io::Result<EtcdServer> {
-        let data = tempfile::Builder::new().prefix("weft-etcd-").tempdir()?;
+    pub fn start_in(netns: &str, ip: IpAddr) -> Result<EtcdServer> {
+        let data = data_dir()?;
         let mut server = EtcdServer {
             process: None,
             data,
@@ -75,9 +85,11 @@ impl EtcdServer {
         self.data.path()
     }
 
-    fn spawn(&mut self) -> std::io::Result<()> {
+    fn spawn(&mut self) -> Result<()> {
         let peer = format!("http://{}", SocketAddr::new(self.ip, self.peer_port));
-        let log = std::fs::File::create(self.data.path().join("etcd.log"))?;
+        let log_path = self.data.path().join("etcd.log");
+        let log = std::fs::File::create(&log_path).map_err(LabError::io(&log_path))?;
+        let log_copy = log.try_clone().map_err(LabError::io(&log_path))?;
         let mut command = match &self.netns {
             Some(netns) => {
                 let mut c = Command::new("ip");
@@ -99,26 +111,24 @@ impl EtcdServer {
             .arg(format!("--initial-cluster=weft-test={peer}"))
             .arg("--log-level=warn")
             .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
+            .stdout(log_copy)
             .stderr(log);
         self.process = Some(ChildGuard::spawn("etcd", &mut command)?);
         self.wait_ready()
     }
 
-    fn wait_ready(&self) -> std::io::Result<()> {
+    fn wait_ready(&self) -> Result<()> {
         let addr = SocketAddr::new(self.ip, self.client_port);
         let netns = self.netns.clone();
         let health = || {
             let netns = netns.clone();
-            let connect = move || -> std::io::Result<std::net::TcpStream> {
+            let connect = move || -> Option<std::net::TcpStream> {
                 if let Some(name) = &netns {
-                    let file = std::fs::File::open(format!("/run/netns/{name}"))?;
-                    nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
-                        .map_err(std::io::Error::from)?;
+                    enter_path(&format!("/run/netns/{name}")).ok()?;
                 }
-                std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1))
+                std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()
             };
-            let mut stream = std::thread::spawn(connect).join().ok()?.ok()?;
+            let mut stream = std::thread::spawn(connect).join().ok()??;
             use std::io::{Read, Write};
             stream.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
             stream.write_all(b"GET /health HTTP/1.0\r\n\r\n").ok()?;
@@ -126,12 +136,11 @@ impl EtcdServer {
             stream.read_to_string(&mut reply).ok()?;
             reply.contains("\"health\":\"true\"").then_some(())
         };
-        wait_for(Duration::from_secs(20), health).ok_or_else(|| {
-            let log =
-                std::fs::read_to_string(self.data.path().join("etcd.log")).unwrap_or_default();
-            std::io::Error::other(format!(
-                "etcd did not become healthy on {addr}; its log:\n{log}"
-            ))
+        let after = Duration::from_secs(20);
+        wait_for(after, health).ok_or_else(|| LabError::Timeout {
+            what: format!("etcd to become healthy on {addr}"),
+            after,
+            log: std::fs::read_to_string(self.data.path().join("etcd.log")).unwrap_or_default(),
         })
     }
 
@@ -152,7 +161,7 @@ impl EtcdServer {
     }
 
     /// Start again on the same ports and data directory.
-    pub fn restart(&mut self) -> std::io::Result<()> {
+    pub fn restart(&mut self) -> Result<()> {
         self.stop();
         self.spawn()
     }

@@ -21,9 +21,10 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
+use crate::error::{LabError, Result};
 use crate::etcd::EtcdServer;
 use crate::netns::{ip, unique_prefix, NetnsGuard};
-use crate::procs::{bin_path, wait_for, ChildGuard};
+use crate::procs::{locate, wait_for, ChildGuard};
 
 pub const CLUSTER_CIDR_V4: &str = "10.244.0.0/16";
 pub const CLUSTER_CIDR_V6: &str = "fd00:10:244::/48";
@@ -138,6 +139,9 @@ pub struct Lab {
     pub outside: NetnsGuard,
     pub underlay: NetnsGuard,
     pub etcd: Option<EtcdServer>,
+    /// The `weftd` and `weft-cni` binaries every node and pod uses.
+    weftd: PathBuf,
+    weft_cni: PathBuf,
     remove_dir: bool,
     /// Pods ever made per node: numbers pod names so a removed pod's name is never reused.
     pods_made: std::collections::BTreeMap<usize, usize>,
@@ -145,10 +149,11 @@ pub struct Lab {
 
 impl Lab {
     /// Build the underlay and the outside, start `config.nodes` nodes, add the pods.
-    pub fn up(config: LabConfig) -> Result<Lab, String> {
+    pub fn up(config: LabConfig) -> Result<Lab> {
+        let (weftd, weft_cni) = (locate("weftd")?, locate("weft-cni")?);
         let prefix = unique_prefix();
         let dir = std::env::temp_dir().join(format!("weft-lab-{prefix}"));
-        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        std::fs::create_dir_all(&dir).map_err(LabError::io(&dir))?;
         let underlay = NetnsGuard::create(&format!("{prefix}-underlay"))?;
         underlay.exec(&["ip", "link", "add", "br0", "type", "bridge"])?;
         underlay.exec(&["ip", "link", "set", "br0", "up"])?;
@@ -158,8 +163,7 @@ impl Lab {
             StoreKind::Etcd => {
                 // etcd lives on the underlay, where every node reaches it.
                 underlay.exec(&["ip", "addr", "add", &format!("{ETCD_V4}/24"), "dev", "br0"])?;
-                let etcd = EtcdServer::start_in(underlay.name(), IpAddr::V4(ETCD_V4));
-                Some(etcd.map_err(|e| format!("start etcd: {e}"))?)
+                Some(EtcdServer::start_in(underlay.name(), IpAddr::V4(ETCD_V4))?)
             }
             StoreKind::File => None,
         };
@@ -172,6 +176,8 @@ impl Lab {
             outside,
             underlay,
             etcd,
+            weftd,
+            weft_cni,
             remove_dir: true,
             pods_made: Default::default(),
         };
@@ -187,7 +193,7 @@ impl Lab {
     }
 
     /// Add a node namespace on the underlay and start its weftd; returns its index.
-    pub fn add_node(&mut self) -> Result<usize, String> {
+    pub fn add_node(&mut self) -> Result<usize> {
         let index = self.nodes.len();
         let number = index + 1;
         let name = format!("node-{number}");
@@ -213,7 +219,7 @@ impl Lab {
             &OUTSIDE_V6.to_string(),
         ])?;
         let dir = self.dir.join(&name);
-        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        std::fs::create_dir_all(&dir).map_err(LabError::io(&dir))?;
         self.nodes.push(LabNode {
             index,
             name,
@@ -248,9 +254,7 @@ impl Lab {
         } else {
             ["--public-ip".to_string(), public_ips]
         };
-        let mut command = node
-            .netns
-            .command(bin_path("weftd").to_str().expect("utf-8 path"));
+        let mut command = node.netns.command(self.weftd.to_str().expect("utf-8 path"));
         command
             .arg("run")
             .args(["--node-name", &node.name])
@@ -272,40 +276,37 @@ impl Lab {
     }
 
     /// Start (or restart) a node's weftd and wait until its CNI socket answers.
-    pub fn start_daemon(&mut self, index: usize) -> Result<(), String> {
+    pub fn start_daemon(&mut self, index: usize) -> Result<()> {
         let mut command = self.weftd_command(index);
         let node = &mut self.nodes[index];
+        let log_path = node.dir.join("weftd.log");
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(node.dir.join("weftd.log"))
-            .map_err(|e| e.to_string())?;
+            .open(&log_path)
+            .map_err(LabError::io(&log_path))?;
         command.env(
             "RUST_LOG",
             std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
         );
         command
             .stdin(Stdio::null())
-            .stdout(log.try_clone().map_err(|e| e.to_string())?)
+            .stdout(log.try_clone().map_err(LabError::io(&log_path))?)
             .stderr(log);
         let _ = std::fs::remove_file(node.socket());
-        node.daemon =
-            Some(ChildGuard::spawn(node.name.clone(), &mut command).map_err(|e| e.to_string())?);
+        node.daemon = Some(ChildGuard::spawn(node.name.clone(), &mut command)?);
         let socket = node.socket();
-        let ready = wait_for(Duration::from_secs(20), || {
+        let after = Duration::from_secs(20);
+        let ready = wait_for(after, || {
             std::os::unix::net::UnixStream::connect(&socket)
                 .ok()
                 .map(|_| ())
         });
-        if ready.is_none() {
-            return Err(format!(
-                "{}: weftd did not open {}; its log:\n{}",
-                node.name,
-                socket.display(),
-                node.log()
-            ));
-        }
-        Ok(())
+        ready.ok_or_else(|| LabError::Timeout {
+            what: format!("{}'s weftd to open {}", node.name, socket.display()),
+            after,
+            log: node.log(),
+        })
     }
 
     /// Stop a node's weftd: SIGKILL when `kill`, else SIGTERM and wait.
@@ -338,18 +339,11 @@ impl Lab {
         ifname: &str,
         config: &Value,
     ) -> CniOutput {
-        call_plugin(
-            &bin_path("weft-cni"),
-            command,
-            container_id,
-            netns,
-            ifname,
-            config,
-        )
+        call_plugin(&self.weft_cni, command, container_id, netns, ifname, config)
     }
 
     /// Make a pod namespace on a node and ADD it; returns its index in `pods`.
-    pub fn add_pod(&mut self, node: usize) -> Result<usize, String> {
+    pub fn add_pod(&mut self, node: usize) -> Result<usize> {
         let made = self.pods_made.entry(node).or_default();
         *made += 1;
         let number = *made;
@@ -364,7 +358,13 @@ impl Lab {
             &self.netconf(node),
         );
         if !out.success {
-            return Err(format!("ADD {name}: {} {}", out.stdout, out.stderr));
+            return Err(LabError::Plugin {
+                plugin: self.weft_cni.clone(),
+                command: "ADD".into(),
+                pod: name,
+                stdout: out.stdout,
+                stderr: out.stderr,
+            });
         }
         let (v4, v6) = result_addresses(&out.json());
         self.pods.push(LabPod {
@@ -393,7 +393,7 @@ impl Lab {
 
     /// Keep everything running after this value drops (for `weft-lab up`), and record what it is
     /// in `/run/weft-lab/PREFIX.json` for `weft-lab down`.
-    pub fn detach(mut self) -> Result<PathBuf, String> {
+    pub fn detach(mut self) -> Result<PathBuf> {
         let mut pids: Vec<u32> = self
             .nodes
             .iter()
@@ -401,10 +401,9 @@ impl Lab {
             .collect();
         pids.extend(self.etcd.as_ref().map(|e| e.pid()));
         let record = json!({"prefix": self.prefix, "dir": self.dir, "pids": pids});
-        std::fs::create_dir_all(RECORD_DIR).map_err(|e| format!("{RECORD_DIR}: {e}"))?;
+        std::fs::create_dir_all(RECORD_DIR).map_err(LabError::io(RECORD_DIR))?;
         let path = Path::new(RECORD_DIR).join(format!("{}.json", self.prefix));
-        std::fs::write(&path, record.to_string())
-            .map_err(|e| format!("{}: {e}", path.display()))?;
+        std::fs::write(&path, record.to_string()).map_err(LabError::io(&path))?;
         self.remove_dir = false;
         for pod in &mut self.pods {
             pod.netns.keep();
@@ -429,7 +428,7 @@ pub const RECORD_DIR: &str = "/run/weft-lab";
 
 /// Remove every detached lab: its processes, namespaces and files. Returns the prefixes removed.
 /// Every step runs; failures are reported together.
-pub fn down_all() -> Result<Vec<String>, String> {
+pub fn down_all() -> Result<Vec<String>> {
     let Ok(entries) = std::fs::read_dir(RECORD_DIR) else {
         return Ok(Vec::new());
     };
@@ -440,52 +439,62 @@ pub fn down_all() -> Result<Vec<String>, String> {
         .map(|e| e.path())
         .filter(|p| p.extension().is_some_and(|x| x == "json"))
     {
-        let record: Value = match std::fs::read(&path).map(|b| serde_json::from_slice(&b)) {
-            Ok(Ok(v)) => v,
-            _ => {
-                failures.push(format!("{}: unreadable", path.display()));
-                continue;
+        match down_one(&path) {
+            Ok((prefix, errors)) => {
+                removed.push(prefix);
+                failures.extend(errors);
             }
-        };
-        let prefix = record["prefix"].as_str().unwrap_or_default().to_string();
-        for pid in record["pids"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(Value::as_u64)
-        {
-            // Only a process that is still ours: a reused pid runs something else.
-            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            let text = String::from_utf8_lossy(&cmdline);
-            if text.contains("weftd") || text.contains("etcd") {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid as i32),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
+            Err(e) => failures.push(e),
         }
-        let namespaces = crate::netns::run(&["ip", "netns", "list"]).unwrap_or_default();
-        for name in namespaces
-            .lines()
-            .filter_map(|l| l.split_whitespace().next())
-        {
-            if !prefix.is_empty() && name.starts_with(&format!("{prefix}-")) {
-                if let Err(e) = crate::netns::run(&["ip", "netns", "del", name]) {
-                    failures.push(e);
-                }
-            }
-        }
-        if let Some(dir) = record["dir"].as_str() {
-            let _ = std::fs::remove_dir_all(dir);
-        }
-        let _ = std::fs::remove_file(&path);
-        removed.push(prefix);
     }
     if failures.is_empty() {
         Ok(removed)
     } else {
-        Err(failures.join("; "))
+        Err(LabError::Several(failures))
     }
+}
+
+/// Remove the lab recorded at `path`: its prefix, and the steps that failed on the way.
+fn down_one(path: &Path) -> Result<(String, Vec<LabError>)> {
+    let bytes = std::fs::read(path).map_err(LabError::io(path))?;
+    let record: Value = serde_json::from_slice(&bytes).map_err(|e| LabError::Record {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    let prefix = record["prefix"].as_str().unwrap_or_default().to_string();
+    for pid in record["pids"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_u64)
+    {
+        // Only a process that is still ours: a reused pid runs something else.
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let text = String::from_utf8_lossy(&cmdline);
+        if text.contains("weftd") || text.contains("etcd") {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+    let mut failures = Vec::new();
+    let namespaces = crate::netns::run(&["ip", "netns", "list"]).unwrap_or_default();
+    for name in namespaces
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+    {
+        if !prefix.is_empty() && name.starts_with(&format!("{prefix}-")) {
+            if let Err(e) = crate::netns::run(&["ip", "netns", "del", name]) {
+                failures.push(e);
+            }
+        }
+    }
+    if let Some(dir) = record["dir"].as_str() {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    let _ = std::fs::remove_file(path);
+    Ok((prefix, failures))
 }
 
 impl Drop for Lab {
@@ -509,7 +518,7 @@ fn attach(
     port: &str,
     v4: Ipv4Addr,
     v6: Ipv6Addr,
-) -> Result<(), String> {
+) -> Result<()> {
     underlay.exec(&[
         "ip",
         "link",

@@ -1,11 +1,20 @@
 //! weft-lab: weft's single-host lab and the pieces its end-to-end tests share.
 //!
+//! - [`lab`]: node namespaces on a bridge underlay, each running a real `weftd`, and pods wired
+//!   through the real `weft-cni`;
+//! - [`netns`]: network namespaces removed when their guard drops, and commands run inside them;
 //! - [`etcd`]: a real etcd server on a free loopback port with a temporary data directory;
-//! - [`procs`]: weft binaries located next to the test executable, and child processes that are
-//!   killed when their guard drops.
+//! - [`procs`]: weft's binaries (built on first use under cargo, so `cargo test` just works), and
+//!   child processes that are killed when their guard drops;
+//! - [`error`]: [`LabError`], what every fallible function here returns.
+//!
+//! The library knows weft only from the outside: its binaries, its CNI protocol and its files. It
+//! does not link `weftd`; the benchmarks that do live in the `weft-lab` binary.
 
-pub mod bench;
+pub mod error;
 pub mod etcd;
 pub mod lab;
 pub mod netns;
 pub mod procs;
+
+pub use error::LabError;

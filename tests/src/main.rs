@@ -1,21 +1,23 @@
 //! `weft-lab`: the single-host lab and the benchmarks.
 
-use std::process::ExitCode;
+mod bench;
 
-use clap::{Parser, Subcommand};
+use std::process::ExitCode;
 use std::time::Duration;
 
-use weft_lab::bench;
+use anyhow::bail;
+use clap::{Parser, Subcommand};
+
 use weft_lab::lab::{self, Lab, LabConfig, StoreKind};
 
-fn up(nodes: usize, pods: usize, backend: &str, ipv6: bool, store: &str) -> Result<(), String> {
+fn up(nodes: usize, pods: usize, backend: &str, ipv6: bool, store: &str) -> anyhow::Result<()> {
     if backend != "vxlan" {
-        return Err(format!("backend {backend:?} is not built yet; use vxlan"));
+        bail!("backend {backend:?} is not built yet; use vxlan");
     }
     let store = match store {
         "file" => StoreKind::File,
         "etcd" => StoreKind::Etcd,
-        other => return Err(format!("unknown store {other:?}; expected file or etcd")),
+        other => bail!("unknown store {other:?}; expected file or etcd"),
     };
     let config = LabConfig {
         nodes,
@@ -47,11 +49,10 @@ fn up(nodes: usize, pods: usize, backend: &str, ipv6: bool, store: &str) -> Resu
         "\nremove it with: weft-lab down   (record: {})",
         record.display()
     );
-    if all_ok {
-        Ok(())
-    } else {
-        Err("some probes did not answer".into())
+    if !all_ok {
+        bail!("some probes did not answer");
     }
+    Ok(())
 }
 
 #[derive(Parser)]
@@ -108,8 +109,17 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let result = match cli.command {
+    match run(Cli::parse().command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("weft-lab: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Command) -> anyhow::Result<()> {
+    match command {
         Command::Up {
             nodes,
             pods,
@@ -117,26 +127,31 @@ fn main() -> ExitCode {
             ipv6,
             store,
         } => up(nodes, pods, &backend, ipv6, &store),
-        Command::Down => lab::down_all().map(|removed| {
+        Command::Down => {
+            let removed = lab::down_all()?;
             if removed.is_empty() {
                 println!("no lab was running");
             }
             for prefix in removed {
                 println!("removed lab {prefix}");
             }
-        }),
-        Command::BenchOverlay { seconds } => {
-            bench::overlay_throughput(seconds).map(|t| print!("{t}"))
+            Ok(())
         }
-        Command::BenchProgram { peers } => bench::programming_cost(&peers).map(|t| print!("{t}")),
-        Command::BenchMemory { peers } => bench::daemon_memory(peers).map(|t| print!("{t}")),
-        Command::BenchCni { pods } => bench::cni_latency(pods).map(|table| print!("{table}")),
-    };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("weft-lab: {e}");
-            ExitCode::FAILURE
+        Command::BenchOverlay { seconds } => {
+            print!("{}", bench::overlay::overlay_throughput(seconds)?);
+            Ok(())
+        }
+        Command::BenchProgram { peers } => {
+            print!("{}", bench::program::programming_cost(&peers)?);
+            Ok(())
+        }
+        Command::BenchMemory { peers } => {
+            print!("{}", bench::memory::daemon_memory(peers)?);
+            Ok(())
+        }
+        Command::BenchCni { pods } => {
+            print!("{}", bench::cni::cni_latency(pods)?);
+            Ok(())
         }
     }
 }

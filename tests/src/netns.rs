@@ -8,6 +8,8 @@ use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
+use crate::error::{LabError, Result};
+
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 /// A short prefix unique to this process and call: `w` + pid (hex) + a counter, e.g. `w1a2b3`.
@@ -18,25 +20,27 @@ pub fn unique_prefix() -> String {
 }
 
 /// Run a command; its stdout on success, else an error carrying the command line and its stderr.
-pub fn run(args: &[&str]) -> Result<String, String> {
+pub fn run(args: &[&str]) -> Result<String> {
     let output = Command::new(args[0])
         .args(&args[1..])
         .stdin(Stdio::null())
         .output()
-        .map_err(|e| format!("{}: {e}", args.join(" ")))?;
+        .map_err(|source| LabError::Spawn {
+            command: args.join(" "),
+            source,
+        })?;
     output_text(args, output)
 }
 
-fn output_text(args: &[&str], output: Output) -> Result<String, String> {
+fn output_text(args: &[&str], output: Output) -> Result<String> {
     if output.status.success() {
         Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     } else {
-        Err(format!(
-            "`{}` failed ({}): {}",
-            args.join(" "),
-            output.status,
-            String::from_utf8_lossy(&output.stderr).trim()
-        ))
+        Err(LabError::Command {
+            command: args.join(" "),
+            status: output.status,
+            stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
+        })
     }
 }
 
@@ -54,7 +58,7 @@ pub struct NetnsGuard {
 }
 
 impl NetnsGuard {
-    pub fn create(name: &str) -> Result<NetnsGuard, String> {
+    pub fn create(name: &str) -> Result<NetnsGuard> {
         run(&["ip", "netns", "add", name])?;
         let guard = NetnsGuard {
             name: name.to_string(),
@@ -86,7 +90,7 @@ impl NetnsGuard {
     }
 
     /// Run a command inside the namespace.
-    pub fn exec(&self, args: &[&str]) -> Result<String, String> {
+    pub fn exec(&self, args: &[&str]) -> Result<String> {
         let mut full = vec!["ip", "netns", "exec", &self.name];
         full.extend_from_slice(args);
         run(&full)
@@ -97,6 +101,11 @@ impl NetnsGuard {
         let mut command = Command::new("ip");
         command.args(["netns", "exec", &self.name, program]);
         command
+    }
+
+    /// Move the calling thread into the namespace (for a thread of its own: it stays there).
+    pub fn enter(&self) -> Result<()> {
+        enter_path(&self.path())
     }
 
     /// Run `work` on a thread that has entered the namespace; sockets it opens stay there.
@@ -146,4 +155,15 @@ impl Drop for NetnsGuard {
             let _ = run(&["ip", "netns", "del", &self.name]);
         }
     }
+}
+
+/// Move the calling thread into the network namespace at `path` (`/run/netns/NAME`).
+pub fn enter_path(path: &str) -> Result<()> {
+    let netns_error = |source| LabError::Netns {
+        netns: path.to_string(),
+        source,
+    };
+    let file = std::fs::File::open(path).map_err(netns_error)?;
+    nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+        .map_err(|e| netns_error(std::io::Error::from(e)))
 }

@@ -351,7 +351,7 @@ fn an_exhausted_pod_cidr_is_a_clear_error_and_others_keep_their_addresses() {
     // A /29 per node: six usable IPv4 addresses.
     let mut lab = lab(6, &["--node-prefix-v4", "29"]);
     let before = allocations(&lab);
-    let err = lab.add_pod(0).unwrap_err();
+    let err = lab.add_pod(0).unwrap_err().to_string();
     assert!(
         err.contains("\"code\":100")
             && err.contains("no free address in 10.244.0.0/29: 6 of 6 in use"),
@@ -413,7 +413,9 @@ fn daemon_killed_during_a_hundred_adds_loses_and_duplicates_nothing() {
                 })
             })
             .collect();
-        while done.load(Ordering::Relaxed) < 40 {
+        // Bounded: a worker that panicked never counts, and join below reports its panic.
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while done.load(Ordering::Relaxed) < 40 && std::time::Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(2));
         }
         lab.stop_daemon(0, true); // SIGKILL in the middle
