@@ -24,7 +24,8 @@ use crate::agent::AgentView;
 use crate::cni_server::{self, CniService};
 use crate::config::Config;
 use crate::datapath::vxlan::{self, Applier};
-use crate::datapath::{self, masq, netns, nl};
+use crate::datapath::{self, netns, nl};
+use crate::firewall::{self, nft};
 use crate::ipam::Ipam;
 use crate::plan::{self, Datapath, Family, PlanConfig};
 use crate::underlay;
@@ -109,10 +110,8 @@ struct Reconciler {
     /// The peers' claims the last plan accepted: they win conflicts with newcomers at the next one.
     incumbents: plan::Incumbents,
     refusals: BTreeSet<String>,
-    /// The ruleset last applied, and whether it still needs applying (the resync re-applies it,
-    /// repairing drift, without logging it again).
-    masq_applied: Option<serde_json::Value>,
-    masq_due: bool,
+    /// weft's nftables table as the kernel holds it, as far as weft knows; `None`: read it again.
+    firewall: Option<firewall::Observed>,
     /// Forward chains of other tables already warned about.
     warned_chains: BTreeSet<String>,
     /// Something failed in the last pass: read the kernel again and retry after `retry_delay`,
@@ -129,8 +128,7 @@ impl Reconciler {
             observed: None,
             incumbents: plan::Incumbents::default(),
             refusals: BTreeSet::new(),
-            masq_applied: None,
-            masq_due: true,
+            firewall: None,
             warned_chains: BTreeSet::new(),
             retry_soon: false,
             retry_delay: RETRY_AFTER_FAILURE,
@@ -155,7 +153,7 @@ impl Reconciler {
                 _ = retry_timer, if retry => {}
                 _ = resync.tick() => {
                     self.observed = None;
-                    self.masq_due = true;
+                    self.firewall = None;
                 }
             }
         }
@@ -262,27 +260,38 @@ impl Reconciler {
         self.refusals = now;
     }
 
+    /// Bring weft's nftables table to the desired one: read it from the kernel when unknown (at
+    /// start, at every resync, after a failure), diff, and apply the difference if there is one.
     async fn apply_masquerade(&mut self, own: &Lease) {
-        let batch = masq::ruleset(&own.pod_cidrs, &self.plan_config.cluster_cidrs);
-        let changed = self.masq_applied.as_ref() != Some(&batch);
-        if !changed && !self.masq_due {
-            return;
-        }
-        let to_apply = batch.clone();
-        let applied = tokio::task::spawn_blocking(move || masq::apply(&to_apply))
-            .await
-            .unwrap_or_else(|e| Err(masq::MasqError::Spawn(std::io::Error::other(e))));
-        match applied {
-            Ok(()) => {
-                if changed {
-                    info!(table = masq::TABLE, "masquerade rules applied");
-                }
-                self.masq_applied = Some(batch);
-                self.masq_due = false;
+        let desired = firewall::desired(
+            &own.pod_cidrs,
+            &self.plan_config.cluster_cidrs,
+            &BTreeSet::new(),
+        );
+        let observed = match self.firewall.take() {
+            Some(observed) => observed,
+            None => {
                 self.warn_about_forward_drop().await;
+                match nft::blocking(nft::observe).await {
+                    Ok(observed) => observed,
+                    Err(e) => {
+                        warn!(error = %e, "cannot read the nftables table; will retry");
+                        self.schedule_retry();
+                        return;
+                    }
+                }
             }
+        };
+        let Some(op) = firewall::diff(&desired, &observed) else {
+            self.firewall = Some(observed);
+            return;
+        };
+        info!(op = %op, "firewall");
+        let to_apply = op.clone();
+        match nft::blocking(move || nft::apply(&to_apply)).await {
+            Ok(()) => self.firewall = Some(firewall::Observed::Table(desired.summary())),
             Err(e) => {
-                warn!(error = %e, "cannot apply the masquerade rules; will retry");
+                warn!(op = %op, error = %e, "cannot apply the firewall; will retry");
                 self.schedule_retry();
             }
         }
@@ -292,10 +301,8 @@ impl Reconciler {
     /// traffic whatever weft's table says, and weft does not edit other tables. Say so, naming
     /// each such chain once.
     async fn warn_about_forward_drop(&mut self) {
-        let listing = tokio::task::spawn_blocking(masq::list_chains).await;
-        if let Ok(Ok(listing)) = listing {
-            let chains: BTreeSet<String> =
-                masq::forward_drop_chains(&listing).into_iter().collect();
+        if let Ok(listing) = nft::blocking(nft::list_chains).await {
+            let chains: BTreeSet<String> = nft::forward_drop_chains(&listing).into_iter().collect();
             for chain in chains.difference(&self.warned_chains) {
                 warn!(chain = %chain, "this chain drops forwarded packets by policy: pod traffic through this node is dropped there unless it accepts the cluster CIDRs (weft changes no table but its own)");
             }
@@ -316,8 +323,8 @@ pub async fn cleanup() -> anyhow::Result<()> {
             failures.push(format!("delete {name}: {e}"));
         }
     }
-    if let Err(e) = masq::apply(&masq::removal()) {
-        failures.push(format!("remove table inet {}: {e}", masq::TABLE));
+    if let Err(e) = nft::remove() {
+        failures.push(format!("remove table inet {}: {e}", firewall::TABLE));
     }
     match nl::links(&host).await {
         Ok(links) => {
