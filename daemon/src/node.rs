@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use rtnetlink::Handle;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{debug, error, info, warn};
 use weft_proto::lease::{Lease, PublicIps};
@@ -86,7 +87,7 @@ pub async fn start(
         .with_context(|| format!("bind the CNI socket {}", socket.display()))?;
     let service = Arc::new(CniService::new(host.clone(), ipam, view.lease.clone(), mtu));
     info!(socket = %socket.display(), pod_mtu = mtu, "serving CNI requests");
-    let reconciler = Reconciler::new(host, plan_config);
+    let reconciler = Reconciler::new(host, plan_config, service.unmasqueraded());
     Ok(vec![
         tokio::spawn(cni_server::serve(listener, service)),
         tokio::spawn(reconciler.run(view)),
@@ -110,6 +111,8 @@ struct Reconciler {
     /// The peers' claims the last plan accepted: they win conflicts with newcomers at the next one.
     incumbents: plan::Incumbents,
     refusals: BTreeSet<String>,
+    /// The addresses of the pods not to masquerade (`"ipMasq": false`), from the CNI service.
+    unmasqueraded: watch::Receiver<BTreeSet<IpAddr>>,
     /// weft's nftables table as the kernel holds it, as far as weft knows; `None`: read it again.
     firewall: Option<firewall::Observed>,
     /// Forward chains of other tables already warned about.
@@ -121,13 +124,18 @@ struct Reconciler {
 }
 
 impl Reconciler {
-    fn new(host: Handle, plan_config: PlanConfig) -> Reconciler {
+    fn new(
+        host: Handle,
+        plan_config: PlanConfig,
+        unmasqueraded: watch::Receiver<BTreeSet<IpAddr>>,
+    ) -> Reconciler {
         Reconciler {
             host,
             plan_config,
             observed: None,
             incumbents: plan::Incumbents::default(),
             refusals: BTreeSet::new(),
+            unmasqueraded,
             firewall: None,
             warned_chains: BTreeSet::new(),
             retry_soon: false,
@@ -151,6 +159,7 @@ impl Reconciler {
                 changed = lease_rx.changed() => if changed.is_err() { return },
                 changed = peers_rx.changed() => if changed.is_err() { return },
                 _ = retry_timer, if retry => {}
+                Ok(()) = self.unmasqueraded.changed() => {}
                 _ = resync.tick() => {
                     self.observed = None;
                     self.firewall = None;
@@ -263,10 +272,11 @@ impl Reconciler {
     /// Bring weft's nftables table to the desired one: read it from the kernel when unknown (at
     /// start, at every resync, after a failure), diff, and apply the difference if there is one.
     async fn apply_masquerade(&mut self, own: &Lease) {
+        let unmasqueraded = self.unmasqueraded.borrow_and_update().clone();
         let desired = firewall::desired(
             &own.pod_cidrs,
             &self.plan_config.cluster_cidrs,
-            &BTreeSet::new(),
+            &unmasqueraded,
         );
         let observed = match self.firewall.take() {
             Some(observed) => observed,
