@@ -53,6 +53,8 @@ pub struct CniService {
     lease: watch::Receiver<Option<Lease>>,
     /// MTU of pod interfaces unless the network configuration sets one.
     pod_mtu: u32,
+    /// The addresses of the pods whose network says `"ipMasq": false`, as IPAM records them.
+    unmasqueraded: watch::Sender<BTreeSet<IpAddr>>,
 }
 
 impl CniService {
@@ -62,12 +64,33 @@ impl CniService {
         lease: watch::Receiver<Option<Lease>>,
         pod_mtu: u32,
     ) -> CniService {
+        let (unmasqueraded, _) = watch::channel(ipam.unmasqueraded());
         CniService {
             host,
             ipam: Mutex::new(ipam),
             lease,
             pod_mtu,
+            unmasqueraded,
         }
+    }
+
+    /// The addresses of the pods that must not be masqueraded (their network configuration says
+    /// `"ipMasq": false`): initially those IPAM holds, then updated as ADD allocates (before the
+    /// pod is wired, so the firewall can follow early), and as DEL and GC release.
+    pub fn unmasqueraded(&self) -> watch::Receiver<BTreeSet<IpAddr>> {
+        self.unmasqueraded.subscribe()
+    }
+
+    /// Publish IPAM's unmasqueraded addresses; receivers are woken only if they changed.
+    fn publish_unmasqueraded(&self, ipam: &Ipam) {
+        let now = ipam.unmasqueraded();
+        self.unmasqueraded.send_if_modified(|published| {
+            let changed = *published != now;
+            if changed {
+                *published = now;
+            }
+            changed
+        });
     }
 
     /// Answer one shim request.
@@ -104,14 +127,20 @@ impl CniService {
             let mut ipam = self.ipam.lock().await;
             ipam.set_cidrs(lease.pod_cidrs);
             let existed = ipam.get(&key).is_some();
-            (ipam.allocate(&key).map_err(ipam_error)?, !existed)
+            // Absent `ipMasq` means masquerade.
+            let masquerade = conf.ip_masq.unwrap_or(true);
+            let allocation = ipam.allocate(&key, masquerade).map_err(ipam_error)?;
+            self.publish_unmasqueraded(&ipam);
+            (allocation, !existed)
         };
         let spec = self.pod_spec(&netns, &ifname, &key, allocation, conf);
         let wiring = match pod::setup(&self.host, &spec).await {
             Ok(wiring) => wiring,
             Err(e) => {
                 if fresh {
-                    let _ = self.ipam.lock().await.release(&key);
+                    let mut ipam = self.ipam.lock().await;
+                    let _ = ipam.release(&key);
+                    self.publish_unmasqueraded(&ipam);
                 }
                 return Err(pod_error(e));
             }
@@ -147,7 +176,12 @@ impl CniService {
         )
         .await
         .map_err(pod_error)?;
-        let released = self.ipam.lock().await.release(&key).map_err(ipam_error)?;
+        let released = {
+            let mut ipam = self.ipam.lock().await;
+            let released = ipam.release(&key).map_err(ipam_error)?;
+            self.publish_unmasqueraded(&ipam);
+            released
+        };
         if let Some(allocation) = released {
             info!(container = %key.container_id, ifname = %key.ifname, ips = ?allocation, "pod deleted");
         }
@@ -227,7 +261,9 @@ impl CniService {
             .map(|a| AttachmentKey::new(a.container_id.clone(), a.ifname.clone()))
             .collect();
         let mut ipam = self.ipam.lock().await;
-        let released = ipam.retain(|key| valid.contains(key)).map_err(ipam_error)?;
+        let released = ipam.retain(|key| valid.contains(key));
+        self.publish_unmasqueraded(&ipam);
+        let released = released.map_err(ipam_error)?;
         let keep: BTreeSet<String> = ipam
             .allocations()
             .map(|(key, _)| pod::host_veth_name(&key.container_id, &key.ifname).to_string())

@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! STATE_DIR/ipam/CONTAINER_ID@IFNAME   {"v4": "10.244.1.5", "v6": "fd00:10:244:1::5"}
+//! STATE_DIR/ipam/CONTAINER_ID@IFNAME   {"v4": "10.244.1.6", "masquerade": false}   # "ipMasq": false
 //! ```
 //! One small file per pod interface, written (temporary file, rename to a new name) before the
 //! caller acts on it and removed when the address is released. A daemon killed at any point has
@@ -85,13 +86,38 @@ impl AttachmentKey {
 }
 
 /// The addresses of one pod interface; a single-stack node leaves the other family empty.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Allocation {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub v4: Option<Ipv4Addr>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub v6: Option<Ipv6Addr>,
+    /// Whether the pod's traffic leaving the cluster is masqueraded: false when its network
+    /// configuration says `"ipMasq": false`. Written only when false, so a record of a
+    /// masqueraded pod reads the same as before the field existed, and an older record (without
+    /// it) loads as masqueraded.
+    #[serde(default = "masquerade_by_default", skip_serializing_if = "is_true")]
+    pub masquerade: bool,
+}
+
+fn masquerade_by_default() -> bool {
+    true
+}
+
+fn is_true(value: &bool) -> bool {
+    *value
+}
+
+impl Default for Allocation {
+    /// No address, masqueraded.
+    fn default() -> Self {
+        Allocation {
+            v4: None,
+            v6: None,
+            masquerade: true,
+        }
+    }
 }
 
 impl Allocation {
@@ -212,13 +238,21 @@ impl Ipam {
         self.allocations.iter().map(|(k, a)| (k.clone(), *a))
     }
 
-    /// The addresses of `key`: the ones it already has, else new ones (persisted before returning).
-    pub fn allocate(&mut self, key: &AttachmentKey) -> Result<Allocation, IpamError> {
+    /// The addresses of `key`: the ones it already has (with the `masquerade` flag it was given
+    /// then), else new ones, recorded with `masquerade` (persisted before returning).
+    pub fn allocate(
+        &mut self,
+        key: &AttachmentKey,
+        masquerade: bool,
+    ) -> Result<Allocation, IpamError> {
         if let Some(existing) = self.get(key) {
             return Ok(existing);
         }
         let name = key.file_name()?;
-        let mut allocation = Allocation::default();
+        let mut allocation = Allocation {
+            masquerade,
+            ..Allocation::default()
+        };
         if let Some(net) = self.cidrs.v4 {
             allocation.v4 = Some(self.free_v4(net)?);
         }
@@ -232,6 +266,15 @@ impl Ipam {
         self.next_v6 = allocation.v6.or(self.next_v6);
         self.remember(key.clone(), allocation);
         Ok(allocation)
+    }
+
+    /// The addresses of the pods whose traffic is not masqueraded (`"ipMasq": false`).
+    pub fn unmasqueraded(&self) -> BTreeSet<IpAddr> {
+        self.allocations
+            .values()
+            .filter(|a| !a.masquerade)
+            .flat_map(Allocation::addresses)
+            .collect()
     }
 
     /// Forget `key`; `None` if it had nothing (a repeated DEL).
@@ -398,13 +441,13 @@ mod tests {
             false,
         )
         .unwrap();
-        let a = ipam.allocate(&key(1)).unwrap();
-        let b = ipam.allocate(&key(2)).unwrap();
+        let a = ipam.allocate(&key(1), true).unwrap();
+        let b = ipam.allocate(&key(2), true).unwrap();
         assert_eq!(a.v4, Some("10.244.1.1".parse().unwrap()));
         assert_eq!(a.v6, Some("fd00:10:244:1::1".parse().unwrap()));
         assert_eq!(b.v4, Some("10.244.1.2".parse().unwrap()));
         assert_eq!(
-            ipam.allocate(&key(1)).unwrap(),
+            ipam.allocate(&key(1), true).unwrap(),
             a,
             "a repeated ADD gets the same addresses"
         );
@@ -422,7 +465,7 @@ mod tests {
     fn single_stack_gets_one_family() {
         let dir = tempfile::tempdir().unwrap();
         let mut v6_only = Ipam::open(dir.path(), cidrs("", "fd00::/120"), false).unwrap();
-        let a = v6_only.allocate(&key(1)).unwrap();
+        let a = v6_only.allocate(&key(1), true).unwrap();
         assert_eq!((a.v4, a.v6), (None, Some("fd00::1".parse().unwrap())));
     }
 
@@ -430,9 +473,9 @@ mod tests {
     fn next_fit_does_not_reuse_a_released_address_at_once() {
         let dir = tempfile::tempdir().unwrap();
         let mut ipam = Ipam::open(dir.path(), cidrs("10.0.0.0/29", ""), false).unwrap();
-        let a = ipam.allocate(&key(1)).unwrap();
+        let a = ipam.allocate(&key(1), true).unwrap();
         ipam.release(&key(1)).unwrap();
-        let b = ipam.allocate(&key(2)).unwrap();
+        let b = ipam.allocate(&key(2), true).unwrap();
         assert_ne!(a, b);
         assert_eq!(
             ipam.release(&key(99)).unwrap(),
@@ -445,7 +488,9 @@ mod tests {
     fn exhaustion_is_clear_and_leaves_others_untouched() {
         let dir = tempfile::tempdir().unwrap();
         let mut ipam = Ipam::open(dir.path(), cidrs("10.0.0.0/29", "fd00::/64"), false).unwrap();
-        let held: Vec<Allocation> = (0..6).map(|n| ipam.allocate(&key(n)).unwrap()).collect();
+        let held: Vec<Allocation> = (0..6)
+            .map(|n| ipam.allocate(&key(n), true).unwrap())
+            .collect();
         let v4s: std::collections::BTreeSet<_> = held.iter().map(|a| a.v4.unwrap()).collect();
         assert_eq!(v4s.len(), 6, "the six usable addresses .1-.6");
         assert!(
@@ -453,7 +498,7 @@ mod tests {
                 && !v4s.contains(&"10.0.0.7".parse().unwrap())
         );
         assert!(!ipam.has_room());
-        let err = ipam.allocate(&key(7)).unwrap_err();
+        let err = ipam.allocate(&key(7), true).unwrap_err();
         assert_eq!(
             err.to_string(),
             "no free address in 10.0.0.0/29: 6 of 6 in use"
@@ -463,7 +508,7 @@ mod tests {
             assert_eq!(ipam.get(&key(n as u32)), Some(*a));
         }
         ipam.release(&key(3)).unwrap();
-        assert_eq!(ipam.allocate(&key(7)).unwrap().v4, held[3].v4);
+        assert_eq!(ipam.allocate(&key(7), true).unwrap().v4, held[3].v4);
     }
 
     #[test]
@@ -471,7 +516,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut ipam = Ipam::open(dir.path(), cidrs("10.0.0.0/24", ""), false).unwrap();
         for n in 0..5 {
-            ipam.allocate(&key(n)).unwrap();
+            ipam.allocate(&key(n), true).unwrap();
         }
         let released = ipam
             .retain(|k| k.container_id.ends_with(['1', '3']))
@@ -485,7 +530,7 @@ mod tests {
     fn damaged_state_is_set_aside_only_when_no_pod_is_wired() {
         let dir = tempfile::tempdir().unwrap();
         let mut ipam = Ipam::open(dir.path(), cidrs("10.0.0.0/24", ""), false).unwrap();
-        ipam.allocate(&key(1)).unwrap();
+        ipam.allocate(&key(1), true).unwrap();
         std::fs::write(dir.path().join("ipam").join("container-2@eth0"), b"").unwrap();
         let err = Ipam::open(dir.path(), cidrs("10.0.0.0/24", ""), false)
             .err()
@@ -503,7 +548,7 @@ mod tests {
                 .exists(),
             "kept for inspection"
         );
-        ipam.allocate(&key(2)).unwrap();
+        ipam.allocate(&key(2), true).unwrap();
     }
 
     #[test]
@@ -511,7 +556,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut ipam = Ipam::open(dir.path(), cidrs("10.0.0.0/24", "fd00::/64"), false).unwrap();
         for n in 0..3 {
-            ipam.allocate(&key(n)).unwrap();
+            ipam.allocate(&key(n), true).unwrap();
         }
         ipam.release(&key(1)).unwrap();
         let mut files: Vec<String> = std::fs::read_dir(dir.path().join("ipam"))
@@ -522,15 +567,52 @@ mod tests {
         assert_eq!(files, ["container-0@eth0", "container-2@eth0"]);
         let mut again = Ipam::open(dir.path(), cidrs("10.0.0.0/24", "fd00::/64"), false).unwrap();
         assert_eq!(again.get(&key(2)), ipam.get(&key(2)));
-        let next = again.allocate(&key(9)).unwrap();
+        let next = again.allocate(&key(9), true).unwrap();
         assert_eq!(
             next.v4,
             Some("10.0.0.4".parse().unwrap()),
             "the cursor resumes after the highest address"
         );
         assert!(matches!(
-            again.allocate(&AttachmentKey::new("../evil", "eth0")),
+            again.allocate(&AttachmentKey::new("../evil", "eth0"), true),
             Err(IpamError::BadKey(_))
         ));
+    }
+
+    #[test]
+    fn the_masquerade_flag_is_recorded_and_old_records_load_as_masqueraded() {
+        let dir = tempfile::tempdir().unwrap();
+        let cidrs = || cidrs("10.0.0.0/24", "fd00::/64");
+        let mut ipam = Ipam::open(dir.path(), cidrs(), false).unwrap();
+        let masqueraded = ipam.allocate(&key(1), true).unwrap();
+        let kept = ipam.allocate(&key(2), false).unwrap();
+        assert!(masqueraded.masquerade && !kept.masquerade);
+        assert_eq!(
+            ipam.allocate(&key(2), true).unwrap(),
+            kept,
+            "a repeated ADD keeps what the first one recorded"
+        );
+        assert_eq!(ipam.unmasqueraded(), kept.addresses().collect());
+        let record = |n: u32| {
+            let path = dir.path().join("ipam").join(format!("container-{n}@eth0"));
+            serde_json::from_slice::<serde_json::Value>(&std::fs::read(path).unwrap()).unwrap()
+        };
+        assert_eq!(
+            record(1),
+            serde_json::json!({"v4": "10.0.0.1", "v6": "fd00::1"}),
+            "a masqueraded pod's record is what it always was"
+        );
+        assert_eq!(record(2)["masquerade"], serde_json::json!(false));
+
+        std::fs::write(
+            dir.path().join("ipam").join("container-3@eth0"),
+            br#"{"v4": "10.0.0.9"}"#,
+        )
+        .unwrap();
+        let mut again = Ipam::open(dir.path(), cidrs(), false).unwrap();
+        assert!(again.get(&key(3)).unwrap().masquerade, "an old record");
+        assert_eq!(again.unmasqueraded(), kept.addresses().collect());
+        again.release(&key(2)).unwrap();
+        assert!(again.unmasqueraded().is_empty());
     }
 }

@@ -5,7 +5,8 @@
 //! - [`agent`]: the lease keeper and peer tracker;
 //! - [`plan`]: pure — peer admission and the seam every backend's plan implements;
 //! - [`backend`]: the backends (VXLAN, none), each its plan, diff and driver;
-//! - [`node`]: forwarding, the CNI server, the reconcile loop, the firewall, cleanup;
+//! - [`firewall`]: weft's nftables table as desired state (pure), and its `nft` driver;
+//! - [`node`]: forwarding, the CNI server, the reconcile loop, cleanup;
 //! - [`run`]: `weftd run`, wiring the agent to the node.
 //!
 //! Inside: [`subnet`] (carving node subnets), [`underlay`] (choosing the underlay address),
@@ -17,6 +18,7 @@ pub mod backend;
 pub(crate) mod cni_server;
 pub mod config;
 pub mod datapath;
+pub mod firewall;
 pub(crate) mod fsutil;
 pub(crate) mod ipam;
 pub(crate) mod net;

@@ -484,7 +484,7 @@ pub struct NetConf {
     pub plugin_type: String,
     /// `args`: free-form arguments from the runtime.
     pub args: Option<Map<String, Value>>,
-    /// `ipMasq`: masquerade traffic leaving the cluster (weftd's own setting decides when absent).
+    /// `ipMasq`: masquerade the pod's traffic leaving the cluster; weftd masquerades when absent.
     pub ip_masq: Option<bool>,
     /// `ipam`: IPAM settings; weft does its own IPAM, so this is only read, never delegated.
     pub ipam: Option<Map<String, Value>>,

@@ -344,19 +344,20 @@ impl Lab {
 
     /// Make a pod namespace on a node and ADD it; returns its index in `pods`.
     pub fn add_pod(&mut self, node: usize) -> Result<usize> {
+        let conf = self.netconf(node);
+        self.add_pod_with(node, &conf)
+    }
+
+    /// Make a pod namespace on a node and ADD it with the network configuration `conf`; returns
+    /// its index in `pods`.
+    pub fn add_pod_with(&mut self, node: usize, conf: &Value) -> Result<usize> {
         let made = self.pods_made.entry(node).or_default();
         *made += 1;
         let number = *made;
         let name = format!("{}-p{number}", self.nodes[node].name);
         let netns = NetnsGuard::create(&format!("{}-{name}", self.prefix))?;
         let container_id = format!("{}{}", self.prefix, name.replace('-', ""));
-        let out = self.cni(
-            "ADD",
-            &container_id,
-            Some(&netns.path()),
-            "eth0",
-            &self.netconf(node),
-        );
+        let out = self.cni("ADD", &container_id, Some(&netns.path()), "eth0", conf);
         if !out.success {
             return Err(LabError::Plugin {
                 plugin: self.weft_cni.clone(),
@@ -649,6 +650,28 @@ pub fn result_addresses(result: &Value) -> (Option<Ipv4Addr>, Option<Ipv6Addr>) 
         }
     }
     (v4, v6)
+}
+
+/// The source address a TCP listener in `server` on `target` sees when `client` connects to it
+/// (a connection that is not made within `timeout` is the error).
+pub fn source_address_seen(
+    client: &NetnsGuard,
+    server: &NetnsGuard,
+    target: IpAddr,
+    timeout: Duration,
+) -> Result<IpAddr, String> {
+    let listener = server
+        .tcp_listen(std::net::SocketAddr::new(target, 0))
+        .map_err(|e| format!("listen on {target} in {}: {e}", server.name()))?;
+    let port = listener.local_addr().map_err(|e| e.to_string())?.port();
+    let target = std::net::SocketAddr::new(target, port);
+    let stream = client
+        .tcp_connect(target, timeout)
+        .map_err(|e| format!("connect from {} to {target}: {e}", client.name()))?;
+    // The handshake is done: the connection waits in the listener's queue.
+    let (_, peer) = listener.accept().map_err(|e| e.to_string())?;
+    drop(stream);
+    Ok(peer.ip())
 }
 
 /// The remaining `ip` helper, re-exported for tests that inspect a namespace.

@@ -11,7 +11,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use weft_lab::lab::{call_plugin, call_plugin_in, result_addresses, Lab, LabConfig};
+use weft_lab::lab::{
+    call_plugin, call_plugin_in, result_addresses, source_address_seen, Lab, LabConfig, OUTSIDE_V4,
+    OUTSIDE_V6,
+};
 use weft_lab::netns::NetnsGuard;
 
 fn lab(pods: usize, weftd_args: &[&str]) -> Lab {
@@ -196,6 +199,96 @@ fn gc_releases_what_the_runtime_no_longer_knows() {
             .ping(&lab.pods[0].v6.unwrap().to_string(), 2),
         "kept pods still talk"
     );
+}
+
+/// The source addresses the outside sees from `pod`, IPv4 then IPv6.
+fn seen_outside(lab: &Lab, pod: usize) -> Result<(IpAddr, IpAddr), String> {
+    let (pod, timeout) = (&lab.pods[pod].netns, Duration::from_secs(3));
+    Ok((
+        source_address_seen(pod, &lab.outside, IpAddr::V4(OUTSIDE_V4), timeout)?,
+        source_address_seen(pod, &lab.outside, IpAddr::V6(OUTSIDE_V6), timeout)?,
+    ))
+}
+
+/// `nft list set inet weft SET` on the node.
+fn nomasq_set(lab: &Lab, set: &str) -> String {
+    let args = ["nft", "list", "set", "inet", "weft", set];
+    lab.nodes[0]
+        .netns
+        .exec(&args)
+        .unwrap_or_else(|e| e.to_string())
+}
+
+/// Unmasqueraded replies need a way back: the outside routes `pod`'s addresses via its node, as
+/// a routed network with the pod CIDRs in its tables would.
+fn route_back_through_the_node(lab: &Lab, pod: usize) {
+    let node = &lab.nodes[lab.pods[pod].node];
+    for (net, via) in [
+        (
+            format!("{}/32", lab.pods[pod].v4.unwrap()),
+            node.underlay_v4.to_string(),
+        ),
+        (
+            format!("{}/128", lab.pods[pod].v6.unwrap()),
+            node.underlay_v6.to_string(),
+        ),
+    ] {
+        lab.outside
+            .exec(&["ip", "route", "add", &net, "via", &via])
+            .unwrap();
+    }
+}
+
+#[test]
+fn a_pod_of_a_network_with_ip_masq_false_keeps_its_address_beyond_the_cluster() {
+    let mut lab = lab(1, &[]); // pod 0: the default configuration, masqueraded
+    let mut conf = lab.netconf(0);
+    conf["ipMasq"] = json!(false);
+    let kept = lab.add_pod_with(0, &conf).unwrap();
+    route_back_through_the_node(&lab, kept);
+    let node = &lab.nodes[0];
+    let node_addresses = (IpAddr::V4(node.underlay_v4), IpAddr::V6(node.underlay_v6));
+    let (v4, v6) = (lab.pods[kept].v4.unwrap(), lab.pods[kept].v6.unwrap());
+    let own = (IpAddr::V4(v4), IpAddr::V6(v6));
+    let converged = weft_lab::procs::wait_for(Duration::from_secs(5), || {
+        (seen_outside(&lab, kept).ok()? == own).then_some(())
+    });
+    assert!(
+        converged.is_some(),
+        "the ipMasq: false pod is seen as {:?}, not {own:?}; weftd log:\n{}",
+        seen_outside(&lab, kept),
+        lab.nodes[0].log()
+    );
+    let masqueraded = seen_outside(&lab, 0).unwrap();
+    assert_eq!(
+        masqueraded, node_addresses,
+        "the default pod is masqueraded"
+    );
+    let record = allocations(&lab)
+        .into_iter()
+        .find(|(k, _)| k.starts_with(&lab.pods[kept].container_id))
+        .unwrap();
+    assert_eq!(record.1["masquerade"], json!(false), "{record:?}");
+
+    // weftd restarts after the table was removed: the set comes back from the IPAM records.
+    lab.stop_daemon(0, false);
+    let delete = ["nft", "delete", "table", "inet", "weft"];
+    lab.nodes[0].netns.exec(&delete).unwrap();
+    lab.start_daemon(0).unwrap();
+    let restored = weft_lab::procs::wait_for(Duration::from_secs(5), || {
+        let sets = nomasq_set(&lab, "nomasq4") + &nomasq_set(&lab, "nomasq6");
+        (sets.contains(&v4.to_string()) && sets.contains(&v6.to_string())).then_some(())
+    });
+    assert!(restored.is_some(), "{}", lab.nodes[0].log());
+    assert_eq!(seen_outside(&lab, 0).unwrap(), node_addresses);
+    assert_eq!(seen_outside(&lab, kept).unwrap(), own);
+
+    // DEL: the address leaves the set.
+    assert!(lab.remove_pod(kept).success);
+    let released = weft_lab::procs::wait_for(Duration::from_secs(5), || {
+        (!nomasq_set(&lab, "nomasq4").contains(&v4.to_string())).then_some(())
+    });
+    assert!(released.is_some(), "{}", nomasq_set(&lab, "nomasq4"));
 }
 
 #[test]

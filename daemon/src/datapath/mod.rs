@@ -5,7 +5,6 @@
 //! - [`nl`]: small rtnetlink helpers (link lookup, errno matching, route and address dumps);
 //! - [`pod`]: a pod's veth pair, addresses, routes and gateway neighbours.
 
-pub mod masq;
 pub mod netns;
 pub mod nl;
 pub mod pod;

@@ -7,7 +7,8 @@ use tracing::info;
 
 use crate::backend::vxlan::Vxlan;
 use crate::backend::Backend;
-use crate::datapath::{self, masq, netns, nl};
+use crate::datapath::{self, netns, nl};
+use crate::firewall::{self, nft};
 
 /// Remove weft's tunnel devices of every backend (their routes, neighbour and FDB entries go
 /// with them), its nftables table and its pod veths.
@@ -19,8 +20,8 @@ pub async fn cleanup() -> anyhow::Result<()> {
             failures.push(format!("delete {name}: {e}"));
         }
     }
-    if let Err(e) = masq::apply(&masq::removal()) {
-        failures.push(format!("remove table inet {}: {e}", masq::TABLE));
+    if let Err(e) = nft::remove() {
+        failures.push(format!("remove table inet {}: {e}", firewall::TABLE));
     }
     match nl::links(&host).await {
         Ok(links) => {

@@ -34,6 +34,9 @@ use crate::underlay;
 use firewall::FirewallKeeper;
 use reconcile::Reconciler;
 
+/// The addresses of the pods whose network has `"ipMasq": false`.
+type Unmasqueraded = tokio::sync::watch::Receiver<std::collections::BTreeSet<std::net::IpAddr>>;
+
 /// Start the node's services for the configured backend; the returned tasks run until aborted.
 pub async fn start(
     config: &Config,
@@ -79,22 +82,24 @@ async fn start_with<B: Backend>(
     let underlay_mtu = underlay::mtu(&host, &lease.public_ips).await;
     let plan_config = PlanConfig::new(config, underlay_mtu);
     let pod_mtu = backend.pod_mtu(lease, &plan_config);
-    let cni = serve_cni(config, lease, host.clone(), view.clone(), pod_mtu).await?;
+    let (cni, unmasqueraded) =
+        serve_cni(config, lease, host.clone(), view.clone(), pod_mtu).await?;
     let driver = backend.driver(host, &plan_config.cluster_cidrs);
-    let firewall = Some(FirewallKeeper::new());
+    let firewall = Some(FirewallKeeper::new(unmasqueraded));
     let reconciler = Reconciler::new(backend, driver, plan_config, firewall);
     Ok(vec![cni, tokio::spawn(reconciler.run(view))])
 }
 
 /// Open IPAM (its damaged records are set aside only when no pod is wired) and serve the CNI
-/// socket `RUN_DIR/cni.sock`.
+/// socket `RUN_DIR/cni.sock`; also returns the addresses of the pods not to masquerade, as the
+/// CNI service keeps them.
 async fn serve_cni(
     config: &Config,
     lease: &Lease,
     host: Handle,
     view: AgentView,
     pod_mtu: u32,
-) -> anyhow::Result<JoinHandle<()>> {
+) -> anyhow::Result<(JoinHandle<()>, Unmasqueraded)> {
     let pods_wired = nl::links(&host)
         .await
         .context("list links")?
@@ -107,5 +112,9 @@ async fn serve_cni(
         .with_context(|| format!("bind the CNI socket {}", socket.display()))?;
     let service = Arc::new(CniService::new(host, ipam, view.lease.clone(), pod_mtu));
     info!(socket = %socket.display(), pod_mtu, "serving CNI requests");
-    Ok(tokio::spawn(cni_server::serve(listener, service)))
+    let unmasqueraded = service.unmasqueraded();
+    Ok((
+        tokio::spawn(cni_server::serve(listener, service)),
+        unmasqueraded,
+    ))
 }

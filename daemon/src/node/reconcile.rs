@@ -85,6 +85,7 @@ impl<B: Backend> Reconciler<B> {
                 changed = lease_rx.changed() => if changed.is_err() { return },
                 changed = peers_rx.changed() => if changed.is_err() { return },
                 _ = retry_timer, if retry => {}
+                _ = firewall_changed(&mut self.firewall) => {}
                 _ = resync.tick() => {
                     self.observed = None;
                     if let Some(firewall) = &mut self.firewall {
@@ -202,6 +203,14 @@ impl<B: Backend> Reconciler<B> {
             info!("no longer refused: {cleared}");
         }
         self.refusals = now;
+    }
+}
+
+/// Resolves when the firewall's inputs beyond the lease changed; never without a firewall.
+async fn firewall_changed(firewall: &mut Option<FirewallKeeper>) {
+    match firewall {
+        Some(firewall) => firewall.changed().await,
+        None => std::future::pending().await,
     }
 }
 

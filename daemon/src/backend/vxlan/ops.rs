@@ -187,10 +187,8 @@ impl Datapath {
                 device(&address.dev)?;
                 self.addresses.insert(address.clone());
             }
-            Op::DeleteAddress(address) => {
-                if !self.addresses.remove(address) {
-                    return Err("no such address");
-                }
+            Op::DeleteAddress(address) if !self.addresses.remove(address) => {
+                return Err("no such address")
             }
             Op::ReplaceRoute(route) => {
                 if !device(&route.dev)?.up {

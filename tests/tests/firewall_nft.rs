@@ -1,0 +1,179 @@
+//! weftd's nftables driver (`weftd::firewall::nft`) against the kernel, as root, in a network
+//! namespace of the test's own: one thread enters a new namespace (`unshare(CLONE_NEWNET)`) and
+//! does all the work there, `nft` running as its child inherits it, and the namespace with
+//! everything in it is gone when the thread ends — whether the test passes or panics. Nothing on
+//! the host (nor in another test's namespace) is read or changed.
+//!
+//! Run: `cargo test -p weft-lab --test firewall_nft`.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use weft_proto::lease::PodCidrs;
+use weftd::firewall::nft::{self, NftError};
+use weftd::firewall::{self, Drift, Firewall, FirewallOp, Observed};
+
+/// Run `work` on a thread inside a fresh network namespace; its panic is the test's.
+fn in_fresh_netns<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
+    std::thread::spawn(move || {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+            .expect("unshare the network namespace (the test needs root)");
+        work()
+    })
+    .join()
+    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+}
+
+/// Run `nft ARGS` as the operator would; its standard output.
+fn nft_cli(args: &[&str]) -> String {
+    weft_lab::netns::run(&[&["nft"], args].concat()).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn node_firewall(unmasqueraded: &[&str]) -> Firewall {
+    let own = PodCidrs {
+        v4: Some("10.244.3.0/24".parse().unwrap()),
+        v6: Some("fd00:10:244:3::/64".parse().unwrap()),
+    };
+    let cluster: Vec<IpNet> = vec![
+        "10.244.0.0/16".parse().unwrap(),
+        "fd00:10:244::/48".parse().unwrap(),
+    ];
+    let unmasqueraded: BTreeSet<IpAddr> =
+        unmasqueraded.iter().map(|a| a.parse().unwrap()).collect();
+    firewall::desired(&own, &cluster, &unmasqueraded)
+}
+
+/// Observe, diff, apply what the diff says; the operation applied, if any.
+fn converge(desired: &Firewall) -> Result<Option<FirewallOp>, NftError> {
+    let op = firewall::diff(desired, &nft::observe()?);
+    if let Some(op) = &op {
+        nft::apply(op)?;
+    }
+    Ok(op)
+}
+
+#[test]
+fn apply_observe_and_repair_a_flushed_chain() {
+    in_fresh_netns(|| {
+        assert_eq!(nft::observe().unwrap(), Observed::Absent);
+        let desired = node_firewall(&["10.244.3.7"]);
+        let op = converge(&desired).unwrap().expect("a table to make");
+        assert!(
+            matches!(
+                op,
+                FirewallOp::Replace {
+                    drift: Drift::Missing,
+                    ..
+                }
+            ),
+            "{op:?}"
+        );
+        assert_eq!(
+            firewall::diff(&desired, &nft::observe().unwrap()),
+            None,
+            "apply → observe → nothing to do"
+        );
+        let listing = nft_cli(&["list", "table", "inet", "weft"]);
+        for line in [
+            "ip saddr @nomasq4 return comment",
+            "ip saddr 10.244.3.0/24 ip daddr != 10.244.0.0/16 masquerade",
+            "ip6 saddr fd00:10:244:3::/64 ip6 daddr != fd00:10:244::/48 masquerade",
+            "ip6 daddr fd00:10:244::/48 accept",
+            "elements = { 10.244.3.7 }",
+        ] {
+            assert!(listing.contains(line), "no {line:?} in\n{listing}");
+        }
+
+        // An operator flushes a chain: the diff sees it and the table is made whole again.
+        nft_cli(&["flush", "chain", "inet", "weft", "forward"]);
+        let op = converge(&desired).unwrap().expect("a repair");
+        assert!(
+            matches!(&op, FirewallOp::Replace { drift: Drift::Chain { name, .. }, .. } if name == "forward"),
+            "{op:?}"
+        );
+        assert_eq!(firewall::diff(&desired, &nft::observe().unwrap()), None);
+        let forward = nft_cli(&["list", "chain", "inet", "weft", "forward"]);
+        let rules = forward
+            .lines()
+            .filter(|l| l.trim_start().starts_with("ip"))
+            .count();
+        assert_eq!(rules, 4, "{forward}");
+    });
+}
+
+#[test]
+fn set_changes_refill_and_removal_leaves_nothing() {
+    in_fresh_netns(|| {
+        converge(&node_firewall(&[])).unwrap();
+        let more = node_firewall(&["10.244.3.9", "fd00:10:244:3::9"]);
+        let op = converge(&more).unwrap();
+        assert_eq!(op, Some(FirewallOp::Refill(more.clone())));
+        assert_eq!(firewall::diff(&more, &nft::observe().unwrap()), None);
+        let set6 = nft_cli(&["list", "set", "inet", "weft", "nomasq6"]);
+        assert!(set6.contains("fd00:10:244:3::9"), "{set6}");
+
+        // An element added by hand goes at the next pass; emptying both sets works too.
+        nft_cli(&[
+            "add",
+            "element",
+            "inet",
+            "weft",
+            "nomasq4",
+            "{ 10.244.3.200 }",
+        ]);
+        assert_eq!(
+            converge(&more).unwrap(),
+            Some(FirewallOp::Refill(more.clone()))
+        );
+        let none = node_firewall(&[]);
+        assert_eq!(
+            converge(&none).unwrap(),
+            Some(FirewallOp::Refill(none.clone()))
+        );
+        assert_eq!(firewall::diff(&none, &nft::observe().unwrap()), None);
+
+        nft::remove().unwrap();
+        assert_eq!(nft::observe().unwrap(), Observed::Absent);
+        nft::remove().expect("removing an absent table is fine");
+    });
+}
+
+#[test]
+fn forward_drop_chains_of_other_tables_are_named() {
+    in_fresh_netns(|| {
+        converge(&node_firewall(&[])).unwrap();
+        nft_cli(&["add", "table", "ip", "filt"]);
+        nft_cli(&[
+            "add",
+            "chain",
+            "ip",
+            "filt",
+            "FORWARD",
+            "{ type filter hook forward priority 0; policy drop; }",
+        ]);
+        let chains = nft::list_chains().unwrap();
+        assert_eq!(nft::forward_drop_chains(&chains), ["ip filt FORWARD"]);
+        let err = nft::apply(&FirewallOp::Replace {
+            firewall: Firewall {
+                forward: vec!["10.244.0.0/16".parse().unwrap()],
+                masquerade: vec![firewall::Masquerade {
+                    pods: "10.244.3.0/24".parse().unwrap(),
+                    cluster: "fd00:10:244::/48".parse().unwrap(),
+                }],
+                unmasqueraded: BTreeSet::new(),
+            },
+            drift: Drift::Missing,
+        })
+        .unwrap_err();
+        assert!(
+            matches!(&err, NftError::Failed { stderr, .. } if !stderr.is_empty()),
+            "nft's reason is in the error: {err}"
+        );
+        assert_eq!(
+            firewall::diff(&node_firewall(&[]), &nft::observe().unwrap()),
+            None,
+            "a refused batch changes nothing"
+        );
+    });
+}
