@@ -34,6 +34,7 @@ use super::nl;
 use crate::ipam::Allocation;
 use crate::net::host_prefix;
 use crate::plan::Family;
+use ipnet::IpNet;
 
 /// The pods' IPv4 gateway: link-local, the same on every node.
 pub const GATEWAY_V4: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
@@ -232,9 +233,11 @@ impl Ends<'_> {
             let to_gateway = route_to(gateway, self.pod_index, RouteScope::Link)?;
             replace_route(self.pod, to_gateway, "add the IPv4 gateway route").await?;
         }
+        let any = IpNet::new(ip, 0).expect("a /0 prefix is valid").trunc();
         let default = RouteMessageBuilder::<IpAddr>::new()
-            .gateway(gateway)
-            .map_err(|_| PodError::Missing(format!("gateway {gateway}")))?
+            .destination_prefix(any.addr(), 0)
+            .and_then(|b| b.gateway(gateway))
+            .map_err(|_| PodError::Missing(format!("a default route via {gateway}")))?
             .output_interface(self.pod_index)
             .build();
         let what = format!("add the pod's {family} default route");
