@@ -20,7 +20,7 @@ pub mod config;
 pub mod datapath;
 pub mod firewall;
 pub(crate) mod fsutil;
-pub(crate) mod ipam;
+pub mod ipam;
 pub(crate) mod net;
 pub mod node;
 pub mod plan;
