@@ -230,7 +230,7 @@ impl Ipam {
 
     /// How many pod interfaces hold addresses.
     #[cfg(test)]
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.allocations.len()
     }
 

@@ -95,3 +95,57 @@ impl Backend for NoDatapath {
         Vec::new()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use weft_proto::lease::{BackendData, Lease, MacAddr, PodCidrs, PublicIps};
+    use weft_proto::names::NodeName;
+
+    use super::*;
+    use crate::plan::model::{run_model, underlay_v4, Change, ModelSubject};
+
+    impl ModelSubject for NoDatapath {
+        fn peer(&self, k: u32, ip: u32, _serial: u32) -> Lease {
+            let [_, hi, lo, _] = (k << 8).to_be_bytes();
+            Lease {
+                node: NodeName::new(format!("node-{k}")).unwrap(),
+                pod_cidrs: PodCidrs {
+                    v4: Some(format!("10.{hi}.{lo}.0/24").parse().unwrap()),
+                    v6: Some(format!("fd00:10:0:{k:x}::/64").parse().unwrap()),
+                },
+                public_ips: PublicIps {
+                    v4: Some(underlay_v4(ip)),
+                    v6: None,
+                },
+                backend: BackendData::Vxlan {
+                    vtep_mac: Some(MacAddr([2, 0, 0, 0, 0, 4])),
+                    vtep_mac_v6: Some(MacAddr([2, 0, 0, 0, 0, 6])),
+                },
+                expires: None,
+            }
+        }
+
+        fn new_identity(&self, _lease: &mut Lease, _serial: u32) {}
+
+        /// Nothing is ever programmed.
+        fn expected_ops(&self, _change: Change, _families: usize) -> usize {
+            0
+        }
+
+        fn expected_start_ops(&self) -> usize {
+            0
+        }
+    }
+
+    /// The same admission as any backend (impostors and hostile records refused, honest peers
+    /// held), and never an operation.
+    #[test]
+    fn model_random_peer_changes_program_nothing() {
+        run_model(
+            &NoDatapath {
+                kind: BackendKind::Vxlan,
+            },
+            300,
+        );
+    }
+}

@@ -17,6 +17,8 @@
 //! its driver); adding one is a new folder there and one line in `crate::backend::choose`.
 
 pub mod admission;
+#[cfg(test)]
+pub(crate) mod model;
 
 use std::fmt;
 use std::net::IpAddr;

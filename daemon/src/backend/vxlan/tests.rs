@@ -9,6 +9,7 @@ use weft_proto::names::{IfName, NodeName};
 
 use super::*;
 use crate::plan::admission::Refusal;
+use crate::plan::model::{big_config, run_model, underlay_v4, Change, ModelSubject};
 
 // ---------------------------------------------------------------------------------------------
 // Fixture: nodes a, b, c (index 1, 2, 3), dual-stack pods, IPv4 + IPv6 underlay.
@@ -1440,25 +1441,6 @@ fn plan_config_from_the_daemon_config() {
 // Model test: random peer changes, ops applied to a model kernel, model equals plan.
 // ---------------------------------------------------------------------------------------------
 
-/// A 64-bit linear congruential generator (Knuth's MMIX constants): enough randomness for choosing
-/// changes, and the same sequence on every run.
-struct Lcg(u64);
-
-impl Lcg {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6_364_136_223_846_793_005)
-            .wrapping_add(1_442_695_040_888_963_407);
-        (self.0 >> 33) % n
-    }
-}
-
-/// The underlay address numbered `n`, in 198.18.0.0/15.
-fn underlay_v4(n: u32) -> std::net::Ipv4Addr {
-    std::net::Ipv4Addr::from(u32::from(std::net::Ipv4Addr::new(198, 18, 0, 0)) + n)
-}
-
 /// Peers of a large cluster: node `k` gets pods 10.(k/256).(k%256).0/24 and fd00:10:0:k::/64,
 /// underlay address number `ip`, VTEP MACs number `mac_serial`.
 fn big_node(k: u32, ip: u32, mac_serial: u32) -> Lease {
@@ -1482,208 +1464,44 @@ fn big_node(k: u32, ip: u32, mac_serial: u32) -> Lease {
     }
 }
 
-fn big_config() -> PlanConfig {
-    PlanConfig {
-        cluster_cidrs: vec![
-            "10.0.0.0/8".parse().unwrap(),
-            "fd00:10::/48".parse().unwrap(),
-        ],
-        service_cidrs: vec![
-            "172.20.0.0/16".parse().unwrap(),
-            "fd00:20::/112".parse().unwrap(),
-        ],
-        underlay_mtu: 1500,
-        mtu: None,
-        node_prefix_v4: None,
-        node_prefix_v6: None,
+impl ModelSubject for Vxlan {
+    fn peer(&self, k: u32, ip: u32, serial: u32) -> Lease {
+        big_node(k, ip, serial)
     }
-}
 
-fn families(lease: &Lease) -> usize {
-    lease.pod_cidrs.iter().count()
+    /// A new VTEP MAC for its first family.
+    fn new_identity(&self, lease: &mut Lease, serial: u32) {
+        let family = match lease.pod_cidrs.v4 {
+            Some(_) => Family::V4,
+            None => Family::V6,
+        };
+        let [_, x, y, z] = serial.to_be_bytes();
+        set_mac(lease, family, Some(MacAddr([0x02, x, y, z, 0xee, 0])));
+    }
+
+    /// Per family: a route, a neighbour and an FDB entry to join or leave; one FDB replace to
+    /// move; FDB add, neighbour replace and FDB delete for a new VTEP MAC (one family).
+    fn expected_ops(&self, change: Change, families: usize) -> usize {
+        match change {
+            Change::Join | Change::Leave => 3 * families,
+            Change::Move => families,
+            Change::NewIdentity => 3 * families.min(1),
+        }
+    }
+
+    /// Two devices and their addresses.
+    fn expected_start_ops(&self) -> usize {
+        4
+    }
+
+    fn check_between_ops(&self, state: &Datapath, after: &Op) {
+        assert_resolvable(state, after);
+    }
 }
 
 #[test]
 fn model_random_peer_changes_converge_with_few_operations() {
-    use std::collections::BTreeMap;
-
-    let config = big_config();
-    let own = big_node(1, 1, 1);
-    let mut rng = Lcg(0x005e_ed0f_3eff);
-    let mut peers: BTreeMap<NodeName, Lease> = BTreeMap::new();
-    let mut model = Datapath::default();
-    let (mut next_node, mut next_ip, mut next_mac) = (2u32, 2u32, 2u32);
-    let mut bad = 0usize;
-    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
-
-    // Impostors: records copying an accepted peer's pod CIDR (exactly, or a part of it), by
-    // impostor name → the peer imitated. Refused for as long as that peer is there.
-    let mut impostors: BTreeMap<NodeName, (Lease, NodeName)> = BTreeMap::new();
-    let mut imitated = 0usize;
-
-    let first = desired(&own, [], &config, &Incumbents::default()).unwrap();
-    assert_eq!(converge(&first.datapath, &mut model).len(), 4);
-    let mut incumbents = first.accepted;
-
-    for step in 0..500 {
-        // A peer chosen at random, and what it programs (0 for a refused one).
-        let pick = |rng: &mut Lcg, peers: &BTreeMap<NodeName, Lease>| {
-            let i = rng.below(peers.len() as u64) as usize;
-            let node = peers.keys().nth(i).cloned().unwrap();
-            let shared = match node.as_str().starts_with("bad-") {
-                true => 0,
-                false => families(&peers[&node]),
-            };
-            (node, shared)
-        };
-        let roll = if peers.is_empty() { 0 } else { rng.below(100) };
-        let (kind, expected_ops) = match roll {
-            0..=34 => {
-                let mut lease = big_node(next_node, next_ip, next_mac);
-                (next_node, next_ip, next_mac) = (next_node + 1, next_ip + 1, next_mac + 1);
-                match rng.below(5) {
-                    0 => lease = v4_only(lease),
-                    1 => lease = v6_only(lease),
-                    _ => {}
-                }
-                let n = 3 * families(&lease);
-                peers.insert(lease.node.clone(), lease);
-                ("add", n)
-            }
-            35..=54 => {
-                // Its underlay address moved: one FDB replace per shared family.
-                let (node, shared) = pick(&mut rng, &peers);
-                let lease = peers.get_mut(&node).unwrap();
-                lease.public_ips.v4 = Some(underlay_v4(next_ip));
-                next_ip += 1;
-                ("move", shared)
-            }
-            55..=69 => {
-                // A new VTEP MAC for one family: FDB add, neighbour replace, FDB delete.
-                let (node, shared) = pick(&mut rng, &peers);
-                let lease = peers.get_mut(&node).unwrap();
-                let family = match lease.pod_cidrs.v4 {
-                    Some(_) => Family::V4,
-                    None => Family::V6,
-                };
-                let [_, x, y, z] = next_mac.to_be_bytes();
-                next_mac += 1;
-                set_mac(lease, family, Some(MacAddr([0x02, x, y, z, 0xee, 0])));
-                ("new mac", 3 * shared.min(1))
-            }
-            70..=89 => {
-                // Its impostors go with it (else the first of them would take its place).
-                let (node, shared) = pick(&mut rng, &peers);
-                peers.remove(&node);
-                impostors.retain(|_, (_, victim)| *victim != node);
-                ("remove", 3 * shared)
-            }
-            90..=94 => {
-                // An impostor of an accepted peer: its pod CIDRs exactly (a copy of its record
-                // under another name) or a part of them (fresh MACs and underlay address).
-                // Refused, so nothing changes.
-                let honest: Vec<&Lease> = peers
-                    .values()
-                    .filter(|l| l.node.as_str().starts_with("node-"))
-                    .collect();
-                if honest.is_empty() {
-                    continue;
-                }
-                let victim = honest[rng.below(honest.len() as u64) as usize];
-                assert!(incumbents.nodes().any(|n| *n == victim.node), "step {step}");
-                let mut lease = match rng.below(2) {
-                    0 => victim.clone(),
-                    _ => {
-                        let mut lease = big_node(next_node, next_ip, next_mac);
-                        (next_node, next_ip, next_mac) = (next_node + 1, next_ip + 1, next_mac + 1);
-                        // The upper half of each of its pod CIDRs.
-                        let v4 = victim.pod_cidrs.v4;
-                        let v6 = victim.pod_cidrs.v6;
-                        lease.pod_cidrs.v4 =
-                            v4.map(|n| n.subnets(n.prefix_len() + 1).unwrap().last().unwrap());
-                        lease.pod_cidrs.v6 =
-                            v6.map(|n| n.subnets(n.prefix_len() + 1).unwrap().last().unwrap());
-                        if lease.pod_cidrs.v4.is_none() {
-                            set_mac(&mut lease, Family::V4, None);
-                        }
-                        if lease.pod_cidrs.v6.is_none() {
-                            set_mac(&mut lease, Family::V6, None);
-                        }
-                        lease
-                    }
-                };
-                lease.node = name(&format!("imp-{imitated}"));
-                imitated += 1;
-                impostors.insert(lease.node.clone(), (lease, victim.node.clone()));
-                ("impostor", 0)
-            }
-            _ => {
-                // A hostile record: pods in the service range. Refused, so nothing changes.
-                let mut lease = big_node(next_node, next_ip, next_mac);
-                (next_node, next_ip, next_mac) = (next_node + 1, next_ip + 1, next_mac + 1);
-                lease.pod_cidrs.v4 = Some(format!("172.20.{}.0/24", bad % 256).parse().unwrap());
-                lease.node = name(&format!("bad-{bad}"));
-                bad += 1;
-                peers.insert(lease.node.clone(), lease);
-                ("bad", 0)
-            }
-        };
-
-        let all = peers.values().chain(impostors.values().map(|(l, _)| l));
-        let plan = desired(&own, all, &config, &incumbents).unwrap();
-        incumbents = plan.accepted.clone();
-        let bad_now = peers
-            .keys()
-            .filter(|n| n.as_str().starts_with("bad-"))
-            .count();
-        assert_eq!(
-            plan.refused.len(),
-            bad_now + impostors.len(),
-            "step {step}: {:?}",
-            plan.refused
-        );
-        // Every honest peer holds its claims; no bad peer or impostor holds any.
-        let honest: Vec<&NodeName> = peers
-            .keys()
-            .filter(|n| n.as_str().starts_with("node-"))
-            .collect();
-        assert_eq!(
-            incumbents.nodes().collect::<Vec<_>>(),
-            honest,
-            "step {step}"
-        );
-        let ops = converge(&plan.datapath, &mut model);
-        assert!(ops.len() <= 6, "step {step} ({kind}): {:#?}", lines(&ops));
-        assert_eq!(
-            ops.len(),
-            expected_ops,
-            "step {step} ({kind}): {:#?}",
-            lines(&ops)
-        );
-        *counts.entry(kind).or_default() += 1;
-    }
-
-    // Snapshot or events, same output: a fresh node reaches the same state in one go, once the
-    // impostors are gone (with them, a fresh node knows no incumbent and refuses their victims too).
-    let plan = desired(&own, peers.values(), &config, &Incumbents::default()).unwrap();
-    assert_eq!(applied(&plan.datapath), model);
-    assert_eq!(plan.accepted, incumbents);
-    if !impostors.is_empty() {
-        let all = peers.values().chain(impostors.values().map(|(l, _)| l));
-        let fresh = desired(&own, all, &config, &Incumbents::default()).unwrap();
-        let victims: std::collections::BTreeSet<&NodeName> =
-            impostors.values().map(|(_, victim)| victim).collect();
-        assert_eq!(
-            fresh.refused.len(),
-            plan.refused.len() + impostors.len() + victims.len()
-        );
-    }
-    eprintln!(
-        "model test: {counts:?}; {} peers at the end, {} refused, {} impostors",
-        peers.len(),
-        plan.refused.len(),
-        impostors.len()
-    );
+    run_model(&Vxlan, 500);
 }
 
 #[test]
