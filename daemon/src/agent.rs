@@ -18,6 +18,7 @@ use tracing::{error, info, warn};
 use weft_proto::lease::{BackendData, Lease, MacAddr, PublicIps};
 
 use crate::config::Config;
+use crate::datapath::netns;
 use crate::state;
 use crate::store::peers::{PeerEvent, PeerSet};
 use crate::store::{LeaseRequest, LeaseStore, PeerWatcher, StoreError};
@@ -77,7 +78,10 @@ pub async fn start<S: LeaseStore>(
     mut store: S,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<Option<Agent>> {
-    let public_ips = underlay::detect(&config.underlay).context("choose the underlay address")?;
+    let host = netns::connect_here().context("open a netlink connection")?;
+    let public_ips = underlay::detect(&config.underlay, &host)
+        .await
+        .context("choose the underlay address")?;
     let request = lease_request(config, public_ips);
     let Some(lease) = acquire(&mut store, &request, &mut shutdown).await? else {
         return Ok(None);
@@ -95,6 +99,7 @@ pub async fn start<S: LeaseStore>(
         lease: lease.clone(),
         lease_tx,
         family_misses: 0,
+        host,
     };
     Ok(Some(Agent {
         lease,
@@ -115,6 +120,8 @@ struct Keeper<S> {
     lease_tx: watch::Sender<Option<Lease>>,
     /// Scheduled renewals in a row that missed an underlay family.
     family_misses: u32,
+    /// Netlink, for following the underlay address.
+    host: rtnetlink::Handle,
 }
 
 impl<S: LeaseStore> Keeper<S> {
@@ -136,12 +143,7 @@ impl<S: LeaseStore> Keeper<S> {
                 _ = shutdown.changed() => break,
             }
             next_renewal = renew_every;
-            follow_underlay(
-                &self.config,
-                &mut self.lease,
-                &mut self.family_misses,
-                scheduled,
-            );
+            self.follow_underlay(scheduled).await;
             match self.renew(&mut shutdown).await? {
                 Renewal::Done => backoff = MIN_BACKOFF,
                 Renewal::Failed => {
@@ -184,6 +186,32 @@ impl<S: LeaseStore> Keeper<S> {
                 warn!(error = %e, "lease renewal failed; retrying soon");
                 Ok(Renewal::Failed)
             }
+        }
+    }
+
+    /// Re-detect the underlay address; a change is published with the next renewal.
+    async fn follow_underlay(&mut self, scheduled: bool) {
+        let detected = match underlay::detect(&self.config.underlay, &self.host).await {
+            Ok(ips) => ips,
+            Err(e) => {
+                warn!(error = %e, "cannot detect the underlay address; keeping the published one");
+                return;
+            }
+        };
+        let lease = &mut self.lease;
+        let hold = self.family_misses < FAMILY_MISSES_BEFORE_DROP;
+        let (merged, held) = merge_underlay(&lease.public_ips, &detected, hold);
+        if held {
+            if scheduled {
+                self.family_misses += 1;
+            }
+            warn!(published = ?lease.public_ips, detected = ?detected, "an underlay family is missing; keeping it published for now");
+        } else {
+            self.family_misses = 0;
+        }
+        if merged != lease.public_ips {
+            info!(old = ?lease.public_ips, new = ?merged, "underlay address changed; republishing");
+            lease.public_ips = merged;
         }
     }
 
@@ -238,34 +266,6 @@ async fn acquire<S: LeaseStore>(
 fn remember(config: &Config, lease: &Lease) {
     if let Err(e) = state::save_cidrs(&config.state_dir, &lease.pod_cidrs) {
         warn!(error = %e, dir = %config.state_dir.display(), "cannot save the lease state");
-    }
-}
-
-/// Re-detect the underlay address; a change is published with the next renewal.
-fn follow_underlay(config: &Config, lease: &mut Lease, family_misses: &mut u32, scheduled: bool) {
-    let detected = match underlay::detect(&config.underlay) {
-        Ok(ips) => ips,
-        Err(e) => {
-            warn!(error = %e, "cannot detect the underlay address; keeping the published one");
-            return;
-        }
-    };
-    let (merged, held) = merge_underlay(
-        &lease.public_ips,
-        &detected,
-        *family_misses < FAMILY_MISSES_BEFORE_DROP,
-    );
-    if held {
-        if scheduled {
-            *family_misses += 1;
-        }
-        warn!(published = ?lease.public_ips, detected = ?detected, "an underlay family is missing; keeping it published for now");
-    } else {
-        *family_misses = 0;
-    }
-    if merged != lease.public_ips {
-        info!(old = ?lease.public_ips, new = ?merged, "underlay address changed; republishing");
-        lease.public_ips = merged;
     }
 }
 

@@ -84,7 +84,10 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
 
 async fn leave(config: &Config) -> anyhow::Result<()> {
     let mut store = store::open(&config.store, config.lease_ttl);
-    let public_ips = underlay::detect(&config.underlay).unwrap_or_default();
+    let host = weftd::datapath::netns::connect_here().context("open a netlink connection")?;
+    let public_ips = underlay::detect(&config.underlay, &host)
+        .await
+        .unwrap_or_default();
     let mut request = agent::lease_request(config, public_ips);
     request.preferred = state::load_previous_cidrs(&config.state_dir);
     let lease = request.lease_with(request.preferred, None);

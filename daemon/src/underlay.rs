@@ -11,10 +11,15 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, UdpSocket};
 
+use futures::TryStreamExt;
+use netlink_packet_route::route::{RouteAttribute, RouteType};
+use netlink_packet_route::AddressFamily;
 use regex::Regex;
+use rtnetlink::Handle;
 use weft_proto::lease::PublicIps;
 
 use crate::config::UnderlaySelector;
+use crate::datapath::nl;
 use crate::net::is_link_local;
 
 /// The address of VirtualBox's (and so Vagrant's) NAT interface, identical on every VM.
@@ -45,8 +50,11 @@ pub struct InterfaceAddress {
     pub ip: IpAddr,
 }
 
-/// The node's public IPs for `selector`, looking at the live system.
-pub fn detect(selector: &UnderlaySelector) -> Result<PublicIps, UnderlayError> {
+/// The node's public IPs for `selector`, looking at the live system (routes through `handle`).
+pub async fn detect(
+    selector: &UnderlaySelector,
+    handle: &Handle,
+) -> Result<PublicIps, UnderlayError> {
     match selector {
         UnderlaySelector::Addresses(ips) => Ok(from_list(ips)),
         UnderlaySelector::Interface(name) => {
@@ -75,8 +83,8 @@ pub fn detect(selector: &UnderlaySelector) -> Result<PublicIps, UnderlayError> {
         }
         UnderlaySelector::DefaultRoute => {
             let all = list_addresses()?;
-            let v4_iface = default_route_iface_v4();
-            let v6_iface = default_route_iface_v6();
+            let v4_iface = default_route_iface(handle, AddressFamily::Inet).await;
+            let v6_iface = default_route_iface(handle, AddressFamily::Inet6).await;
             if v4_iface.is_none() && v6_iface.is_none() {
                 return Err(UnderlayError::NoDefaultRoute);
             }
@@ -150,7 +158,7 @@ pub fn addresses_of(all: &[InterfaceAddress], iface: &str) -> PublicIps {
 }
 
 /// The MTU of the interface holding the node's underlay address (1500 if it cannot be found).
-pub async fn mtu(host: &rtnetlink::Handle, public_ips: &PublicIps) -> u32 {
+pub async fn mtu(host: &Handle, public_ips: &PublicIps) -> u32 {
     let wanted: Vec<IpAddr> = public_ips
         .v4
         .map(IpAddr::V4)
@@ -163,8 +171,8 @@ pub async fn mtu(host: &rtnetlink::Handle, public_ips: &PublicIps) -> u32 {
     let Some(iface) = addresses.iter().find(|a| wanted.contains(&a.ip)) else {
         return 1500;
     };
-    match crate::datapath::nl::link_by_name(host, &iface.iface).await {
-        Ok(Some(link)) => crate::datapath::nl::link_mtu(&link).unwrap_or(1500),
+    match nl::link_by_name(host, &iface.iface).await {
+        Ok(Some(link)) => nl::link_mtu(&link).unwrap_or(1500),
         _ => 1500,
     }
 }
@@ -209,46 +217,37 @@ fn source_address_towards(target: IpAddr) -> Result<IpAddr, UnderlayError> {
     Ok(local)
 }
 
-fn default_route_iface_v4() -> Option<String> {
-    parse_default_v4(&std::fs::read_to_string("/proc/net/route").ok()?)
+/// The interface of the main table's default route of `family`, over rtnetlink (the one source of
+/// routes in weftd); of several, the lowest metric wins. `None` without one.
+async fn default_route_iface(handle: &Handle, family: AddressFamily) -> Option<String> {
+    let routes = nl::main_routes(handle, family).await.ok()?;
+    let candidates = routes.iter().filter_map(|r| {
+        let unicast = r.message.header.kind == RouteType::Unicast;
+        let metric = r.message.attributes.iter().find_map(|a| match a {
+            RouteAttribute::Priority(p) => Some(*p),
+            _ => None,
+        });
+        (r.dst.prefix_len() == 0 && unicast).then_some((metric.unwrap_or(0), r.oif?))
+    });
+    let index = lowest_metric(candidates)?;
+    let link = handle
+        .link()
+        .get()
+        .match_index(index)
+        .execute()
+        .try_next()
+        .await;
+    link.ok()
+        .flatten()
+        .and_then(|l| nl::link_name(&l).map(str::to_string))
 }
 
-fn default_route_iface_v6() -> Option<String> {
-    parse_default_v6(&std::fs::read_to_string("/proc/net/ipv6_route").ok()?)
-}
-
-/// `/proc/net/route`: `Iface Destination Gateway Flags …`; the default route has destination and
-/// mask 00000000. Of several, the lowest metric wins.
-fn parse_default_v4(table: &str) -> Option<String> {
-    table
-        .lines()
-        .skip(1)
-        .filter_map(|line| {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            let is_default = f.len() > 7 && f[1] == "00000000" && f[7] == "00000000";
-            let up = f
-                .get(3)
-                .and_then(|flags| u32::from_str_radix(flags, 16).ok())
-                .is_some_and(|fl| fl & 1 == 1);
-            (is_default && up).then(|| (f[6].parse::<u32>().unwrap_or(u32::MAX), f[0].to_string()))
-        })
-        .min()
-        .map(|(_, iface)| iface)
-}
-
-/// `/proc/net/ipv6_route`: `dest plen src splen nexthop metric refcnt use flags iface`.
-fn parse_default_v6(table: &str) -> Option<String> {
-    table
-        .lines()
-        .filter_map(|line| {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            let is_default =
-                f.len() == 10 && f[0] == "0".repeat(32) && f[1] == "00" && f[9] != "lo";
-            let metric = u32::from_str_radix(f.get(5)?, 16).ok()?;
-            is_default.then(|| (metric, f[9].to_string()))
-        })
-        .min()
-        .map(|(_, iface)| iface)
+/// Of `(metric, interface index)` pairs, the interface with the lowest metric (the first of
+/// equals).
+fn lowest_metric(routes: impl Iterator<Item = (u32, u32)>) -> Option<u32> {
+    routes
+        .min_by_key(|(metric, _)| *metric)
+        .map(|(_, index)| index)
 }
 
 #[cfg(test)]
@@ -256,21 +255,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn default_routes_from_proc() {
-        let v4 =
-            "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
-                  eth0\t00000000\t0202000A\t0003\t0\t0\t100\t00000000\t0\t0\t0\n\
-                  eth1\t00000000\t0138A8C0\t0003\t0\t0\t50\t00000000\t0\t0\t0\n\
-                  eth1\t0038A8C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n";
+    fn the_default_route_with_the_lowest_metric_wins() {
         assert_eq!(
-            parse_default_v4(v4).as_deref(),
-            Some("eth1"),
-            "lowest metric wins"
+            lowest_metric([(100, 2), (50, 3), (1024, 4)].into_iter()),
+            Some(3)
         );
-        assert_eq!(parse_default_v4("Iface\tDestination\n"), None);
-        let v6 = "00000000000000000000000000000000 00 00000000000000000000000000000000 00 fe800000000000000000000000000001 00000400 00000001 00000000 00000003 eth0\n\
-                  00000000000000000000000000000000 00 00000000000000000000000000000000 00 00000000000000000000000000000000 ffffffff 00000001 00000000 00200200 lo\n";
-        assert_eq!(parse_default_v6(v6).as_deref(), Some("eth0"));
+        assert_eq!(lowest_metric([(0, 7), (0, 8)].into_iter()), Some(7));
+        assert_eq!(lowest_metric(std::iter::empty()), None);
     }
 
     #[test]
@@ -299,8 +290,8 @@ mod tests {
         assert_eq!(addresses_of(&all, "lo"), PublicIps::default());
     }
 
-    #[test]
-    fn vagrant_nat_address_is_refused_when_detected() {
+    #[tokio::test]
+    async fn vagrant_nat_address_is_refused_when_detected() {
         let err = checked_detected(
             PublicIps {
                 v4: Some(SHARED_NAT_ADDRESS),
@@ -313,9 +304,12 @@ mod tests {
             err.to_string().contains("10.0.2.15") && err.to_string().contains("--iface"),
             "{err}"
         );
-        let explicit = detect(&UnderlaySelector::Addresses(
-            vec![SHARED_NAT_ADDRESS.into()],
-        ))
+        let handle = crate::datapath::netns::connect_here().unwrap();
+        let explicit = detect(
+            &UnderlaySelector::Addresses(vec![SHARED_NAT_ADDRESS.into()]),
+            &handle,
+        )
+        .await
         .unwrap();
         assert_eq!(
             explicit.v4,
@@ -324,14 +318,13 @@ mod tests {
         );
     }
 
-    #[test]
-    fn loopback_is_reachable_but_not_usable() {
-        assert!(detect(&UnderlaySelector::CanReach(vec!["127.0.0.1"
-            .parse()
-            .unwrap()]))
-        .is_err());
+    #[tokio::test]
+    async fn loopback_is_reachable_but_not_usable() {
+        let handle = crate::datapath::netns::connect_here().unwrap();
+        let loopback = UnderlaySelector::CanReach(vec!["127.0.0.1".parse().unwrap()]);
+        assert!(detect(&loopback, &handle).await.is_err());
         assert!(matches!(
-            detect(&UnderlaySelector::InterfacePattern("(".into())),
+            detect(&UnderlaySelector::InterfacePattern("(".into()), &handle).await,
             Err(UnderlayError::BadPattern { .. })
         ));
     }
