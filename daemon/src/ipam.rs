@@ -28,6 +28,7 @@ use serde::{Deserialize, Serialize};
 use weft_proto::lease::PodCidrs;
 
 use crate::fsutil::atomic_replace;
+use crate::net::start;
 
 #[derive(Debug, thiserror::Error)]
 pub enum IpamError {
@@ -313,15 +314,9 @@ impl Ipam {
 
     /// Whether an address of every family can still be handed out.
     pub fn has_room(&self) -> bool {
-        let v4_ok = self
-            .cidrs
-            .v4
-            .is_none_or(|net| self.in_use(IpNet::V4(net)) < usable_v4(net) as usize);
-        let v6_ok = self
-            .cidrs
-            .v6
-            .is_none_or(|net| (self.in_use(IpNet::V6(net)) as u128) < usable_v6(net));
-        v4_ok && v6_ok
+        self.cidrs
+            .iter()
+            .all(|net| (self.in_use(net) as u128) < usable(&net))
     }
 
     fn in_use(&self, net: IpNet) -> usize {
@@ -333,32 +328,29 @@ impl Ipam {
     }
 
     fn free_v4(&self, net: Ipv4Net) -> Result<Ipv4Addr, IpamError> {
-        let first = u32::from(net.network()) as u128 + 1;
-        let usable = usable_v4(net) as u128;
-        let after = self
-            .next_v4
-            .filter(|ip| net.contains(ip))
-            .map(|ip| u32::from(ip) as u128);
-        self.scan(IpNet::V4(net), first, usable, after, |n| {
-            IpAddr::V4(Ipv4Addr::from(n as u32))
-        })
-        .map(|ip| match ip {
-            IpAddr::V4(v4) => v4,
-            IpAddr::V6(_) => unreachable!("scan of an IPv4 range"),
-        })
+        match self.free(IpNet::V4(net), self.next_v4.map(IpAddr::V4))? {
+            IpAddr::V4(v4) => Ok(v4),
+            IpAddr::V6(_) => unreachable!("a free address of an IPv4 range"),
+        }
     }
 
     fn free_v6(&self, net: Ipv6Net) -> Result<Ipv6Addr, IpamError> {
-        let first = u128::from(net.network()) + 1;
-        let usable = usable_v6(net);
-        let after = self.next_v6.filter(|ip| net.contains(ip)).map(u128::from);
-        self.scan(IpNet::V6(net), first, usable, after, |n| {
-            IpAddr::V6(Ipv6Addr::from(n))
-        })
-        .map(|ip| match ip {
-            IpAddr::V6(v6) => v6,
-            IpAddr::V4(_) => unreachable!("scan of an IPv6 range"),
-        })
+        match self.free(IpNet::V6(net), self.next_v6.map(IpAddr::V6))? {
+            IpAddr::V6(v6) => Ok(v6),
+            IpAddr::V4(_) => unreachable!("a free address of an IPv6 range"),
+        }
+    }
+
+    /// A free address of `net`, the first after `last` (the address last handed out) if it lies
+    /// in `net`: next fit over the usable addresses, which start after the network address.
+    fn free(&self, net: IpNet, last: Option<IpAddr>) -> Result<IpAddr, IpamError> {
+        let first = start(&net) + 1;
+        let after = last.filter(|ip| net.contains(ip)).map(number);
+        let to_ip = |n: u128| match net {
+            IpNet::V4(_) => IpAddr::V4(Ipv4Addr::from(n as u32)),
+            IpNet::V6(_) => IpAddr::V6(Ipv6Addr::from(n)),
+        };
+        self.scan(net, first, usable(&net), after, to_ip)
     }
 
     /// Next fit over `usable` addresses from `first`, starting after `after`; visits at most
@@ -405,16 +397,23 @@ fn set_aside(path: &Path, name: &str, reason: &str) -> Result<(), IpamError> {
     Ok(())
 }
 
-/// Host addresses of an IPv4 pod CIDR, less the network address (the VXLAN device's) and broadcast.
-fn usable_v4(net: Ipv4Net) -> u32 {
-    let size = 1u64 << (32 - net.prefix_len());
-    size.saturating_sub(2) as u32
+/// Host addresses of a pod CIDR: less the network address (the tunnel device's) in both
+/// families, and less the broadcast address in IPv4.
+fn usable(net: &IpNet) -> u128 {
+    let bits = u32::from(net.max_prefix_len() - net.prefix_len());
+    let size = 1u128.checked_shl(bits);
+    match net {
+        IpNet::V4(_) => size.map_or(0, |s| s.saturating_sub(2)),
+        IpNet::V6(_) => size.map_or(u128::MAX, |s| s - 1),
+    }
 }
 
-/// Host addresses of an IPv6 pod CIDR, less the network (subnet-router anycast) address.
-fn usable_v6(net: Ipv6Net) -> u128 {
-    let bits = 128 - u32::from(net.prefix_len());
-    1u128.checked_shl(bits).map(|s| s - 1).unwrap_or(u128::MAX)
+/// An address as a number.
+fn number(ip: IpAddr) -> u128 {
+    match ip {
+        IpAddr::V4(v4) => u128::from(u32::from(v4)),
+        IpAddr::V6(v6) => u128::from(v6),
+    }
 }
 
 #[cfg(test)]
