@@ -6,8 +6,9 @@
 //! - [`vxlan`]: flannel's VXLAN scheme, one device per pod family;
 //! - [`none`]: programs nothing (`--datapath none`: the lease and the peer view only).
 //!
-//! Adding a backend: a new folder with its plan and driver implementing these traits, plus one
-//! line in `crate::node::start`.
+//! Adding a backend: a new folder with its plan and driver implementing these traits, its
+//! `pub mod` line here and its devices in [`all_device_names`], plus one line in
+//! `crate::node::start`, where backends are chosen.
 
 pub mod none;
 pub mod vxlan;
@@ -55,4 +56,9 @@ pub trait Backend: BackendPlan {
 
     /// Every device this backend may create, for `weftd cleanup`.
     fn device_names(&self) -> Vec<IfName>;
+}
+
+/// The devices of every backend, for `weftd cleanup` (which removes them whatever the node ran).
+pub fn all_device_names() -> Vec<IfName> {
+    vxlan::Vxlan.device_names()
 }

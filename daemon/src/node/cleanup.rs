@@ -5,8 +5,7 @@ use anyhow::Context;
 use nix::errno::Errno;
 use tracing::info;
 
-use crate::backend::vxlan::Vxlan;
-use crate::backend::Backend;
+use crate::backend;
 use crate::datapath::{self, netns, nl};
 use crate::firewall::{self, nft};
 
@@ -15,7 +14,7 @@ use crate::firewall::{self, nft};
 pub async fn cleanup() -> anyhow::Result<()> {
     let host = netns::connect_here().context("open a netlink connection")?;
     let mut failures = Vec::new();
-    for name in Vxlan.device_names() {
+    for name in backend::all_device_names() {
         if let Err(e) = nl::delete_link(&host, name.as_str()).await {
             failures.push(format!("delete {name}: {e}"));
         }
