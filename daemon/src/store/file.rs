@@ -10,6 +10,7 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use ipnet::IpNet;
@@ -17,22 +18,32 @@ use tracing::warn;
 use weft_proto::lease::{Lease, NodeRecord};
 use weft_proto::names::NodeName;
 
-use super::{unix_now, LeaseRequest, LeaseStore, PeerUpdate, PeerWatcher, StoreError};
+use super::{unix_now, Clock, LeaseRequest, LeaseStore, PeerUpdate, PeerWatcher, StoreError};
 use crate::fsutil::{atomic_write, FileLock};
 
-#[derive(Debug, Clone)]
+/// The file store of the directory `dir`, records living `ttl`, time read from `clock`.
+#[derive(Clone)]
 pub struct FileStore {
     dir: PathBuf,
     ttl: Duration,
     poll: Duration,
+    clock: Clock,
 }
 
 impl FileStore {
+    /// The store in `dir` on the system clock.
     pub fn new(dir: impl Into<PathBuf>, ttl: Duration) -> FileStore {
+        FileStore::with_clock(dir, ttl, Arc::new(unix_now))
+    }
+
+    /// The store in `dir`, reading the time (seconds since the Unix epoch) from `clock`: expiry
+    /// is decided by the time passed in, so tests move it instead of sleeping.
+    pub fn with_clock(dir: impl Into<PathBuf>, ttl: Duration, clock: Clock) -> FileStore {
         FileStore {
             dir: dir.into(),
             ttl,
             poll: Duration::from_millis(200),
+            clock,
         }
     }
 
@@ -62,7 +73,7 @@ impl FileStore {
 
     fn acquire_blocking(&self, request: &LeaseRequest) -> Result<Lease, StoreError> {
         let _lock = self.lock()?;
-        let now = unix_now();
+        let now = (self.clock)();
         let records = read_records(&self.nodes_dir())?;
         let own_previous = records.iter().find(|l| l.node == request.node);
         let taken: BTreeSet<IpNet> = records
@@ -81,7 +92,7 @@ impl FileStore {
 
     fn renew_blocking(&self, lease: &Lease) -> Result<Lease, StoreError> {
         let _lock = self.lock()?;
-        let now = unix_now();
+        let now = (self.clock)();
         let records = read_records(&self.nodes_dir())?;
         let lost = |reason: String| StoreError::LeaseLost {
             node: lease.node.clone(),
@@ -224,7 +235,7 @@ pub struct FileWatcher {
 
 impl FileWatcher {
     fn live_peers(&self) -> Result<Vec<Lease>, StoreError> {
-        let now = unix_now();
+        let now = (self.store.clock)();
         let mut peers = read_records(&self.store.nodes_dir())?;
         peers.retain(|l| l.node != self.own && is_live(l, now));
         for peer in &mut peers {
@@ -347,5 +358,31 @@ mod tests {
             store.renew(&a).await,
             Err(StoreError::LeaseLost { .. })
         ));
+    }
+
+    /// Expiry follows the clock passed in: a record is live until its TTL has passed on that
+    /// clock, and its subnet is free from then on.
+    #[tokio::test]
+    async fn expiry_follows_the_clock_passed_in() {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        let dir = tempfile::tempdir().unwrap();
+        let now = Arc::new(AtomicU64::new(1_000));
+        let time = now.clone();
+        let clock: Clock = Arc::new(move || time.load(Ordering::SeqCst));
+        let mut store = FileStore::with_clock(dir.path(), Duration::from_secs(10), clock);
+        let a = store.acquire(&request("a", "10.244.0.0/24")).await.unwrap();
+        assert_eq!(a.expires, Some(1_010));
+        let watcher = store.watch_peers(&NodeName::new("b").unwrap());
+        now.store(1_009, Ordering::SeqCst);
+        assert_eq!(
+            watcher.live_peers().unwrap().len(),
+            1,
+            "live before its expiry"
+        );
+        assert!(store.acquire(&request("b", "10.244.0.0/24")).await.is_err());
+        now.store(1_010, Ordering::SeqCst);
+        assert!(watcher.live_peers().unwrap().is_empty(), "gone after it");
+        let b = store.acquire(&request("b", "10.244.0.0/24")).await.unwrap();
+        assert_eq!(b.pod_cidrs.v4, a.pod_cidrs.v4, "its subnet is free again");
     }
 }

@@ -150,6 +150,9 @@ pub trait PeerWatcher: Send + 'static {
     fn next(&mut self) -> impl Future<Output = Result<PeerUpdate, StoreError>> + Send;
 }
 
+/// Where a store reads the time: seconds since the Unix epoch ([`unix_now`] outside tests).
+pub type Clock = std::sync::Arc<dyn Fn() -> u64 + Send + Sync>;
+
 /// Seconds since the Unix epoch, the clock of lease expiry.
 pub fn unix_now() -> u64 {
     std::time::SystemTime::now()
