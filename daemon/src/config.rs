@@ -1,34 +1,47 @@
 //! weftd's configuration: flags, environment variables and an optional TOML file.
 //!
-//! Every setting is read as text into [`RawSettings`] (from clap for flags and `WEFT_*` variables,
-//! from serde for the file), the two are merged (flag or variable wins over the file), and
-//! [`RawSettings::validate`] turns the result into a typed [`Config`]. One validator for all three
-//! sources means one error format: `invalid setting --NAME (file key NAME): VALUE: why`.
+//! Every setting is one typed field of [`RawSettings`], with its doc line. Its type's `FromStr` (or
+//! `clap::ValueEnum`) parses it, whether it comes from a flag, a `WEFT_*` variable (clap) or a key
+//! of the file (serde, through `text` and `choice` below), so all three give the same error:
+//! `invalid setting --NAME: "VALUE": why`. The file is read into a [`RawSettings`]; clap's matches
+//! of the command line ([`CliSettings`]) then overwrite the settings that were given as flags or
+//! variables. [`RawSettings::validate`] checks what spans settings (CIDRs against prefix lengths,
+//! store-specific settings, one underlay selector) and fills the defaults, giving a [`Config`].
 
+use std::fmt::{self, Display};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 use std::time::Duration;
 
+use clap::error::{ContextKind, ContextValue, ErrorKind};
+use clap::{ArgMatches, FromArgMatches, ValueEnum};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use serde::de::value::MapDeserializer;
+use serde::de::{self, Deserializer, IntoDeserializer, Visitor};
 use serde::Deserialize;
 use weft_proto::lease::Backend;
 use weft_proto::names::{IfName, NodeName};
 
 use crate::subnet::SubnetPool;
 
+/// Why the configuration was refused; each one displays as one line.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("invalid setting --{setting}: {value:?}: {reason}")]
+    /// A setting has a value it cannot have.
+    #[error("{}", invalid_line(.setting, .value, .reason))]
     Invalid {
         setting: &'static str,
         value: String,
         reason: String,
     },
+    /// A required setting is not given.
     #[error("missing setting --{setting}: {reason}")]
     Missing {
         setting: &'static str,
         reason: &'static str,
     },
+    /// The file given with `--config` cannot be read, or one of its keys or values is refused.
     #[error("config file {path}: {reason}")]
     File { path: PathBuf, reason: String },
 }
@@ -41,103 +54,103 @@ fn invalid(setting: &'static str, value: &str, reason: impl Into<String>) -> Con
     }
 }
 
-/// The settings as text, before validation. Flags are `--kebab-case`, variables `WEFT_SNAKE_CASE`,
-/// file keys `kebab-case`.
+/// The one error format for a refused value, whatever its source.
+fn invalid_line(setting: &str, value: &str, reason: &dyn Display) -> String {
+    format!("invalid setting --{setting}: {value:?}: {reason}")
+}
+
+/// The settings as given, typed, before the checks that span settings and before the defaults.
+/// Flags are `--kebab-case`, variables `WEFT_SNAKE_CASE`, file keys `kebab-case`; a value in the
+/// file may be a string, an integer or a boolean, read as its text.
 #[derive(Debug, Clone, Default, clap::Args, Deserialize)]
-#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
 pub struct RawSettings {
     /// This node's name (a DNS-1123 subdomain); defaults to the host name.
     #[arg(long, env = "WEFT_NODE_NAME")]
-    pub node_name: Option<String>,
+    #[serde(deserialize_with = "text")]
+    pub node_name: Option<NodeName>,
     /// Cluster pod CIDRs, comma-separated: one IPv4, one IPv6, or both.
     #[arg(long, env = "WEFT_CLUSTER_CIDR")]
-    pub cluster_cidr: Option<String>,
+    #[serde(deserialize_with = "text")]
+    pub cluster_cidr: Option<Cidrs>,
     /// Prefix length of each node's IPv4 pod CIDR [default: 24].
     #[arg(long, env = "WEFT_NODE_PREFIX_V4")]
-    pub node_prefix_v4: Option<String>,
+    #[serde(deserialize_with = "text")]
+    pub node_prefix_v4: Option<PrefixLen<32>>,
     /// Prefix length of each node's IPv6 pod CIDR [default: 64].
     #[arg(long, env = "WEFT_NODE_PREFIX_V6")]
-    pub node_prefix_v6: Option<String>,
+    #[serde(deserialize_with = "text")]
+    pub node_prefix_v6: Option<PrefixLen<128>>,
     /// Service CIDRs, comma-separated; a peer claiming pod CIDRs inside them is refused.
     #[arg(long, env = "WEFT_SERVICE_CIDR")]
-    pub service_cidr: Option<String>,
+    #[serde(deserialize_with = "text")]
+    pub service_cidr: Option<Cidrs>,
     /// Tunnel backend: vxlan or wireguard [default: vxlan].
     #[arg(long, env = "WEFT_BACKEND")]
-    pub backend: Option<String>,
-    /// Lease store: file, etcd or kube [default: file].
+    #[serde(deserialize_with = "text")]
+    pub backend: Option<Backend>,
+    /// Lease store [default: file].
     #[arg(long, env = "WEFT_STORE")]
-    pub store: Option<String>,
+    #[serde(deserialize_with = "choice")]
+    pub store: Option<StoreKind>,
     /// Directory of the single-host file store, shared by the daemons of one host
     /// [default: /var/lib/weft/store].
     #[arg(long, env = "WEFT_STORE_DIR")]
-    pub store_dir: Option<String>,
+    #[serde(deserialize_with = "text")]
+    pub store_dir: Option<PathBuf>,
     /// etcd endpoints, comma-separated [default: http://127.0.0.1:2379].
     #[arg(long, env = "WEFT_ETCD_ENDPOINTS")]
-    pub etcd_endpoints: Option<String>,
+    #[serde(deserialize_with = "text")]
+    pub etcd_endpoints: Option<Endpoints>,
     /// Key prefix in etcd [default: /weft].
     #[arg(long, env = "WEFT_ETCD_PREFIX")]
+    #[serde(deserialize_with = "text")]
     pub etcd_prefix: Option<String>,
     /// Lease time-to-live in seconds; a node silent for this long loses its lease [default: 60].
     #[arg(long, env = "WEFT_LEASE_TTL")]
-    pub lease_ttl: Option<String>,
+    #[serde(deserialize_with = "text")]
+    pub lease_ttl: Option<Seconds<2, 86_400>>,
     /// Persistent state directory [default: /var/lib/weft].
     #[arg(long, env = "WEFT_STATE_DIR")]
-    pub state_dir: Option<String>,
+    #[serde(deserialize_with = "text")]
+    pub state_dir: Option<PathBuf>,
     /// Runtime directory for sockets [default: /run/weft].
     #[arg(long, env = "WEFT_RUN_DIR")]
-    pub run_dir: Option<String>,
+    #[serde(deserialize_with = "text")]
+    pub run_dir: Option<PathBuf>,
     /// The node's underlay address(es), comma-separated; overrides interface detection.
     #[arg(long, env = "WEFT_PUBLIC_IP")]
-    pub public_ip: Option<String>,
+    #[serde(deserialize_with = "text")]
+    pub public_ip: Option<Ips>,
     /// Use this interface's address as the underlay address.
     #[arg(long, env = "WEFT_IFACE")]
-    pub iface: Option<String>,
+    #[serde(deserialize_with = "text")]
+    pub iface: Option<IfName>,
     /// Use the first interface whose name matches this regular expression.
     #[arg(long, env = "WEFT_IFACE_REGEX")]
+    #[serde(deserialize_with = "text")]
     pub iface_regex: Option<String>,
     /// Use the interface that routes to this address (comma-separated, one per family).
     #[arg(long, env = "WEFT_IFACE_CAN_REACH")]
-    pub iface_can_reach: Option<String>,
+    #[serde(deserialize_with = "text")]
+    pub iface_can_reach: Option<Ips>,
     /// MTU of the overlay devices; derived from the underlay interface when unset.
     #[arg(long, env = "WEFT_MTU")]
-    pub mtu: Option<String>,
+    #[serde(deserialize_with = "text")]
+    pub mtu: Option<Mtu>,
     /// Give the lease back when the daemon exits (otherwise it is kept for a restart).
     #[arg(long, env = "WEFT_RELEASE_ON_EXIT")]
-    pub release_on_exit: Option<String>,
+    #[serde(deserialize_with = "text")]
+    pub release_on_exit: Option<Switch>,
     /// `kernel` programs tunnels, routes and pods; `none` only keeps the lease and follows peers
     /// (for store debugging and the lease tests) [default: kernel].
     #[arg(long, env = "WEFT_DATAPATH")]
-    pub datapath: Option<String>,
+    #[serde(deserialize_with = "choice")]
+    pub datapath: Option<DatapathMode>,
 }
 
 impl RawSettings {
-    /// Fill every unset field from `file`.
-    pub fn or(self, file: RawSettings) -> RawSettings {
-        RawSettings {
-            node_name: self.node_name.or(file.node_name),
-            cluster_cidr: self.cluster_cidr.or(file.cluster_cidr),
-            node_prefix_v4: self.node_prefix_v4.or(file.node_prefix_v4),
-            node_prefix_v6: self.node_prefix_v6.or(file.node_prefix_v6),
-            service_cidr: self.service_cidr.or(file.service_cidr),
-            backend: self.backend.or(file.backend),
-            store: self.store.or(file.store),
-            store_dir: self.store_dir.or(file.store_dir),
-            etcd_endpoints: self.etcd_endpoints.or(file.etcd_endpoints),
-            etcd_prefix: self.etcd_prefix.or(file.etcd_prefix),
-            lease_ttl: self.lease_ttl.or(file.lease_ttl),
-            state_dir: self.state_dir.or(file.state_dir),
-            run_dir: self.run_dir.or(file.run_dir),
-            public_ip: self.public_ip.or(file.public_ip),
-            iface: self.iface.or(file.iface),
-            iface_regex: self.iface_regex.or(file.iface_regex),
-            iface_can_reach: self.iface_can_reach.or(file.iface_can_reach),
-            mtu: self.mtu.or(file.mtu),
-            release_on_exit: self.release_on_exit.or(file.release_on_exit),
-            datapath: self.datapath.or(file.datapath),
-        }
-    }
-
-    /// Read a TOML file of settings; its values are strings, numbers or booleans.
+    /// Read a TOML file of settings: keys as the long flags, values strings, integers or booleans.
     pub fn from_file(path: &Path) -> Result<RawSettings, ConfigError> {
         let file_error = |reason: String| ConfigError::File {
             path: path.to_path_buf(),
@@ -147,56 +160,21 @@ impl RawSettings {
         let table: toml::Table = text
             .parse()
             .map_err(|e: toml::de::Error| file_error(e.message().to_string()))?;
-        // Numbers and booleans are accepted and read as their text, like flags.
-        let as_text: toml::Table = table
+        let entries = table
             .into_iter()
-            .map(|(k, v)| {
-                let text = match v {
-                    toml::Value::String(s) => s,
-                    toml::Value::Integer(i) => i.to_string(),
-                    toml::Value::Boolean(b) => b.to_string(),
-                    other => return Err(file_error(format!("key {k}: unsupported value {other}"))),
-                };
-                Ok((k, toml::Value::String(text)))
-            })
-            .collect::<Result<_, _>>()?;
-        as_text
-            .try_into()
+            .map(|(key, value)| (key.clone(), FileValue { key, value }));
+        RawSettings::deserialize(MapDeserializer::new(entries))
             .map_err(|e: toml::de::Error| file_error(e.message().to_string()))
     }
 
+    /// Check what spans settings and fill in the defaults.
     pub fn validate(&self) -> Result<Config, ConfigError> {
         let node_name = match &self.node_name {
-            Some(name) => NodeName::new(name.clone())
-                .map_err(|e| invalid("node-name", name, e.to_string()))?,
+            Some(name) => name.clone(),
             None => default_node_name()?,
         };
-        let (cluster_v4, cluster_v6) = parse_cluster_cidrs(self.cluster_cidr.as_deref())?;
-        let prefix_v4 = parse_prefix("node-prefix-v4", self.node_prefix_v4.as_deref(), 24, 32)?;
-        let prefix_v6 = parse_prefix("node-prefix-v6", self.node_prefix_v6.as_deref(), 64, 128)?;
-        let pool_v4 = cluster_v4
-            .map(|c| SubnetPool::new(IpNet::V4(c), prefix_v4))
-            .transpose()
-            .map_err(|e| invalid("node-prefix-v4", &prefix_v4.to_string(), e.to_string()))?;
-        let pool_v6 = cluster_v6
-            .map(|c| SubnetPool::new(IpNet::V6(c), prefix_v6))
-            .transpose()
-            .map_err(|e| invalid("node-prefix-v6", &prefix_v6.to_string(), e.to_string()))?;
-        let service_cidrs = match &self.service_cidr {
-            None => Vec::new(),
-            Some(text) => split_list(text)
-                .map(|item| {
-                    item.parse::<IpNet>()
-                        .map_err(|_| invalid("service-cidr", item, "not a CIDR"))
-                })
-                .collect::<Result<_, _>>()?,
-        };
-        let backend = match &self.backend {
-            None => Backend::Vxlan,
-            Some(text) => text
-                .parse()
-                .map_err(|reason: String| invalid("backend", text, reason))?,
-        };
+        let (pool_v4, pool_v6) = self.pools()?;
+        let backend = self.backend.unwrap_or(Backend::Vxlan);
         if backend == Backend::WireGuard {
             return Err(invalid(
                 "backend",
@@ -204,74 +182,52 @@ impl RawSettings {
                 "the WireGuard backend is not built yet; use vxlan (traffic is not encrypted)",
             ));
         }
-        let store = self.parse_store()?;
-        let lease_ttl = match &self.lease_ttl {
-            None => Duration::from_secs(60),
-            Some(text) => match text.parse::<u64>() {
-                Ok(secs @ 2..=86_400) => Duration::from_secs(secs),
-                _ => return Err(invalid("lease-ttl", text, "seconds between 2 and 86400")),
-            },
-        };
-        let underlay = self.parse_underlay()?;
-        let mtu = match &self.mtu {
-            None => None,
-            Some(text) => match text.parse::<u32>() {
-                Ok(mtu @ 1280..=65535) => Some(mtu),
-                _ => return Err(invalid("mtu", text, "an MTU between 1280 and 65535")),
-            },
-        };
-        let release_on_exit = match self.release_on_exit.as_deref() {
-            None | Some("false") | Some("0") => false,
-            Some("true") | Some("1") | Some("") => true,
-            Some(other) => return Err(invalid("release-on-exit", other, "expected true or false")),
-        };
-        let datapath = match self.datapath.as_deref() {
-            None | Some("kernel") => DatapathMode::Kernel,
-            Some("none") => DatapathMode::None,
-            Some(other) => return Err(invalid("datapath", other, "expected kernel or none")),
-        };
         Ok(Config {
-            datapath,
+            datapath: self.datapath.unwrap_or(DatapathMode::Kernel),
             node_name,
             pool_v4,
             pool_v6,
-            service_cidrs,
+            service_cidrs: self.service_cidr.clone().map_or_else(Vec::new, |c| c.0),
             backend,
-            store,
-            lease_ttl,
+            store: self.store()?,
+            lease_ttl: self.lease_ttl.map_or(Duration::from_secs(60), |t| t.0),
             state_dir: path_or(&self.state_dir, "/var/lib/weft"),
             run_dir: path_or(&self.run_dir, "/run/weft"),
-            underlay,
-            mtu,
-            release_on_exit,
+            underlay: self.underlay()?,
+            mtu: self.mtu.map(|m| m.0),
+            release_on_exit: self.release_on_exit.is_some_and(|s| s.0),
         })
     }
 
-    fn parse_store(&self) -> Result<StoreConfig, ConfigError> {
-        match self.store.as_deref().unwrap_or("file") {
-            "file" => Ok(StoreConfig::File {
+    /// The subnet pools: at most one cluster CIDR per family, each cut into node prefixes.
+    fn pools(&self) -> Result<(Option<SubnetPool>, Option<SubnetPool>), ConfigError> {
+        let (v4, v6) = cluster_cidrs(self.cluster_cidr.as_ref())?;
+        let prefix_v4 = self.node_prefix_v4.map_or(24, |p| p.0);
+        let prefix_v6 = self.node_prefix_v6.map_or(64, |p| p.0);
+        let pool_v4 = v4
+            .map(|c| SubnetPool::new(IpNet::V4(c), prefix_v4))
+            .transpose()
+            .map_err(|e| invalid("node-prefix-v4", &prefix_v4.to_string(), e.to_string()))?;
+        let pool_v6 = v6
+            .map(|c| SubnetPool::new(IpNet::V6(c), prefix_v6))
+            .transpose()
+            .map_err(|e| invalid("node-prefix-v6", &prefix_v6.to_string(), e.to_string()))?;
+        Ok((pool_v4, pool_v6))
+    }
+
+    fn store(&self) -> Result<StoreConfig, ConfigError> {
+        match self.store.unwrap_or(StoreKind::File) {
+            StoreKind::File => Ok(StoreConfig::File {
                 dir: path_or(&self.store_dir, "/var/lib/weft/store"),
             }),
-            "etcd" => {
-                let text = self
-                    .etcd_endpoints
-                    .as_deref()
-                    .unwrap_or("http://127.0.0.1:2379");
-                let endpoints: Vec<String> = split_list(text).map(str::to_string).collect();
-                for endpoint in &endpoints {
-                    let scheme_ok =
-                        endpoint.starts_with("http://") || endpoint.starts_with("https://");
-                    if !scheme_ok || endpoint.len() < 10 {
-                        return Err(invalid(
-                            "etcd-endpoints",
-                            endpoint,
-                            "expected http://HOST:PORT or https://HOST:PORT",
-                        ));
+            StoreKind::Etcd => {
+                let endpoints = match &self.etcd_endpoints {
+                    Some(Endpoints(list)) if list.is_empty() => {
+                        return Err(invalid("etcd-endpoints", "", "no endpoint given"))
                     }
-                }
-                if endpoints.is_empty() {
-                    return Err(invalid("etcd-endpoints", text, "no endpoint given"));
-                }
+                    Some(Endpoints(list)) => list.clone(),
+                    None => vec!["http://127.0.0.1:2379".to_string()],
+                };
                 let prefix = self.etcd_prefix.clone().unwrap_or_else(|| "/weft".into());
                 if !prefix.starts_with('/') || prefix.ends_with('/') {
                     return Err(invalid(
@@ -282,16 +238,15 @@ impl RawSettings {
                 }
                 Ok(StoreConfig::Etcd { endpoints, prefix })
             }
-            "kube" => Err(invalid(
+            StoreKind::Kube => Err(invalid(
                 "store",
                 "kube",
                 "the Kubernetes store is not built yet; use file or etcd",
             )),
-            other => Err(invalid("store", other, "expected file, etcd or kube")),
         }
     }
 
-    fn parse_underlay(&self) -> Result<UnderlaySelector, ConfigError> {
+    fn underlay(&self) -> Result<UnderlaySelector, ConfigError> {
         let chosen = [
             self.public_ip.is_some(),
             self.iface.is_some(),
@@ -305,14 +260,11 @@ impl RawSettings {
                 "set only one of --public-ip, --iface, --iface-regex, --iface-can-reach",
             ));
         }
-        if let Some(text) = &self.public_ip {
-            let ips = parse_ip_list("public-ip", text)?;
-            return Ok(UnderlaySelector::Addresses(ips));
+        if let Some(Ips(ips)) = &self.public_ip {
+            return Ok(UnderlaySelector::Addresses(ips.clone()));
         }
         if let Some(name) = &self.iface {
-            let name =
-                IfName::new(name.clone()).map_err(|e| invalid("iface", name, e.to_string()))?;
-            return Ok(UnderlaySelector::Interface(name));
+            return Ok(UnderlaySelector::Interface(name.clone()));
         }
         if let Some(pattern) = &self.iface_regex {
             if pattern.is_empty() {
@@ -320,14 +272,325 @@ impl RawSettings {
             }
             return Ok(UnderlaySelector::InterfacePattern(pattern.clone()));
         }
-        if let Some(text) = &self.iface_can_reach {
-            return Ok(UnderlaySelector::CanReach(parse_ip_list(
-                "iface-can-reach",
-                text,
-            )?));
+        if let Some(Ips(ips)) = &self.iface_can_reach {
+            return Ok(UnderlaySelector::CanReach(ips.clone()));
         }
         Ok(UnderlaySelector::DefaultRoute)
     }
+}
+
+/// The settings given on the command line or as `WEFT_*` variables: the arguments of
+/// [`RawSettings`], kept as clap's matches so that [`CliSettings::over`] overwrites exactly the
+/// settings that were given.
+#[derive(Debug, Clone)]
+pub struct CliSettings(ArgMatches);
+
+impl CliSettings {
+    /// `file` with every setting given as a flag or a variable overwritten.
+    pub fn over(&self, mut file: RawSettings) -> RawSettings {
+        file.update_from_arg_matches(&self.0)
+            .expect("the matches hold RawSettings' own arguments, parsed by their own types");
+        file
+    }
+}
+
+impl FromArgMatches for CliSettings {
+    fn from_arg_matches(matches: &ArgMatches) -> Result<Self, clap::Error> {
+        Ok(CliSettings(matches.clone()))
+    }
+
+    fn update_from_arg_matches(&mut self, matches: &ArgMatches) -> Result<(), clap::Error> {
+        self.0 = matches.clone();
+        Ok(())
+    }
+}
+
+impl clap::Args for CliSettings {
+    fn augment_args(cmd: clap::Command) -> clap::Command {
+        <RawSettings as clap::Args>::augment_args(cmd)
+    }
+
+    fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
+        <RawSettings as clap::Args>::augment_args_for_update(cmd)
+    }
+}
+
+/// [`clap::Parser::parse`], except that a refused flag or variable value stops the program with
+/// the one line a refused file value gets (`invalid setting --NAME: "VALUE": why`) instead of
+/// clap's paragraph.
+pub fn parse_command_line<P: clap::Parser>() -> P {
+    P::try_parse().unwrap_or_else(|e| match refused_value(&e) {
+        Some(line) => {
+            eprintln!("{}: error: {line}", P::command().get_name());
+            std::process::exit(2)
+        }
+        None => e.exit(),
+    })
+}
+
+/// The one-line message of a clap error about a value, from the error's context.
+fn refused_value(e: &clap::Error) -> Option<String> {
+    let context = |kind| match e.get(kind) {
+        Some(ContextValue::String(text)) => Some(text.as_str()),
+        _ => None,
+    };
+    // The argument is shown as `--lease-ttl <LEASE_TTL>`.
+    let arg = context(ContextKind::InvalidArg)?;
+    let setting = arg.split(' ').next()?.strip_prefix("--")?;
+    let value = context(ContextKind::InvalidValue)?;
+    let reason = match (e.kind(), e.get(ContextKind::ValidValue)) {
+        (ErrorKind::ValueValidation, _) => std::error::Error::source(e)?.to_string(),
+        (ErrorKind::InvalidValue, Some(ContextValue::Strings(names))) => expected(names),
+        _ => return None,
+    };
+    Some(invalid_line(setting, value, &reason))
+}
+
+/// One value of the file with its key, so that a refused value names its setting.
+struct FileValue {
+    key: String,
+    value: toml::Value,
+}
+
+impl<'de> Deserializer<'de> for FileValue {
+    type Error = toml::de::Error;
+
+    fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Self::Error> {
+        let text = match &self.value {
+            toml::Value::String(text) => text.clone(),
+            other => other.to_string(),
+        };
+        self.value
+            .deserialize_any(visitor)
+            .map_err(|e| de::Error::custom(invalid_line(&self.key, &text, &e.message())))
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf option
+        unit unit_struct newtype_struct seq tuple tuple_struct map struct enum identifier
+        ignored_any
+    }
+}
+
+impl IntoDeserializer<'_, toml::de::Error> for FileValue {
+    type Deserializer = FileValue;
+
+    fn into_deserializer(self) -> FileValue {
+        self
+    }
+}
+
+/// serde's side of a setting parsed by `FromStr`: the same parser as its flag.
+fn text<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: FromStr,
+    T::Err: Display,
+{
+    let parse: fn(&str) -> Result<T, String> =
+        |text| text.parse().map_err(|e: T::Err| e.to_string());
+    deserializer.deserialize_any(Text(parse)).map(Some)
+}
+
+/// serde's side of a setting that is a [`ValueEnum`]: the same names as its flag.
+fn choice<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: ValueEnum,
+{
+    deserializer.deserialize_any(Text(choose::<T>)).map(Some)
+}
+
+fn choose<T: ValueEnum>(text: &str) -> Result<T, String> {
+    T::from_str(text, false).map_err(|_| {
+        let names: Vec<String> = T::value_variants()
+            .iter()
+            .filter_map(ValueEnum::to_possible_value)
+            .filter(|value| !value.is_hide_set())
+            .map(|value| value.get_name().to_string())
+            .collect();
+        expected(&names)
+    })
+}
+
+/// `expected a, b or c`: the reason a name outside the choices is refused, from a flag or a file.
+fn expected(names: &[String]) -> String {
+    match names.split_last() {
+        Some((last, rest)) if !rest.is_empty() => format!("expected {} or {last}", rest.join(", ")),
+        _ => format!("expected {}", names.join("")),
+    }
+}
+
+/// Reads a value of the file (a string, an integer or a boolean) as its text and parses it.
+struct Text<T>(fn(&str) -> Result<T, String>);
+
+impl<T> Visitor<'_> for Text<T> {
+    type Value = T;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a string, an integer or a boolean")
+    }
+
+    fn visit_str<E: de::Error>(self, text: &str) -> Result<T, E> {
+        (self.0)(text).map_err(E::custom)
+    }
+
+    fn visit_i64<E: de::Error>(self, n: i64) -> Result<T, E> {
+        self.visit_str(&n.to_string())
+    }
+
+    fn visit_u64<E: de::Error>(self, n: u64) -> Result<T, E> {
+        self.visit_str(&n.to_string())
+    }
+
+    fn visit_bool<E: de::Error>(self, b: bool) -> Result<T, E> {
+        self.visit_str(&b.to_string())
+    }
+}
+
+/// CIDRs, comma-separated; empty items are skipped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cidrs(pub Vec<IpNet>);
+
+impl FromStr for Cidrs {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        parse_list(text, |item| item.parse().map_err(|_| "not a CIDR".into())).map(Cidrs)
+    }
+}
+
+impl Display for Cidrs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let items: Vec<String> = self.0.iter().map(ToString::to_string).collect();
+        f.write_str(&items.join(","))
+    }
+}
+
+/// One or two IP addresses, comma-separated, at most one per family.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ips(pub Vec<IpAddr>);
+
+impl FromStr for Ips {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        let ips: Vec<IpAddr> = parse_list(text, |item| {
+            item.parse().map_err(|_| "not an IP address".into())
+        })?;
+        let v4 = ips.iter().filter(|ip| ip.is_ipv4()).count();
+        if ips.is_empty() || v4 > 1 || ips.len() - v4 > 1 {
+            return Err("one or two addresses, at most one per family".into());
+        }
+        Ok(Ips(ips))
+    }
+}
+
+/// etcd endpoints, comma-separated, each `http://HOST:PORT` or `https://HOST:PORT`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoints(pub Vec<String>);
+
+impl FromStr for Endpoints {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        let endpoint = |item: &str| {
+            let scheme_ok = item.starts_with("http://") || item.starts_with("https://");
+            match scheme_ok && item.len() >= 10 {
+                true => Ok(item.to_string()),
+                false => Err("expected http://HOST:PORT or https://HOST:PORT".into()),
+            }
+        };
+        parse_list(text, endpoint).map(Endpoints)
+    }
+}
+
+/// A prefix length between 0 and `MAX`, with or without its `/`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PrefixLen<const MAX: u8>(pub u8);
+
+impl<const MAX: u8> FromStr for PrefixLen<MAX> {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text.trim_start_matches('/').parse::<u8>() {
+            Ok(len) if len <= MAX => Ok(PrefixLen(len)),
+            _ => Err(format!("a prefix length between 0 and {MAX}")),
+        }
+    }
+}
+
+/// A whole number of seconds between `MIN` and `MAX`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Seconds<const MIN: u64, const MAX: u64>(pub Duration);
+
+impl<const MIN: u64, const MAX: u64> FromStr for Seconds<MIN, MAX> {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text.parse::<u64>() {
+            Ok(secs) if (MIN..=MAX).contains(&secs) => Ok(Seconds(Duration::from_secs(secs))),
+            _ => Err(format!("seconds between {MIN} and {MAX}")),
+        }
+    }
+}
+
+/// An MTU between 1280 (the IPv6 minimum) and 65535.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mtu(pub u32);
+
+impl FromStr for Mtu {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text.parse::<u32>() {
+            Ok(mtu @ 1280..=65535) => Ok(Mtu(mtu)),
+            _ => Err("an MTU between 1280 and 65535".into()),
+        }
+    }
+}
+
+/// On or off: `true` or `1` (or empty, as a bare variable), `false` or `0`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Switch(pub bool);
+
+impl FromStr for Switch {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "true" | "1" | "" => Ok(Switch(true)),
+            "false" | "0" => Ok(Switch(false)),
+            _ => Err("expected true or false".into()),
+        }
+    }
+}
+
+/// Which lease store keeps the leases.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StoreKind {
+    /// Files in `--store-dir`, for the daemons of one host.
+    File,
+    /// An etcd cluster (`--etcd-endpoints`, `--etcd-prefix`).
+    Etcd,
+    /// Kubernetes objects (not built yet).
+    Kube,
+}
+
+/// Parse a comma-separated list, skipping empty items; a refused item is quoted when the list
+/// has several.
+fn parse_list<T>(text: &str, parse: impl Fn(&str) -> Result<T, String>) -> Result<Vec<T>, String> {
+    let items: Vec<&str> = text
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect();
+    let several = items.len() > 1;
+    items
+        .iter()
+        .map(|item| {
+            parse(item).map_err(|why| {
+                if several {
+                    format!("{item:?}: {why}")
+                } else {
+                    why
+                }
+            })
+        })
+        .collect()
 }
 
 /// How the node's underlay address is found.
@@ -356,9 +619,11 @@ pub enum StoreConfig {
 }
 
 /// Whether weftd programs the node's datapath.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum DatapathMode {
+    /// Program tunnels, routes and pods.
     Kernel,
+    /// Only keep the lease and follow the peers.
     None,
 }
 
@@ -380,12 +645,8 @@ pub struct Config {
     pub release_on_exit: bool,
 }
 
-fn split_list(text: &str) -> impl Iterator<Item = &str> {
-    text.split(',').map(str::trim).filter(|s| !s.is_empty())
-}
-
-fn path_or(value: &Option<String>, default: &str) -> PathBuf {
-    PathBuf::from(value.as_deref().unwrap_or(default))
+fn path_or(value: &Option<PathBuf>, default: &str) -> PathBuf {
+    value.clone().unwrap_or_else(|| default.into())
 }
 
 fn default_node_name() -> Result<NodeName, ConfigError> {
@@ -403,72 +664,38 @@ fn default_node_name() -> Result<NodeName, ConfigError> {
     })
 }
 
-fn parse_cluster_cidrs(
-    text: Option<&str>,
-) -> Result<(Option<Ipv4Net>, Option<Ipv6Net>), ConfigError> {
-    let text = text.ok_or(ConfigError::Missing {
+/// The cluster CIDRs: required, without host bits, at most one per family.
+fn cluster_cidrs(cidrs: Option<&Cidrs>) -> Result<(Option<Ipv4Net>, Option<Ipv6Net>), ConfigError> {
+    let cidrs = cidrs.ok_or(ConfigError::Missing {
         setting: "cluster-cidr",
         reason: "give the cluster's pod CIDR(s), e.g. 10.244.0.0/16,fd00:10:244::/48",
     })?;
     let (mut v4, mut v6) = (None, None);
-    for item in split_list(text) {
-        let net: IpNet = item
-            .parse()
-            .map_err(|_| invalid("cluster-cidr", item, "not a CIDR"))?;
-        if net.trunc() != net {
+    for net in &cidrs.0 {
+        if net.trunc() != *net {
             return Err(invalid(
                 "cluster-cidr",
-                item,
+                &net.to_string(),
                 format!("host bits are set; did you mean {}?", net.trunc()),
             ));
         }
         match net {
-            IpNet::V4(n) if v4.is_none() => v4 = Some(n),
-            IpNet::V6(n) if v6.is_none() => v6 = Some(n),
-            _ => return Err(invalid("cluster-cidr", text, "at most one CIDR per family")),
+            IpNet::V4(n) if v4.is_none() => v4 = Some(*n),
+            IpNet::V6(n) if v6.is_none() => v6 = Some(*n),
+            _ => {
+                let text = cidrs.to_string();
+                return Err(invalid(
+                    "cluster-cidr",
+                    &text,
+                    "at most one CIDR per family",
+                ));
+            }
         }
     }
     if v4.is_none() && v6.is_none() {
-        return Err(invalid("cluster-cidr", text, "no CIDR given"));
+        return Err(invalid("cluster-cidr", "", "no CIDR given"));
     }
     Ok((v4, v6))
-}
-
-fn parse_prefix(
-    setting: &'static str,
-    text: Option<&str>,
-    default: u8,
-    max: u8,
-) -> Result<u8, ConfigError> {
-    match text {
-        None => Ok(default),
-        Some(t) => match t.trim_start_matches('/').parse::<u8>() {
-            Ok(len) if len <= max => Ok(len),
-            _ => Err(invalid(
-                setting,
-                t,
-                format!("a prefix length between 0 and {max}"),
-            )),
-        },
-    }
-}
-
-fn parse_ip_list(setting: &'static str, text: &str) -> Result<Vec<IpAddr>, ConfigError> {
-    let ips: Vec<IpAddr> = split_list(text)
-        .map(|item| {
-            item.parse()
-                .map_err(|_| invalid(setting, item, "not an IP address"))
-        })
-        .collect::<Result<_, _>>()?;
-    let v4 = ips.iter().filter(|ip| ip.is_ipv4()).count();
-    if ips.is_empty() || v4 > 1 || ips.len() - v4 > 1 {
-        return Err(invalid(
-            setting,
-            text,
-            "one or two addresses, at most one per family",
-        ));
-    }
-    Ok(ips)
 }
 
 #[cfg(test)]
@@ -477,10 +704,42 @@ mod tests {
 
     fn base() -> RawSettings {
         RawSettings {
-            node_name: Some("node-a".into()),
-            cluster_cidr: Some("10.244.0.0/16,fd00:10:244::/48".into()),
+            node_name: Some("node-a".parse().unwrap()),
+            cluster_cidr: Some("10.244.0.0/16,fd00:10:244::/48".parse().unwrap()),
             ..Default::default()
         }
+    }
+
+    /// weftd's command line, reduced to the settings.
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        given: CliSettings,
+    }
+
+    /// The settings `pairs` given as flags; a refused one is reported as weftd reports it.
+    fn flags(pairs: &[(&str, &str)]) -> Result<CliSettings, String> {
+        use clap::Parser;
+        let args = pairs.iter().map(|(key, value)| format!("--{key}={value}"));
+        let cli = Cli::try_parse_from(std::iter::once("weftd".to_string()).chain(args))
+            .map_err(|e| refused_value(&e).unwrap_or_else(|| e.to_string()))?;
+        Ok(cli.given)
+    }
+
+    fn from_flags(pairs: &[(&str, &str)]) -> Result<RawSettings, String> {
+        flags(pairs).map(|given| given.over(RawSettings::default()))
+    }
+
+    /// The settings `pairs` as the keys of a file.
+    fn from_file(pairs: &[(&str, &str)]) -> Result<RawSettings, String> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("weft.toml");
+        let table: toml::Table = pairs
+            .iter()
+            .map(|(key, value)| (key.to_string(), toml::Value::from(*value)))
+            .collect();
+        std::fs::write(&path, table.to_string()).unwrap();
+        RawSettings::from_file(&path).map_err(|e| e.to_string())
     }
 
     #[test]
@@ -504,143 +763,147 @@ mod tests {
     #[test]
     fn single_stack_either_family() {
         let mut raw = base();
-        raw.cluster_cidr = Some("10.244.0.0/16".into());
+        raw.cluster_cidr = Some("10.244.0.0/16".parse().unwrap());
         let c = raw.validate().unwrap();
         assert!(c.pool_v4.is_some() && c.pool_v6.is_none());
-        raw.cluster_cidr = Some("fd00:10:244::/48".into());
+        raw.cluster_cidr = Some("fd00:10:244::/48".parse().unwrap());
         let c = raw.validate().unwrap();
         assert!(c.pool_v4.is_none() && c.pool_v6.is_some());
     }
 
-    /// Each bad value stops start-up with one line naming the setting, the value and why.
+    /// Settings changed from the base (`None`: removed), the setting named, the reason.
+    type Case = (
+        &'static [(&'static str, Option<&'static str>)],
+        &'static str,
+        &'static str,
+    );
+
+    const BAD_VALUES: &[Case] = &[
+        (
+            &[("cluster-cidr", Some("10.244.0.0/33"))],
+            "--cluster-cidr",
+            "not a CIDR",
+        ),
+        (
+            &[("cluster-cidr", Some("10.244.1.0/16"))],
+            "--cluster-cidr",
+            "host bits",
+        ),
+        (
+            &[("cluster-cidr", Some("10.0.0.0/8,10.1.0.0/16"))],
+            "--cluster-cidr",
+            "one CIDR per family",
+        ),
+        (
+            &[("cluster-cidr", Some(" , "))],
+            "--cluster-cidr",
+            "no CIDR",
+        ),
+        (&[("cluster-cidr", None)], "--cluster-cidr", "missing"),
+        (
+            &[("node-prefix-v4", Some("33"))],
+            "--node-prefix-v4",
+            "prefix length",
+        ),
+        (
+            &[("node-prefix-v4", Some("8"))],
+            "--node-prefix-v4",
+            "does not fit",
+        ),
+        (
+            &[("node-prefix-v6", Some("abc"))],
+            "--node-prefix-v6",
+            "prefix length",
+        ),
+        (
+            &[("backend", Some("geneve"))],
+            "--backend",
+            "unknown backend",
+        ),
+        (
+            &[("backend", Some("wireguard"))],
+            "--backend",
+            "not built yet",
+        ),
+        (
+            &[("store", Some("consul"))],
+            "--store",
+            "expected file, etcd or kube",
+        ),
+        (
+            &[
+                ("store", Some("etcd")),
+                ("etcd-endpoints", Some("127.0.0.1:2379")),
+            ],
+            "--etcd-endpoints",
+            "http://",
+        ),
+        (
+            &[("store", Some("etcd")), ("etcd-prefix", Some("weft"))],
+            "--etcd-prefix",
+            "start with '/'",
+        ),
+        (
+            &[("lease-ttl", Some("1"))],
+            "--lease-ttl",
+            "between 2 and 86400",
+        ),
+        (&[("node-name", Some("Node_A"))], "--node-name", "DNS-1123"),
+        (
+            &[("public-ip", Some("192.0.2.1,192.0.2.2"))],
+            "--public-ip",
+            "one per family",
+        ),
+        (&[("public-ip", Some("banana"))], "--public-ip", "not an IP"),
+        (
+            &[("iface", Some("much-too-long-interface"))],
+            "--iface",
+            "at most 15",
+        ),
+        (
+            &[("iface", Some("eth0")), ("public-ip", Some("192.0.2.1"))],
+            "--public-ip",
+            "only one of",
+        ),
+        (&[("mtu", Some("9999999"))], "--mtu", "between 1280"),
+        (
+            &[("release-on-exit", Some("maybe"))],
+            "--release-on-exit",
+            "true or false",
+        ),
+        (
+            &[("service-cidr", Some("10.96.0.0/12,x"))],
+            "--service-cidr",
+            "not a CIDR",
+        ),
+        (
+            &[("datapath", Some("ebpf"))],
+            "--datapath",
+            "kernel or none",
+        ),
+    ];
+
+    /// Each bad value stops start-up with one line naming the setting, the value and why, whether
+    /// it is given as a flag or in the file.
     #[test]
     fn bad_values_name_the_setting() {
-        type Edit = fn(&mut RawSettings);
-        let cases: &[(Edit, &str, &str)] = &[
-            (
-                |r| r.cluster_cidr = Some("10.244.0.0/33".into()),
-                "--cluster-cidr",
-                "not a CIDR",
-            ),
-            (
-                |r| r.cluster_cidr = Some("10.244.1.0/16".into()),
-                "--cluster-cidr",
-                "host bits",
-            ),
-            (
-                |r| r.cluster_cidr = Some("10.0.0.0/8,10.1.0.0/16".into()),
-                "--cluster-cidr",
-                "one CIDR per family",
-            ),
-            (
-                |r| r.cluster_cidr = Some(" , ".into()),
-                "--cluster-cidr",
-                "no CIDR",
-            ),
-            (|r| r.cluster_cidr = None, "--cluster-cidr", "missing"),
-            (
-                |r| r.node_prefix_v4 = Some("33".into()),
-                "--node-prefix-v4",
-                "prefix length",
-            ),
-            (
-                |r| r.node_prefix_v4 = Some("8".into()),
-                "--node-prefix-v4",
-                "does not fit",
-            ),
-            (
-                |r| r.node_prefix_v6 = Some("abc".into()),
-                "--node-prefix-v6",
-                "prefix length",
-            ),
-            (
-                |r| r.backend = Some("geneve".into()),
-                "--backend",
-                "unknown backend",
-            ),
-            (
-                |r| r.backend = Some("wireguard".into()),
-                "--backend",
-                "not built yet",
-            ),
-            (
-                |r| r.store = Some("consul".into()),
-                "--store",
-                "expected file, etcd or kube",
-            ),
-            (
-                |r| {
-                    r.store = Some("etcd".into());
-                    r.etcd_endpoints = Some("127.0.0.1:2379".into())
-                },
-                "--etcd-endpoints",
-                "http://",
-            ),
-            (
-                |r| {
-                    r.store = Some("etcd".into());
-                    r.etcd_prefix = Some("weft".into())
-                },
-                "--etcd-prefix",
-                "start with '/'",
-            ),
-            (
-                |r| r.lease_ttl = Some("1".into()),
-                "--lease-ttl",
-                "between 2 and 86400",
-            ),
-            (
-                |r| r.node_name = Some("Node_A".into()),
-                "--node-name",
-                "DNS-1123",
-            ),
-            (
-                |r| r.public_ip = Some("192.0.2.1,192.0.2.2".into()),
-                "--public-ip",
-                "one per family",
-            ),
-            (
-                |r| r.public_ip = Some("banana".into()),
-                "--public-ip",
-                "not an IP",
-            ),
-            (
-                |r| r.iface = Some("much-too-long-interface".into()),
-                "--iface",
-                "at most 15",
-            ),
-            (
-                |r| {
-                    r.iface = Some("eth0".into());
-                    r.public_ip = Some("192.0.2.1".into())
-                },
-                "--public-ip",
-                "only one of",
-            ),
-            (|r| r.mtu = Some("9999999".into()), "--mtu", "between 1280"),
-            (
-                |r| r.release_on_exit = Some("maybe".into()),
-                "--release-on-exit",
-                "true or false",
-            ),
-            (
-                |r| r.service_cidr = Some("10.96.0.0/12,x".into()),
-                "--service-cidr",
-                "not a CIDR",
-            ),
-            (
-                |r| r.datapath = Some("ebpf".into()),
-                "--datapath",
-                "kernel or none",
-            ),
-        ];
-        for (edit, setting, reason) in cases {
-            let mut raw = base();
-            edit(&mut raw);
-            let err = raw.validate().unwrap_err().to_string();
-            assert!(err.contains(setting), "{setting}: {err}");
-            assert!(err.contains(reason), "{setting}: {err}");
-            assert!(!err.contains('\n'), "one line: {err}");
+        for (edits, setting, reason) in BAD_VALUES {
+            let mut pairs = vec![
+                ("node-name", "node-a"),
+                ("cluster-cidr", "10.244.0.0/16,fd00:10:244::/48"),
+            ];
+            for (key, value) in edits.iter() {
+                pairs.retain(|(k, _)| k != key);
+                pairs.extend(value.map(|v| (*key, v)));
+            }
+            for read in [from_flags, from_file] {
+                let err = read(&pairs)
+                    .and_then(|raw| raw.validate().map_err(|e| e.to_string()))
+                    .unwrap_err();
+                assert!(err.contains(setting), "{setting}: {err}");
+                assert!(err.contains(reason), "{setting}: {err}");
+                assert!(!err.contains('\n'), "one line: {err}");
+            }
         }
     }
 
@@ -650,7 +913,12 @@ mod tests {
         let path = dir.path().join("weft.toml");
         std::fs::write(&path, "backend = \"vxlan\"\nlease-ttl = 15\nnode-name = \"from-file\"\nrelease-on-exit = true\n").unwrap();
         let file = RawSettings::from_file(&path).unwrap();
-        let config = base().or(file).validate().unwrap();
+        let given = flags(&[
+            ("node-name", "node-a"),
+            ("cluster-cidr", "10.244.0.0/16,fd00:10:244::/48"),
+        ])
+        .unwrap();
+        let config = given.over(file).validate().unwrap();
         assert_eq!(config.node_name.as_str(), "node-a", "flag wins");
         assert_eq!(config.backend, Backend::Vxlan);
         assert_eq!(config.lease_ttl, Duration::from_secs(15));
@@ -670,5 +938,20 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("absent.toml"), "{err}");
+    }
+
+    /// Every field is a flag, a variable and a file key of the same name.
+    #[test]
+    fn every_setting_is_a_flag_a_variable_and_a_file_key() {
+        let cmd = <RawSettings as clap::Args>::augment_args(clap::Command::new("weftd"));
+        for arg in cmd.get_arguments() {
+            let key = arg.get_long().unwrap();
+            assert_eq!(key, arg.get_id().as_str().replace('_', "-"));
+            let env = format!("WEFT_{}", arg.get_id().as_str().to_uppercase());
+            assert_eq!(arg.get_env().unwrap().to_str(), Some(env.as_str()));
+            assert!(arg.get_help().is_some(), "{key} has its doc line");
+            let err = from_file(&[(key, "!")]).err().unwrap_or_default();
+            assert!(!err.contains("unknown field"), "{key}: {err}");
+        }
     }
 }

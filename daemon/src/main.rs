@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tokio::sync::watch;
 use tracing::info;
-use weftd::config::{Config, RawSettings};
+use weftd::config::{CliSettings, Config, RawSettings};
 use weftd::store::{self, LeaseStore};
 use weftd::{agent, state, underlay};
 
@@ -28,7 +28,7 @@ struct Settings {
     #[arg(long, env = "WEFT_CONFIG", global = true)]
     config: Option<PathBuf>,
     #[command(flatten)]
-    raw: RawSettings,
+    given: CliSettings,
 }
 
 #[derive(Subcommand)]
@@ -47,11 +47,11 @@ fn load(settings: Settings) -> anyhow::Result<Config> {
         Some(path) => RawSettings::from_file(path)?,
         None => RawSettings::default(),
     };
-    Ok(settings.raw.or(file).validate()?)
+    Ok(settings.given.over(file).validate()?)
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli: Cli = weftd::config::parse_command_line();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),

@@ -1414,10 +1414,10 @@ fn device_names_and_vnis() {
 #[test]
 fn plan_config_from_the_daemon_config() {
     let raw = crate::config::RawSettings {
-        node_name: Some("a".into()),
-        cluster_cidr: Some("10.244.0.0/16,fd00:10:244::/56".into()),
-        service_cidr: Some("10.96.0.0/12".into()),
-        mtu: Some("1400".into()),
+        node_name: Some("a".parse().unwrap()),
+        cluster_cidr: Some("10.244.0.0/16,fd00:10:244::/56".parse().unwrap()),
+        service_cidr: Some("10.96.0.0/12".parse().unwrap()),
+        mtu: Some("1400".parse().unwrap()),
         ..Default::default()
     };
     let config = PlanConfig::new(&raw.validate().unwrap(), 1500);
