@@ -37,6 +37,9 @@ pub struct AgentView {
     /// `None` until the store's first snapshot arrives: acting on "no peers" before then would
     /// tear down every tunnel of a restarted node.
     pub peers: watch::Receiver<Option<Arc<PeerSet>>>,
+    /// Set to true by the node once its datapath is programmed; the agent then tells the store
+    /// (Kubernetes: `NetworkUnavailable` False).
+    pub programmed: Arc<watch::Sender<bool>>,
 }
 
 /// The backend data this node publishes: VTEP MACs derived from the node name, one per pod family,
@@ -91,6 +94,7 @@ pub async fn start<S: LeaseStore>(
 
     let (lease_tx, lease_rx) = watch::channel(Some(lease.clone()));
     let (peers_tx, peers_rx) = watch::channel(None);
+    let (programmed_tx, programmed_rx) = watch::channel(false);
     let tracker = tokio::spawn(track_peers(store.watch_peers(&config.node_name), peers_tx));
     let keeper = Keeper {
         config: config.clone(),
@@ -100,12 +104,15 @@ pub async fn start<S: LeaseStore>(
         lease_tx,
         family_misses: 0,
         host,
+        programmed: programmed_rx,
+        announced: false,
     };
     Ok(Some(Agent {
         lease,
         view: AgentView {
             lease: lease_rx,
             peers: peers_rx,
+            programmed: Arc::new(programmed_tx),
         },
         keeper: tokio::spawn(keeper.run(shutdown, tracker)),
     }))
@@ -122,6 +129,9 @@ struct Keeper<S> {
     family_misses: u32,
     /// Netlink, for following the underlay address.
     host: rtnetlink::Handle,
+    /// Whether the node's datapath is programmed, and whether the store was told so.
+    programmed: watch::Receiver<bool>,
+    announced: bool,
 }
 
 impl<S: LeaseStore> Keeper<S> {
@@ -138,12 +148,12 @@ impl<S: LeaseStore> Keeper<S> {
         let mut next_renewal = renew_every;
         loop {
             let scheduled = next_renewal == renew_every;
-            tokio::select! {
-                _ = tokio::time::sleep(next_renewal) => {}
-                _ = shutdown.changed() => break,
+            if !self.wait(next_renewal, &mut shutdown).await {
+                break;
             }
             next_renewal = renew_every;
             self.follow_underlay(scheduled).await;
+            self.announce().await;
             match self.renew(&mut shutdown).await? {
                 Renewal::Done => backoff = MIN_BACKOFF,
                 Renewal::Failed => {
@@ -215,6 +225,29 @@ impl<S: LeaseStore> Keeper<S> {
         }
     }
 
+    /// Wait `delay`, telling the store as soon as the datapath is up; `false` on shutdown.
+    async fn wait(&mut self, delay: Duration, shutdown: &mut watch::Receiver<bool>) -> bool {
+        let deadline = tokio::time::Instant::now() + delay;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => return true,
+                _ = shutdown.changed() => return false,
+                Ok(()) = self.programmed.changed(), if !self.announced => self.announce().await,
+            }
+        }
+    }
+
+    /// Tell the store the datapath is up, once; a failure is retried at the next renewal.
+    async fn announce(&mut self) {
+        if self.announced || !*self.programmed.borrow() {
+            return;
+        }
+        match self.store.datapath_ready(&self.lease.node).await {
+            Ok(()) => self.announced = true,
+            Err(e) => warn!(error = %e, "cannot tell the store the datapath is up; retrying"),
+        }
+    }
+
     /// SIGTERM keeps the lease for the next start, unless `release_on_exit`.
     async fn stop(mut self) -> anyhow::Result<()> {
         let pod_cidrs = self.lease.pod_cidrs;
@@ -247,11 +280,17 @@ async fn acquire<S: LeaseStore>(
     shutdown: &mut watch::Receiver<bool>,
 ) -> anyhow::Result<Option<Lease>> {
     let mut backoff = MIN_BACKOFF;
+    let mut last_reason = String::new();
     loop {
         match store.acquire(request).await {
             Ok(lease) => return Ok(Some(lease)),
             Err(e) if e.is_transient() => {
-                warn!(error = %e, retry_in = ?backoff, "cannot acquire the lease yet");
+                // One line per reason, not one per retry (waiting for podCIDRs can take a while).
+                let reason = e.to_string();
+                if reason != last_reason {
+                    warn!(error = %reason, "cannot acquire the lease yet; retrying until it can");
+                    last_reason = reason;
+                }
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
                     _ = shutdown.changed() => return Ok(None),

@@ -147,6 +147,14 @@ pub struct RawSettings {
     #[arg(long, env = "WEFT_DATAPATH")]
     #[serde(deserialize_with = "choice")]
     pub datapath: Option<DatapathMode>,
+    /// kubeconfig for `--store kube`; without it, the in-cluster service account (or $KUBECONFIG).
+    #[arg(long, env = "WEFT_KUBECONFIG")]
+    #[serde(deserialize_with = "text")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Address of the HTTP endpoints `/healthz` and `/readyz` [default: 127.0.0.1:9475].
+    #[arg(long, env = "WEFT_HTTP_ADDR")]
+    #[serde(deserialize_with = "text")]
+    pub http_addr: Option<std::net::SocketAddr>,
 }
 
 impl RawSettings {
@@ -196,6 +204,9 @@ impl RawSettings {
             underlay: self.underlay()?,
             mtu: self.mtu.map(|m| m.0),
             release_on_exit: self.release_on_exit.is_some_and(|s| s.0),
+            http_addr: self
+                .http_addr
+                .unwrap_or(std::net::SocketAddr::from(([127, 0, 0, 1], 9475))),
         })
     }
 
@@ -238,11 +249,9 @@ impl RawSettings {
                 }
                 Ok(StoreConfig::Etcd { endpoints, prefix })
             }
-            StoreKind::Kube => Err(invalid(
-                "store",
-                "kube",
-                "the Kubernetes store is not built yet; use file or etcd",
-            )),
+            StoreKind::Kube => Ok(StoreConfig::Kube {
+                kubeconfig: self.kubeconfig.clone(),
+            }),
         }
     }
 
@@ -566,7 +575,7 @@ pub enum StoreKind {
     File,
     /// An etcd cluster (`--etcd-endpoints`, `--etcd-prefix`).
     Etcd,
-    /// Kubernetes objects (not built yet).
+    /// Kubernetes Node objects: `spec.podCIDRs` and `weft.dev/*` annotations (`--kubeconfig`).
     Kube,
 }
 
@@ -616,6 +625,10 @@ pub enum StoreConfig {
         endpoints: Vec<String>,
         prefix: String,
     },
+    /// The Kubernetes API: the kubeconfig given, else in-cluster or `$KUBECONFIG`.
+    Kube {
+        kubeconfig: Option<PathBuf>,
+    },
 }
 
 /// Whether weftd programs the node's datapath.
@@ -643,13 +656,20 @@ pub struct Config {
     pub underlay: UnderlaySelector,
     pub mtu: Option<u32>,
     pub release_on_exit: bool,
+    /// Where `/healthz` and `/readyz` are served.
+    pub http_addr: std::net::SocketAddr,
 }
 
 fn path_or(value: &Option<PathBuf>, default: &str) -> PathBuf {
     value.clone().unwrap_or_else(|| default.into())
 }
 
+/// `NODE_NAME` (the downward API's `spec.nodeName` in a DaemonSet), else the host name.
 fn default_node_name() -> Result<NodeName, ConfigError> {
+    if let Ok(name) = std::env::var("NODE_NAME") {
+        return NodeName::new(name.clone())
+            .map_err(|e| invalid("node-name", &name, format!("NODE_NAME: {e}")));
+    }
     let host = nix::unistd::gethostname()
         .ok()
         .and_then(|h| h.into_string().ok())

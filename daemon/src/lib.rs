@@ -1,13 +1,13 @@
 //! weftd: the weft node agent.
 //!
 //! - [`config`]: flags, environment, file → a validated [`config::Config`];
-//! - [`store`]: the lease stores (file, etcd) behind [`store::LeaseStore`], opened by [`store::open`];
+//! - [`store`]: the lease stores (file, etcd, kube) behind [`store::LeaseStore`], opened by [`store::open`];
 //! - [`agent`]: the lease keeper and peer tracker;
 //! - [`plan`]: pure — peer admission and the seam every backend's plan implements;
 //! - [`backend`]: the backends (VXLAN, none), each its plan, diff and driver;
 //! - [`firewall`]: weft's nftables table as desired state (pure), and its `nft` driver;
 //! - [`node`]: forwarding, the CNI server, the reconcile loop, cleanup;
-//! - [`run`]: `weftd run`, wiring the agent to the node.
+//! - [`run`]: `weftd run`, wiring the agent to the node; [`health`]: `/healthz` and `/readyz`.
 //!
 //! Inside: [`subnet`] (carving node subnets), [`underlay`] (choosing the underlay address),
 //! `ipam`, `cni_server`, `datapath` (pod wiring, netlink helpers), `state` and `fsutil` (what
@@ -20,6 +20,7 @@ pub mod config;
 pub mod datapath;
 pub mod firewall;
 pub(crate) mod fsutil;
+pub mod health;
 pub mod ipam;
 pub(crate) mod net;
 pub mod node;

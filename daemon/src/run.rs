@@ -3,7 +3,10 @@
 use anyhow::Context;
 use tokio::sync::watch;
 
+use std::sync::Arc;
+
 use crate::config::Config;
+use crate::health::{self, Probes};
 use crate::{agent, node, store};
 
 /// Run the daemon until `shutdown` turns true: acquire the lease from the configured store,
@@ -13,9 +16,16 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> anyhow::Res
     let Some(agent) = agent::start(&config, store, shutdown).await? else {
         return Ok(());
     };
-    let tasks = node::start(&config, &agent.lease, agent.view.clone()).await?;
+    let started = node::start(&config, &agent.lease, agent.view.clone()).await?;
+    let probes = Probes {
+        lease: agent.view.lease.clone(),
+        programmed: agent.view.programmed.subscribe(),
+        heartbeat: started.heartbeat.clone(),
+        serves_pods: started.serves_pods,
+    };
+    let http = health::serve(config.http_addr, Arc::new(probes)).await;
     let stopped = agent.keeper.await.context("the lease keeper panicked");
-    for task in tasks {
+    for task in started.tasks.into_iter().chain(http) {
         task.abort();
     }
     stopped?

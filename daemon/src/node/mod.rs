@@ -13,6 +13,7 @@ pub mod firewall;
 pub mod reconcile;
 pub mod sysctl;
 
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -37,12 +38,18 @@ use reconcile::Reconciler;
 /// The addresses of the pods whose network has `"ipMasq": false`.
 type Unmasqueraded = tokio::sync::watch::Receiver<std::collections::BTreeSet<std::net::IpAddr>>;
 
-/// Start the node's services for the configured backend; the returned tasks run until aborted.
-pub async fn start(
-    config: &Config,
-    lease: &Lease,
-    view: AgentView,
-) -> anyhow::Result<Vec<JoinHandle<()>>> {
+/// The node's services, running.
+pub struct Started {
+    /// Run until aborted.
+    pub tasks: Vec<JoinHandle<()>>,
+    /// Unix seconds of the reconcile loop's last pass.
+    pub heartbeat: Arc<AtomicU64>,
+    /// Whether pods are served (not with `--datapath none`).
+    pub serves_pods: bool,
+}
+
+/// Start the node's services for the configured backend.
+pub async fn start(config: &Config, lease: &Lease, view: AgentView) -> anyhow::Result<Started> {
     match (config.datapath, config.backend) {
         (DatapathMode::None, kind) => start_without_datapath(config, kind, view).await,
         (DatapathMode::Kernel, BackendKind::Vxlan) => start_with(Vxlan, config, lease, view).await,
@@ -58,12 +65,16 @@ async fn start_without_datapath(
     config: &Config,
     kind: BackendKind,
     view: AgentView,
-) -> anyhow::Result<Vec<JoinHandle<()>>> {
+) -> anyhow::Result<Started> {
     let host = netns::connect_here().context("open a netlink connection")?;
     let backend = NoDatapath { kind };
     let driver = backend.driver(host, &[]);
     let reconciler = Reconciler::new(backend, driver, PlanConfig::new(config, 1500), None);
-    Ok(vec![tokio::spawn(reconciler.run(view))])
+    Ok(Started {
+        heartbeat: reconciler.heartbeat(),
+        tasks: vec![tokio::spawn(reconciler.run(view))],
+        serves_pods: false,
+    })
 }
 
 /// Forwarding, the CNI server and the reconcile loop for `backend`.
@@ -72,7 +83,7 @@ async fn start_with<B: Backend>(
     config: &Config,
     lease: &Lease,
     view: AgentView,
-) -> anyhow::Result<Vec<JoinHandle<()>>> {
+) -> anyhow::Result<Started> {
     let kept_ra = sysctl::enable_forwarding(config.pool_v4.is_some(), config.pool_v6.is_some())
         .context("enable IP forwarding")?;
     if !kept_ra.is_empty() {
@@ -87,7 +98,11 @@ async fn start_with<B: Backend>(
     let driver = backend.driver(host, &plan_config.cluster_cidrs);
     let firewall = Some(FirewallKeeper::new(unmasqueraded));
     let reconciler = Reconciler::new(backend, driver, plan_config, firewall);
-    Ok(vec![cni, tokio::spawn(reconciler.run(view))])
+    Ok(Started {
+        heartbeat: reconciler.heartbeat(),
+        tasks: vec![cni, tokio::spawn(reconciler.run(view))],
+        serves_pods: true,
+    })
 }
 
 /// Open IPAM (its damaged records are set aside only when no pod is wired) and serve the CNI

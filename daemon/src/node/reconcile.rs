@@ -8,6 +8,8 @@
 //! change costs its handful of netlink operations and no dump.
 
 use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tracing::{debug, error, info, warn};
@@ -19,6 +21,7 @@ use crate::agent::AgentView;
 use crate::backend::{Backend, Driver, DriverError};
 use crate::plan::admission::{Incumbents, Refusal};
 use crate::plan::{self, PlanConfig};
+use crate::store::unix_now;
 
 /// How soon a pass in which something failed is retried.
 const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(2);
@@ -45,6 +48,8 @@ pub struct Reconciler<B: Backend> {
     /// which doubles (up to the resync period) while failures go on.
     retry_soon: bool,
     retry_delay: Duration,
+    /// Unix seconds of the last pass, for `/healthz`.
+    heartbeat: Arc<AtomicU64>,
 }
 
 impl<B: Backend> Reconciler<B> {
@@ -65,19 +70,29 @@ impl<B: Backend> Reconciler<B> {
             firewall,
             retry_soon: false,
             retry_delay: RETRY_AFTER_FAILURE,
+            heartbeat: Arc::new(AtomicU64::new(0)),
         }
+    }
+
+    /// Where each pass records its time (Unix seconds), for `/healthz`.
+    pub fn heartbeat(&self) -> Arc<AtomicU64> {
+        self.heartbeat.clone()
     }
 
     /// Run until the agent's channels close.
     pub async fn run(mut self, view: AgentView) {
-        let (mut lease_rx, mut peers_rx) = (view.lease, view.peers);
+        let (mut lease_rx, mut peers_rx) = (view.lease.clone(), view.peers.clone());
         let mut resync = tokio::time::interval(RESYNC_EVERY);
         resync.tick().await;
         loop {
+            self.heartbeat.store(unix_now(), Ordering::Relaxed);
             let own = lease_rx.borrow_and_update().clone();
             let peers = peers_rx.borrow_and_update().clone();
             if let (Some(own), Some(peers)) = (own, peers) {
-                self.reconcile(&own, peers.iter()).await;
+                if self.reconcile(&own, peers.iter()).await {
+                    view.programmed
+                        .send_if_modified(|p| !std::mem::replace(p, true));
+                }
             }
             let retry = std::mem::take(&mut self.retry_soon);
             let retry_timer = tokio::time::sleep(self.retry_delay);
@@ -96,8 +111,12 @@ impl<B: Backend> Reconciler<B> {
         }
     }
 
-    /// One pass: plan, then converge the backend and the firewall.
-    pub async fn reconcile<'a>(&mut self, own: &Lease, peers: impl Iterator<Item = &'a Lease>) {
+    /// One pass: plan, then converge the backend and the firewall; whether both are as planned.
+    pub async fn reconcile<'a>(
+        &mut self,
+        own: &Lease,
+        peers: impl Iterator<Item = &'a Lease>,
+    ) -> bool {
         let planned = plan::plan(
             &self.backend,
             own,
@@ -109,26 +128,28 @@ impl<B: Backend> Reconciler<B> {
             Ok(plan) => plan,
             Err(e) => {
                 error!(error = %e, "cannot plan this node's datapath; changing nothing");
-                return;
+                return false;
             }
         };
         // This plan is the one being programmed now (even if applying it fails below): the claims
         // it accepted hold against newcomers at the next pass.
         self.incumbents = plan.accepted.clone();
         self.report_refusals(&plan.refused);
-        self.converge(plan.datapath).await;
+        let mut done = self.converge(plan.datapath).await;
         if let Some(firewall) = &mut self.firewall {
             if !firewall
                 .converge(own, &self.plan_config.cluster_cidrs)
                 .await
             {
                 self.schedule_retry();
+                done = false;
             }
         }
+        done
     }
 
-    /// Observe (unless the last apply stands for it), diff and apply.
-    async fn converge(&mut self, desired: B::State) {
+    /// Observe (unless the last apply stands for it), diff and apply; whether all of it worked.
+    async fn converge(&mut self, desired: B::State) -> bool {
         let observed = match self.observed.take() {
             Some(observed) => observed,
             None => match self.driver.observe().await {
@@ -136,17 +157,18 @@ impl<B: Backend> Reconciler<B> {
                 Err(e) => {
                     warn!(error = %e, "cannot read the datapath; will retry");
                     self.schedule_retry();
-                    return;
+                    return false;
                 }
             },
         };
         let ops = self.backend.diff(&desired, &observed);
         if self.apply(&ops).await > 0 {
             self.schedule_retry();
-        } else {
-            self.retry_delay = RETRY_AFTER_FAILURE;
-            self.observed = Some(desired);
+            return false;
         }
+        self.retry_delay = RETRY_AFTER_FAILURE;
+        self.observed = Some(desired);
+        true
     }
 
     /// Apply every operation; returns how many failed or were skipped. One the kernel keeps

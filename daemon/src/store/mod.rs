@@ -6,12 +6,14 @@
 //!   (re)starts, incremental changes after that. [`peers::PeerSet`] turns both into the same
 //!   added / updated / removed events, so a restart and a steady state look alike downstream.
 //!
-//! Implementations: [`file`] (the single-host store of a lab) and [`etcd`]; [`open`] gives the one
+//! Implementations: [`file`] (the single-host store of a lab), [`etcd`], and [`kube`] (Node
+//! objects: the API server assigns the pod CIDRs, weft publishes annotations); [`open`] gives the one
 //! the configuration names, as a [`Store`]. A record that fails to parse is skipped with a warning
 //! naming its key; it never stops the store.
 
 pub mod etcd;
 pub mod file;
+pub mod kube;
 pub mod peers;
 
 use std::collections::BTreeSet;
@@ -26,6 +28,7 @@ use crate::config::StoreConfig;
 use crate::subnet::{SubnetError, SubnetPool};
 use etcd::{EtcdStore, EtcdWatcher};
 use file::{FileStore, FileWatcher};
+use kube::{KubeStore, KubeWatcher};
 
 /// What a node asks the store for.
 #[derive(Debug, Clone)]
@@ -97,6 +100,10 @@ pub enum StoreError {
         "could not claim a subnet after {attempts} attempts: other nodes kept winning the race"
     )]
     Contended { attempts: u32 },
+    /// The store's answer cannot be used as it is (a configuration mismatch an operator must
+    /// fix); retrying does not help.
+    #[error("{0}")]
+    Refused(String),
 }
 
 impl StoreError {
@@ -142,6 +149,15 @@ pub trait LeaseStore: Send + Sync + 'static {
 
     /// A watcher of every other node's lease.
     fn watch_peers(&self, own: &NodeName) -> Self::Watcher;
+
+    /// Tell the cluster this node's datapath is up (Kubernetes: `NetworkUnavailable` False).
+    /// Nothing for stores without such a notion.
+    fn datapath_ready(
+        &mut self,
+        _node: &NodeName,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        async { Ok(()) }
+    }
 }
 
 /// Everyone else's leases.
@@ -165,12 +181,14 @@ pub fn unix_now() -> u64 {
 pub enum Store {
     File(FileStore),
     Etcd(Box<EtcdStore>),
+    Kube(Box<KubeStore>),
 }
 
 /// That store's peer watcher.
 pub enum Watcher {
     File(FileWatcher),
     Etcd(Box<EtcdWatcher>),
+    Kube(Box<KubeWatcher>),
 }
 
 /// Open the store `config` names, with leases living `ttl`. Nothing is contacted yet: the first
@@ -183,6 +201,9 @@ pub fn open(config: &StoreConfig, ttl: std::time::Duration) -> Store {
             prefix.clone(),
             ttl,
         ))),
+        StoreConfig::Kube { kubeconfig } => {
+            Store::Kube(Box::new(KubeStore::new(kubeconfig.clone())))
+        }
     }
 }
 
@@ -193,6 +214,7 @@ impl LeaseStore for Store {
         match self {
             Store::File(s) => s.acquire(request).await,
             Store::Etcd(s) => s.acquire(request).await,
+            Store::Kube(s) => s.acquire(request).await,
         }
     }
 
@@ -200,6 +222,7 @@ impl LeaseStore for Store {
         match self {
             Store::File(s) => s.renew(lease).await,
             Store::Etcd(s) => s.renew(lease).await,
+            Store::Kube(s) => s.renew(lease).await,
         }
     }
 
@@ -207,6 +230,7 @@ impl LeaseStore for Store {
         match self {
             Store::File(s) => s.release(lease).await,
             Store::Etcd(s) => s.release(lease).await,
+            Store::Kube(s) => s.release(lease).await,
         }
     }
 
@@ -214,6 +238,14 @@ impl LeaseStore for Store {
         match self {
             Store::File(s) => Watcher::File(s.watch_peers(own)),
             Store::Etcd(s) => Watcher::Etcd(Box::new(s.watch_peers(own))),
+            Store::Kube(s) => Watcher::Kube(Box::new(s.watch_peers(own))),
+        }
+    }
+
+    async fn datapath_ready(&mut self, node: &NodeName) -> Result<(), StoreError> {
+        match self {
+            Store::Kube(s) => s.datapath_ready(node).await,
+            _ => Ok(()),
         }
     }
 }
@@ -223,6 +255,7 @@ impl PeerWatcher for Watcher {
         match self {
             Watcher::File(w) => w.next().await,
             Watcher::Etcd(w) => w.next().await,
+            Watcher::Kube(w) => w.next().await,
         }
     }
 }
