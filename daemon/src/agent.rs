@@ -18,7 +18,6 @@ use tracing::{error, info, warn};
 use weft_proto::lease::{BackendData, Lease, MacAddr, PublicIps};
 
 use crate::config::Config;
-use crate::datapath::netns;
 use crate::state;
 use crate::store::peers::{PeerEvent, PeerSet};
 use crate::store::{LeaseRequest, LeaseStore, PeerWatcher, StoreError};
@@ -75,13 +74,14 @@ pub struct Agent {
 }
 
 /// Acquire the lease (retrying while the store is unreachable), then start the lease keeper and
-/// the peer tracker. `None` if shutdown came before the lease.
+/// the peer tracker; `host` is the node's netlink connection (for the underlay address). `None`
+/// if shutdown came before the lease.
 pub async fn start<S: LeaseStore>(
     config: &Config,
     mut store: S,
+    host: rtnetlink::Handle,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<Option<Agent>> {
-    let host = netns::connect_here().context("open a netlink connection")?;
     let public_ips = underlay::detect(&config.underlay, &host)
         .await
         .context("choose the underlay address")?;

@@ -6,6 +6,7 @@ use tokio::sync::watch;
 use std::sync::Arc;
 
 use crate::config::Config;
+use crate::datapath::netns;
 use crate::health::{self, Probes};
 use crate::{agent, node, store};
 
@@ -13,10 +14,12 @@ use crate::{agent, node, store};
 /// start the node's services for the configured backend, keep the lease until shutdown.
 pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
     let store = store::open(&config.store, config.lease_ttl);
-    let Some(agent) = agent::start(&config, store, shutdown).await? else {
+    // One netlink connection for the whole daemon.
+    let host = netns::connect_here().context("open a netlink connection")?;
+    let Some(agent) = agent::start(&config, store, host.clone(), shutdown).await? else {
         return Ok(());
     };
-    let started = node::start(&config, &agent.lease, agent.view.clone()).await?;
+    let started = node::start(&config, &agent.lease, host, agent.view.clone()).await?;
     let probes = Probes {
         lease: agent.view.lease.clone(),
         programmed: agent.view.programmed.subscribe(),

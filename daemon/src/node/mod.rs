@@ -28,7 +28,7 @@ use crate::backend::vxlan::Vxlan;
 use crate::backend::Backend;
 use crate::cni_server::{self, CniService};
 use crate::config::{Config, DatapathMode};
-use crate::datapath::{netns, nl, pod};
+use crate::datapath::{nl, pod};
 use crate::ipam::Ipam;
 use crate::plan::PlanConfig;
 use crate::underlay;
@@ -49,10 +49,17 @@ pub struct Started {
 }
 
 /// Start the node's services for the configured backend.
-pub async fn start(config: &Config, lease: &Lease, view: AgentView) -> anyhow::Result<Started> {
+pub async fn start(
+    config: &Config,
+    lease: &Lease,
+    host: Handle,
+    view: AgentView,
+) -> anyhow::Result<Started> {
     match (config.datapath, config.backend) {
-        (DatapathMode::None, kind) => start_without_datapath(config, kind, view).await,
-        (DatapathMode::Kernel, BackendKind::Vxlan) => start_with(Vxlan, config, lease, view).await,
+        (DatapathMode::None, kind) => start_without_datapath(config, kind, host, view).await,
+        (DatapathMode::Kernel, BackendKind::Vxlan) => {
+            start_with(Vxlan, config, lease, host, view).await
+        }
         (DatapathMode::Kernel, other) => {
             anyhow::bail!("the {other} backend is not built yet; use --backend vxlan")
         }
@@ -64,9 +71,9 @@ pub async fn start(config: &Config, lease: &Lease, view: AgentView) -> anyhow::R
 async fn start_without_datapath(
     config: &Config,
     kind: BackendKind,
+    host: Handle,
     view: AgentView,
 ) -> anyhow::Result<Started> {
-    let host = netns::connect_here().context("open a netlink connection")?;
     let backend = NoDatapath { kind };
     let driver = backend.driver(host, &[]);
     let reconciler = Reconciler::new(backend, driver, PlanConfig::new(config, 1500), None);
@@ -82,6 +89,7 @@ async fn start_with<B: Backend>(
     backend: B,
     config: &Config,
     lease: &Lease,
+    host: Handle,
     view: AgentView,
 ) -> anyhow::Result<Started> {
     let kept_ra = sysctl::enable_forwarding(config.pool_v4.is_some(), config.pool_v6.is_some())
@@ -89,7 +97,6 @@ async fn start_with<B: Backend>(
     if !kept_ra.is_empty() {
         info!(interfaces = ?kept_ra, "accept_ra 1 → 2: router advertisements stay accepted with IPv6 forwarding on");
     }
-    let host = netns::connect_here().context("open a netlink connection")?;
     let underlay_mtu = underlay::mtu(&host, &lease.public_ips).await;
     let plan_config = PlanConfig::new(config, underlay_mtu);
     let pod_mtu = backend.pod_mtu(lease, &plan_config);
