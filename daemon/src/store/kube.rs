@@ -30,13 +30,12 @@ use kube::runtime::watcher;
 use kube::{Client, Config};
 use serde_json::json;
 use tracing::{info, warn};
+use weft_proto::annotations;
 use weft_proto::lease::{Lease, NodeRecord, PodCidrs};
 use weft_proto::names::NodeName;
 
 use super::{LeaseRequest, LeaseStore, PeerChange, PeerUpdate, PeerWatcher, StoreError};
 
-/// Prefix of every annotation weft owns.
-pub const ANNOTATION_PREFIX: &str = "weft.dev/";
 /// The field manager weft's patches carry.
 const FIELD_MANAGER: &str = "weftd";
 
@@ -323,7 +322,7 @@ fn node_name(node: &Node) -> &str {
     node.metadata.name.as_deref().unwrap_or_default()
 }
 
-/// A Node's `weft.dev/*` annotations.
+/// A Node's `weft.dev/*` annotations that weftd writes.
 fn weft_annotations_of(node: &Node) -> BTreeMap<String, String> {
     node.metadata
         .annotations
@@ -332,14 +331,19 @@ fn weft_annotations_of(node: &Node) -> BTreeMap<String, String> {
         .unwrap_or_default()
 }
 
+/// The `weft.dev/*` annotations weftd writes: all but the operator's
+/// `weft.dev/public-ip-overwrite`, which weftd reads and never changes.
 fn weft_annotations(all: &BTreeMap<String, String>) -> BTreeMap<String, String> {
     all.iter()
-        .filter(|(k, _)| k.starts_with(ANNOTATION_PREFIX))
+        .filter(|(k, _)| {
+            k.starts_with(annotations::PREFIX) && *k != annotations::PUBLIC_IP_OVERWRITE
+        })
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect()
 }
 
-/// The node record a Node carries: its name, `spec.podCIDRs` and `weft.dev/*` annotations.
+/// The node record a Node carries: its name, `spec.podCIDRs` and `weft.dev/*` annotations
+/// (the operator's overwrite included: the record decoder honours it).
 pub fn record_of(node: &Node) -> NodeRecord {
     let pod_cidrs = node
         .spec
@@ -349,7 +353,14 @@ pub fn record_of(node: &Node) -> NodeRecord {
     NodeRecord {
         name: node_name(node).to_string(),
         pod_cidrs,
-        annotations: weft_annotations_of(node),
+        annotations: node
+            .metadata
+            .annotations
+            .iter()
+            .flatten()
+            .filter(|(k, _)| k.starts_with(annotations::PREFIX))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
         expires: None,
     }
 }
@@ -441,4 +452,189 @@ pub fn network_available(node: &Node) -> bool {
         .into_iter()
         .flatten()
         .any(|c| c.type_ == "NetworkUnavailable" && c.status == "False")
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::core::v1::{NodeCondition, NodeSpec, NodeStatus};
+    use kube::api::ObjectMeta;
+    use weft_proto::lease::{BackendData, MacAddr, PublicIps};
+
+    use super::*;
+    use crate::subnet::SubnetPool;
+
+    fn node(name: &str, cidrs: &[&str], annotations: &[(&str, &str)]) -> Node {
+        Node {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                annotations: Some(
+                    annotations
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                ),
+                ..Default::default()
+            },
+            spec: Some(NodeSpec {
+                pod_cidrs: Some(cidrs.iter().map(|c| c.to_string()).collect()),
+                ..Default::default()
+            }),
+            status: None,
+        }
+    }
+
+    const GOOD: &[(&str, &str)] = &[
+        ("weft.dev/backend", "vxlan"),
+        ("weft.dev/public-ip", "192.0.2.2"),
+        ("weft.dev/vtep-mac", "02:00:00:00:02:04"),
+        ("weft.dev/vtep-mac-v6", "02:00:00:00:02:06"),
+        ("kubernetes.io/other", "kept out"),
+    ];
+
+    #[test]
+    fn a_node_with_pod_cidrs_and_valid_annotations_is_a_peer() {
+        let lease = peer_of(&node("b", &["10.244.2.0/24", "fd00:10:244:2::/64"], GOOD)).unwrap();
+        assert_eq!(lease.node.as_str(), "b");
+        assert_eq!(lease.pod_cidrs.v4, Some("10.244.2.0/24".parse().unwrap()));
+        assert_eq!(
+            lease.pod_cidrs.v6,
+            Some("fd00:10:244:2::/64".parse().unwrap())
+        );
+        assert_eq!(lease.public_ips.v4, Some("192.0.2.2".parse().unwrap()));
+        assert_eq!(
+            lease.backend,
+            BackendData::Vxlan {
+                vtep_mac: Some(MacAddr([2, 0, 0, 0, 2, 4])),
+                vtep_mac_v6: Some(MacAddr([2, 0, 0, 0, 2, 6])),
+            }
+        );
+    }
+
+    #[test]
+    fn nodes_that_are_not_peers_say_why_or_are_simply_not_weft_nodes() {
+        assert_eq!(
+            peer_of(&node("c", &["10.244.3.0/24"], &[])),
+            Err(None),
+            "no weft"
+        );
+        assert_eq!(peer_of(&node("c", &[], GOOD)), Err(None), "no pod CIDR yet");
+        let bad: &[(&str, &str, &str)] = &[
+            ("weft.dev/public-ip", "192.0.2.300", "weft.dev/public-ip"),
+            (
+                "weft.dev/vtep-mac",
+                "02:00:00:zz:00:01",
+                "weft.dev/vtep-mac",
+            ),
+            ("weft.dev/backend", "geneve", "weft.dev/backend"),
+        ];
+        for (key, value, named) in bad {
+            let mut annotations: Vec<(&str, &str)> =
+                GOOD.iter().filter(|(k, _)| k != key).copied().collect();
+            annotations.push((key, value));
+            let reason = peer_of(&node("c", &["10.244.3.0/24"], &annotations))
+                .unwrap_err()
+                .unwrap_or_else(|| panic!("{key}={value} must be refused with a reason"));
+            assert!(reason.contains(named) && reason.contains(value), "{reason}");
+        }
+        let reason = peer_of(&node("c", &["10.244.3.0/33"], GOOD))
+            .unwrap_err()
+            .unwrap();
+        assert!(reason.contains("10.244.3.0/33"), "{reason}");
+    }
+
+    fn request(v6: bool) -> LeaseRequest {
+        LeaseRequest {
+            node: NodeName::new("a").unwrap(),
+            pool_v4: Some(SubnetPool::new("10.244.0.0/16".parse().unwrap(), 24).unwrap()),
+            pool_v6: v6.then(|| SubnetPool::new("fd00:10:244::/56".parse().unwrap(), 64).unwrap()),
+            preferred: PodCidrs::default(),
+            public_ips: PublicIps::default(),
+            backend: BackendData::Vxlan {
+                vtep_mac: None,
+                vtep_mac_v6: None,
+            },
+        }
+    }
+
+    #[test]
+    fn pod_cidrs_come_from_the_node_one_per_configured_family() {
+        let dual = node("a", &["10.244.1.0/24", "fd00:10:244:1::/64"], &[]);
+        let cidrs = assigned_cidrs(&dual, &request(true)).unwrap();
+        assert_eq!(cidrs.v4, Some("10.244.1.0/24".parse().unwrap()));
+        assert_eq!(cidrs.v6, Some("fd00:10:244:1::/64".parse().unwrap()));
+        let v4_only = assigned_cidrs(&dual, &request(false)).unwrap();
+        assert_eq!(v4_only.v6, None, "a family weft does not run is not taken");
+
+        let waiting = assigned_cidrs(&node("a", &["10.244.1.0/24"], &[]), &request(true));
+        let Err(StoreError::Unavailable(why)) = waiting else {
+            panic!("missing IPv6 pod CIDR must be waited for: {waiting:?}")
+        };
+        assert!(
+            why.contains("IPv6") && why.contains("--allocate-node-cidrs"),
+            "{why}"
+        );
+
+        let outside = assigned_cidrs(&node("a", &["10.99.1.0/24"], &[]), &request(false));
+        let Err(StoreError::Refused(why)) = outside else {
+            panic!("a CIDR outside the cluster CIDR is a refusal: {outside:?}")
+        };
+        assert!(
+            why.contains("10.99.1.0/24") && why.contains("10.244.0.0/16"),
+            "{why}"
+        );
+    }
+
+    #[test]
+    fn annotations_are_patched_only_when_they_differ() {
+        let desired: BTreeMap<String, String> = [("weft.dev/public-ip", "192.0.2.1")]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        assert_eq!(annotation_patch(Some(&desired), &desired), None);
+        let stale: BTreeMap<String, String> = [
+            ("weft.dev/public-ip", "192.0.2.9"),
+            ("weft.dev/vtep-mac", "02:00:00:00:00:01"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        assert_eq!(
+            annotation_patch(Some(&stale), &desired),
+            Some(json!({"metadata": {"annotations": {
+                "weft.dev/public-ip": "192.0.2.1",
+                "weft.dev/vtep-mac": null,
+            }}}))
+        );
+        assert!(annotation_patch(None, &desired).is_some(), "unknown: write");
+        let with_overwrite = node(
+            "a",
+            &[],
+            &[("weft.dev/public-ip-overwrite", "198.51.100.1")],
+        );
+        assert!(
+            weft_annotations_of(&with_overwrite).is_empty(),
+            "the operator's overwrite is never weftd's to remove"
+        );
+    }
+
+    #[test]
+    fn network_unavailable_false_is_recognised() {
+        let mut n = node("a", &[], &[]);
+        assert!(!network_available(&n));
+        let condition = |status: &str| NodeCondition {
+            type_: "NetworkUnavailable".into(),
+            status: status.into(),
+            ..Default::default()
+        };
+        n.status = Some(NodeStatus {
+            conditions: Some(vec![condition("True")]),
+            ..Default::default()
+        });
+        assert!(!network_available(&n));
+        n.status = Some(NodeStatus {
+            conditions: Some(vec![condition("False")]),
+            ..Default::default()
+        });
+        assert!(network_available(&n));
+    }
 }
