@@ -77,6 +77,11 @@ async fn start_without_datapath(
     let backend = NoDatapath { kind };
     let driver = backend.driver(host, &[]);
     let reconciler = Reconciler::new(backend, driver, PlanConfig::new(config, 1500), None);
+    // Nothing is programmed, so nothing is announced as up (NetworkUnavailable stays as it is).
+    let view = AgentView {
+        programmed: Arc::new(tokio::sync::watch::channel(false).0),
+        ..view
+    };
     Ok(Started {
         heartbeat: reconciler.heartbeat(),
         tasks: vec![tokio::spawn(reconciler.run(view))],
