@@ -331,10 +331,15 @@ async fn track_peers<W: PeerWatcher>(
 ) {
     let mut peers = PeerSet::default();
     let mut backoff = MIN_BACKOFF;
+    // The failure last logged: a store down for a while is one line, and one when it is back.
+    let mut failing: Option<String> = None;
     loop {
         match watcher.next().await {
             Ok(update) => {
                 backoff = MIN_BACKOFF;
+                if let Some(reason) = failing.take() {
+                    info!(was = %reason, "peer watch recovered");
+                }
                 let events = peers.apply(update);
                 let first = peers_tx.borrow().is_none();
                 if events.is_empty() && !first {
@@ -346,7 +351,11 @@ async fn track_peers<W: PeerWatcher>(
                 peers_tx.send_replace(Some(Arc::new(peers.clone())));
             }
             Err(e) => {
-                warn!(error = %e, retry_in = ?backoff, "peer watch failed");
+                let reason = e.to_string();
+                if failing.as_ref() != Some(&reason) {
+                    warn!(error = %reason, "peer watch failed; retrying (peers stay as they are)");
+                    failing = Some(reason);
+                }
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }
