@@ -60,6 +60,21 @@ pub enum LabError {
         #[source]
         source: std::io::Error,
     },
+    /// A piece needed for a Kubernetes API server (the script, kube-apiserver, etcd, kubectl, …)
+    /// was not found; it names where each was looked for.
+    #[error(transparent)]
+    K8sMissing(#[from] crate::k8s::Missing),
+    /// A test API server that misbehaves (its work directory names it).
+    #[error("API server in {}: {reason}", workdir.display())]
+    ApiServer { workdir: PathBuf, reason: String },
+    /// A relay into a network namespace could not listen or run.
+    #[error("relay to 127.0.0.1:{port} inside {netns}: {source}")]
+    Relay {
+        netns: String,
+        port: u16,
+        #[source]
+        source: std::io::Error,
+    },
     /// A thread doing lab work panicked.
     #[error("{0} panicked")]
     Panicked(String),

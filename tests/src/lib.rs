@@ -4,6 +4,8 @@
 //!   through the real `weft-cni`;
 //! - [`netns`]: network namespaces removed when their guard drops, and commands run inside them;
 //! - [`etcd`]: a real etcd server on a free loopback port with a temporary data directory;
+//! - [`k8s`]: a real kube-apiserver (with its etcd) for the Kubernetes tests, and [`relay`]: a
+//!   TCP relay that makes it reachable at 127.0.0.1 inside a lab node's namespace;
 //! - [`procs`]: weft's binaries (built on first use under cargo, so `cargo test` just works), and
 //!   child processes that are killed when their guard drops;
 //! - [`error`]: [`LabError`], what every fallible function here returns.
@@ -13,8 +15,10 @@
 
 pub mod error;
 pub mod etcd;
+pub mod k8s;
 pub mod lab;
 pub mod netns;
 pub mod procs;
+pub mod relay;
 
 pub use error::LabError;

@@ -32,7 +32,7 @@ pub fn run(args: &[&str]) -> Result<String> {
     output_text(args, output)
 }
 
-fn output_text(args: &[&str], output: Output) -> Result<String> {
+pub(crate) fn output_text(args: &[&str], output: Output) -> Result<String> {
     if output.status.success() {
         Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     } else {
