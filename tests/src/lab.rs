@@ -23,8 +23,10 @@ use serde_json::{json, Value};
 
 use crate::error::{LabError, Result};
 use crate::etcd::EtcdServer;
+use crate::k8s::ApiServer;
 use crate::netns::{ip, unique_prefix, NetnsGuard};
 use crate::procs::{locate, wait_for, ChildGuard};
+use crate::relay::Relay;
 
 pub const CLUSTER_CIDR_V4: &str = "10.244.0.0/16";
 pub const CLUSTER_CIDR_V6: &str = "fd00:10:244::/48";
@@ -37,6 +39,9 @@ pub const OUTSIDE_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x2
 pub enum StoreKind {
     File,
     Etcd,
+    /// A real kube-apiserver (see [`crate::k8s`]); the lab plays kube-controller-manager's node
+    /// IPAM, creating each node's Node with its `spec.podCIDRs`.
+    Kube,
 }
 
 #[derive(Debug, Clone)]
@@ -97,6 +102,8 @@ pub struct LabNode {
     pub underlay_v6: Ipv6Addr,
     pub dir: PathBuf,
     pub daemon: Option<ChildGuard>,
+    /// `--store kube`: the API server's port relayed into the node's namespace.
+    pub relay: Option<Relay>,
 }
 
 impl LabNode {
@@ -139,6 +146,8 @@ pub struct Lab {
     pub outside: NetnsGuard,
     pub underlay: NetnsGuard,
     pub etcd: Option<EtcdServer>,
+    /// `--store kube`: the API server (dropped after the nodes).
+    pub apiserver: Option<ApiServer>,
     /// The `weftd` and `weft-cni` binaries every node and pod uses.
     weftd: PathBuf,
     weft_cni: PathBuf,
@@ -165,7 +174,11 @@ impl Lab {
                 underlay.exec(&["ip", "addr", "add", &format!("{ETCD_V4}/24"), "dev", "br0"])?;
                 Some(EtcdServer::start_in(underlay.name(), IpAddr::V4(ETCD_V4))?)
             }
-            StoreKind::File => None,
+            StoreKind::File | StoreKind::Kube => None,
+        };
+        let apiserver = match config.store {
+            StoreKind::Kube => Some(ApiServer::start()?),
+            _ => None,
         };
         let mut lab = Lab {
             config: config.clone(),
@@ -176,6 +189,7 @@ impl Lab {
             outside,
             underlay,
             etcd,
+            apiserver,
             weftd,
             weft_cni,
             remove_dir: true,
@@ -220,6 +234,13 @@ impl Lab {
         ])?;
         let dir = self.dir.join(&name);
         std::fs::create_dir_all(&dir).map_err(LabError::io(&dir))?;
+        let relay = match &self.apiserver {
+            Some(apiserver) => {
+                self.create_node_object(apiserver, index, &name)?;
+                Some(apiserver.relay_into(netns.path())?)
+            }
+            None => None,
+        };
         self.nodes.push(LabNode {
             index,
             name,
@@ -228,9 +249,55 @@ impl Lab {
             underlay_v6: v6,
             dir,
             daemon: None,
+            relay,
         });
         self.start_daemon(index)?;
         Ok(index)
+    }
+
+    /// The IPv4 pod CIDR the lab gives node `index` on the Kubernetes store (the file and etcd
+    /// stores choose their own): 10.244.INDEX.0/24, as first fit would.
+    pub fn node_pod_cidr_v4(&self, index: usize) -> String {
+        format!("10.244.{index}.0/24")
+    }
+
+    /// The IPv6 one: fd00:10:244:INDEX::/64.
+    pub fn node_pod_cidr_v6(&self, index: usize) -> String {
+        format!("fd00:10:244:{index:x}::/64")
+    }
+
+    /// Create node `index`'s Node object with its pod CIDRs, as kube-controller-manager's node
+    /// IPAM would assign them.
+    fn create_node_object(&self, apiserver: &ApiServer, index: usize, name: &str) -> Result<()> {
+        let mut cidrs = Vec::new();
+        if !self.config.ipv6_only {
+            cidrs.push(self.node_pod_cidr_v4(index));
+        }
+        if self.config.ipv6 || self.config.ipv6_only {
+            cidrs.push(self.node_pod_cidr_v6(index));
+        }
+        let node = serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {"name": name},
+            "spec": {"podCIDRs": cidrs},
+        });
+        apiserver.kubectl_stdin(&["create", "-f", "-"], &node.to_string())?;
+        Ok(())
+    }
+
+    /// The API server of a `--store kube` lab.
+    pub fn apiserver(&self) -> &ApiServer {
+        self.apiserver
+            .as_ref()
+            .expect("a lab on the Kubernetes store")
+    }
+
+    /// The same, to stop and start it.
+    pub fn apiserver_mut(&mut self) -> &mut ApiServer {
+        self.apiserver
+            .as_mut()
+            .expect("a lab on the Kubernetes store")
     }
 
     fn cluster_cidr(&self) -> String {
@@ -265,9 +332,14 @@ impl Lab {
             .arg(node.dir.join("state"))
             .arg("--run-dir")
             .arg(node.dir.join("run"));
-        match &self.etcd {
-            Some(etcd) => command.args(["--store", "etcd", "--etcd-endpoints", &etcd.endpoint()]),
-            None => command
+        match (&self.etcd, &self.apiserver) {
+            (Some(etcd), _) => {
+                command.args(["--store", "etcd", "--etcd-endpoints", &etcd.endpoint()])
+            }
+            (None, Some(apiserver)) => command
+                .args(["--store", "kube", "--kubeconfig"])
+                .arg(apiserver.kubeconfig()),
+            (None, None) => command
                 .args(["--store", "file", "--store-dir"])
                 .arg(self.dir.join("store")),
         };

@@ -17,7 +17,8 @@ fn up(nodes: usize, pods: usize, backend: &str, ipv6: bool, store: &str) -> anyh
     let store = match store {
         "file" => StoreKind::File,
         "etcd" => StoreKind::Etcd,
-        other => bail!("unknown store {other:?}; expected file or etcd"),
+        "kube" => StoreKind::Kube,
+        other => bail!("unknown store {other:?}; expected file, etcd or kube"),
     };
     let config = LabConfig {
         nodes,
@@ -26,6 +27,12 @@ fn up(nodes: usize, pods: usize, backend: &str, ipv6: bool, store: &str) -> anyh
         store,
         ..Default::default()
     };
+    // A Kubernetes lab stays in the foreground: block the signals that end it before any thread
+    // starts, so that every thread inherits the mask and only `sigwait` sees them.
+    let signals = foreground_signals();
+    if store == StoreKind::Kube {
+        signals.thread_block()?;
+    }
     let lab = Lab::up(config)?;
     let probes = lab.wait_converged(Duration::from_secs(10));
     println!(
@@ -44,6 +51,9 @@ fn up(nodes: usize, pods: usize, backend: &str, ipv6: bool, store: &str) -> anyh
     }
     println!("\n{}", lab::render_matrix(&probes));
     let all_ok = probes.iter().all(|p| p.ok);
+    if store == StoreKind::Kube {
+        return stay_in_the_foreground(lab, all_ok, signals);
+    }
     let record = lab.detach()?;
     println!(
         "\nremove it with: weft-lab down   (record: {})",
@@ -53,6 +63,35 @@ fn up(nodes: usize, pods: usize, backend: &str, ipv6: bool, store: &str) -> anyh
         bail!("some probes did not answer");
     }
     Ok(())
+}
+
+/// A Kubernetes lab lives in this process (the API server's relays into the node namespaces are
+/// its threads): keep it until Ctrl-C or SIGTERM, then remove it.
+fn stay_in_the_foreground(
+    lab: Lab,
+    all_ok: bool,
+    signals: nix::sys::signal::SigSet,
+) -> anyhow::Result<()> {
+    println!(
+        "\nkubectl --kubeconfig {} get nodes -o wide",
+        lab.apiserver().kubeconfig().display()
+    );
+    println!("this lab runs in the foreground: Ctrl-C removes it");
+    if !all_ok {
+        eprintln!("warning: some probes did not answer");
+    }
+    let signal = signals.wait()?;
+    println!("{signal}: removing the lab");
+    drop(lab);
+    Ok(())
+}
+
+/// SIGINT and SIGTERM.
+fn foreground_signals() -> nix::sys::signal::SigSet {
+    let mut signals = nix::sys::signal::SigSet::empty();
+    signals.add(nix::sys::signal::Signal::SIGINT);
+    signals.add(nix::sys::signal::Signal::SIGTERM);
+    signals
 }
 
 #[derive(Parser)]
@@ -80,7 +119,8 @@ enum Command {
         /// Dual-stack pods (IPv4 and IPv6).
         #[arg(long)]
         ipv6: bool,
-        /// Lease store: file (default) or etcd (starts a local etcd).
+        /// Lease store: file (default), etcd (starts a local etcd) or kube (starts a real
+        /// kube-apiserver and creates each node's Node with its pod CIDRs).
         #[arg(long, default_value = "file")]
         store: String,
     },
