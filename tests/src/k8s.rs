@@ -381,6 +381,43 @@ impl ApiServer {
         crate::netns::output_text(&full.iter().map(String::as_str).collect::<Vec<_>>(), output)
     }
 
+    /// One raw API request (curl, with the admin token, impersonating `as_user` when given), for
+    /// what kubectl cannot send alone: e.g. a PATCH of `nodes/NAME/status` without the GET that
+    /// `kubectl patch` makes first. `body` is (content type, text). The response body, or an
+    /// error carrying it.
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<(&str, &str)>,
+        as_user: Option<&str>,
+    ) -> Result<String> {
+        let certs = self.workdir.join("certs");
+        let token_path = certs.join("token");
+        let token = std::fs::read_to_string(&token_path).map_err(LabError::io(&token_path))?;
+        let mut args: Vec<String> = ["curl", "-sS", "--fail-with-body", "--max-time", "10"]
+            .map(String::from)
+            .to_vec();
+        args.extend([
+            "--cacert".into(),
+            certs.join("ca.crt").display().to_string(),
+        ]);
+        args.extend(["-X".into(), method.into()]);
+        args.extend([
+            "-H".into(),
+            format!("Authorization: Bearer {}", token.trim()),
+        ]);
+        if let Some(user) = as_user {
+            args.extend(["-H".into(), format!("Impersonate-User: {user}")]);
+        }
+        if let Some((content_type, text)) = body {
+            args.extend(["-H".into(), format!("Content-Type: {content_type}")]);
+            args.extend(["--data-binary".into(), text.into()]);
+        }
+        args.push(format!("https://127.0.0.1:{}{path}", self.port));
+        run(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    }
+
     /// Run kubectl inside `netns` (which needs a [`Relay`] to reach the server).
     pub fn kubectl_in(&self, netns: &NetnsGuard, args: &[&str]) -> Result<String> {
         let full = self.kubectl_args(args);
