@@ -9,7 +9,8 @@ require_root() {
 }
 
 # Install whatever is missing: etcd, nft, Debian's reference CNI plugins, iperf3, ping, iproute2,
-# wireguard-tools, and protoc + its includes to build the etcd client.
+# wireguard-tools, protoc + its includes to build the etcd client, and what the real
+# kube-apiserver's start script uses (kubectl itself comes with the machine image).
 install_missing() {
   local need=()
   command -v etcd >/dev/null || need+=(etcd-server)
@@ -21,6 +22,10 @@ install_missing() {
   command -v ping >/dev/null || need+=(iputils-ping)
   command -v ip >/dev/null || need+=(iproute2)
   [ -x /usr/lib/cni/portmap ] || need+=(containernetworking-plugins)
+  # ../shared/k8s/start-apiserver.sh makes certificates and waits on /readyz with these.
+  command -v openssl >/dev/null || need+=(openssl)
+  command -v curl >/dev/null || need+=(curl)
+  command -v unshare >/dev/null || need+=(util-linux)
   if [ ${#need[@]} -gt 0 ]; then
     echo "installing ${need[*]}"
     apt-get update -qq
