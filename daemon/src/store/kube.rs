@@ -194,6 +194,7 @@ impl LeaseStore for KubeStore {
             own_node: self.own.clone(),
             stream: None,
             listing: None,
+            unusable: BTreeMap::new(),
         }
     }
 
@@ -242,6 +243,9 @@ pub struct KubeWatcher {
     stream: Option<NodeEvents>,
     /// The peers listed so far while a (re)list is under way.
     listing: Option<Vec<Lease>>,
+    /// Why each unusable Node was last logged as such: a Node whose status the kubelet updates
+    /// is logged again only when the reason changes.
+    unusable: BTreeMap<String, String>,
 }
 
 impl PeerWatcher for KubeWatcher {
@@ -310,11 +314,19 @@ impl KubeWatcher {
             *self.own_node.lock().expect("own node lock") = Some(weft_annotations_of(node));
             return None;
         }
-        Some(peer_of(node).map_err(|reason| {
-            if let Some(reason) = reason {
-                warn!(node = node_name(node), %reason, "Node is not a usable peer");
+        let peer = peer_of(node);
+        let name = node_name(node).to_string();
+        match &peer {
+            Err(Some(reason)) if self.unusable.get(&name) != Some(reason) => {
+                warn!(node = %name, %reason, "Node is not a usable peer");
+                self.unusable.insert(name, reason.clone());
             }
-        }))
+            Err(Some(_)) => {}
+            _ => {
+                self.unusable.remove(&name);
+            }
+        }
+        Some(peer.map_err(|_| ()))
     }
 }
 
