@@ -9,7 +9,8 @@ require_root() {
 }
 
 # Install whatever is missing: etcd, nft, Debian's reference CNI plugins, iperf3, ping, iproute2,
-# wireguard-tools, and protoc + its includes to build the etcd client.
+# wireguard-tools, protoc + its includes to build the etcd client, containerd + runc + a static
+# busybox (the image) for the test under a real runtime, and shellcheck for deploy/install-cni.sh.
 install_missing() {
   local need=()
   command -v etcd >/dev/null || need+=(etcd-server)
@@ -21,6 +22,12 @@ install_missing() {
   command -v ping >/dev/null || need+=(iputils-ping)
   command -v ip >/dev/null || need+=(iproute2)
   [ -x /usr/lib/cni/portmap ] || need+=(containernetworking-plugins)
+  command -v containerd >/dev/null || need+=(containerd)
+  command -v runc >/dev/null || need+=(runc)
+  # Debian's plain `busybox` is linked dynamically: the image needs the static one.
+  dpkg-query -W -f '${Status}' busybox-static 2>/dev/null | grep -q 'ok installed' ||
+    need+=(busybox-static)
+  command -v shellcheck >/dev/null || need+=(shellcheck)
   if [ ${#need[@]} -gt 0 ]; then
     echo "installing ${need[*]}"
     apt-get update -qq
