@@ -12,8 +12,8 @@
 # conflist is written to a temporary file beside it and renamed, so a runtime never reads half of it.
 #
 # Environment:
-#   WEFT_CNI_VERSION_MAX  newest CNI spec version the runtime accepts (default 1.0.0; containerd
-#                         1.7+ and CRI-O 1.28+ take 1.1.0)
+#   WEFT_CNI_VERSION_MAX  newest CNI spec version the runtime accepts (default 1.0.0; 1.1.0 for a
+#                         runtime built on libcni 1.2 or newer)
 #   WEFT_CONFLIST         the conflist template (default: 10-weft.conflist beside this script)
 #   WEFT_DAEMON_SOCKET    weftd's CNI socket, written as "daemonSocket" (default /run/weft/cni.sock)
 set -eu
