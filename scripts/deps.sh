@@ -9,8 +9,9 @@ require_root() {
 }
 
 # Install whatever is missing: etcd, nft, Debian's reference CNI plugins, iperf3, ping, iproute2,
-# wireguard-tools, protoc + its includes to build the etcd client, and what the real
-# kube-apiserver's start script uses (kubectl itself comes with the machine image).
+# wireguard-tools, protoc + its includes to build the etcd client, containerd + runc + a static
+# busybox (the image) for the test under a real runtime, shellcheck for deploy/install-cni.sh,
+# and what the real kube-apiserver's start script uses (kubectl comes with the machine image).
 install_missing() {
   local need=()
   command -v etcd >/dev/null || need+=(etcd-server)
@@ -26,6 +27,12 @@ install_missing() {
   command -v openssl >/dev/null || need+=(openssl)
   command -v curl >/dev/null || need+=(curl)
   command -v unshare >/dev/null || need+=(util-linux)
+  command -v containerd >/dev/null || need+=(containerd)
+  command -v runc >/dev/null || need+=(runc)
+  # Debian's plain `busybox` is linked dynamically: the image needs the static one.
+  dpkg-query -W -f '${Status}' busybox-static 2>/dev/null | grep -q 'ok installed' ||
+    need+=(busybox-static)
+  command -v shellcheck >/dev/null || need+=(shellcheck)
   if [ ${#need[@]} -gt 0 ]; then
     echo "installing ${need[*]}"
     apt-get update -qq

@@ -50,6 +50,14 @@ pub enum LabError {
     /// A workspace binary (`weftd`, `weft-cni`, `weft-lab`) that could not be built or found.
     #[error("{name}: {reason}")]
     Binary { name: String, reason: String },
+    /// A program or file a test needs from a Debian package that is not installed.
+    #[error("{program} {problem}: install Debian's {package} (scripts/deps.sh does)")]
+    NotInstalled {
+        program: String,
+        /// What is wrong with it: `is missing`, `is linked dynamically`.
+        problem: String,
+        package: String,
+    },
     /// A record of a detached lab (`/run/weft-lab/PREFIX.json`) that does not parse.
     #[error("{}: not a lab record: {reason}", path.display())]
     Record { path: PathBuf, reason: String },
