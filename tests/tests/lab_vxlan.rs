@@ -284,7 +284,10 @@ fn a_tcp_stream_survives_weftd_restarts_on_both_ends() {
 #[test]
 fn hostile_peer_records_are_refused_and_the_real_owner_keeps_working() {
     let lab = lab(2, 1);
-    lab.wait_converged(Duration::from_secs(10));
+    // The owner must be accepted (an incumbent) before the thief shows up; otherwise the thief is
+    // an open conflict that refuses both, which is the policy, not what this test is about.
+    let probes = lab.wait_converged(Duration::from_secs(30));
+    assert!(probes.iter().all(|p| p.ok), "{}", render_matrix(&probes));
     let nodes_dir = lab.dir.join("store").join("nodes");
     let record = |name: &str, cidr: &str, ip: &str, mac: &str| {
         serde_json::json!({
