@@ -6,6 +6,11 @@
 //! The protocol is documented in `weft_proto::shim`.
 //!
 //! - `VERSION` is answered here, without the daemon and without reading stdin.
+//! - The pod's network namespace goes to `weftd` as a descriptor: the shim opens `CNI_NETNS` here,
+//!   in the runtime's mount namespace, where the path means what the runtime meant (`weftd` in a
+//!   DaemonSet may see another `/run/netns`, or none). ADD and CHECK fail when it does not open
+//!   (code 4 naming the path; 11 when the shim is out of descriptors or memory); DEL sends it when
+//!   it opens and goes on without it when it does not (the runtime may have deleted it already).
 //! - The socket is the configuration's `daemonSocket`, else `/run/weft/cni.sock`; the environment
 //!   variable `WEFT_CNI_SOCKET` overrides both (tests and the lab use it).
 //! - The configuration is checked only for being JSON (code 6) and for a string `daemonSocket`:
@@ -14,11 +19,16 @@
 //!   not answering within 60 s: code 11 "try again later" naming the socket; for `STATUS`, code 50
 //!   "plugin not available".
 //!
-//! It links std, weft-proto and serde_json and nothing else, so it starts in about a millisecond.
+//! It links std, weft-proto, serde_json and libc (for `sendmsg`) and nothing else, so it starts in
+//! about a millisecond.
+
+mod netns_fd;
 
 use std::collections::BTreeMap;
+use std::fs::File;
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::Shutdown;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -26,7 +36,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use weft_proto::cni::{self, CniCommand, CniEnv, CniError};
-use weft_proto::shim::{self, ShimError, ShimReply, ShimRequest};
+use weft_proto::shim::{self, NetnsDescriptor, ShimError, ShimReply, ShimRequest};
 
 /// Overrides `daemonSocket` and the default socket path.
 const SOCKET_ENV: &str = "WEFT_CNI_SOCKET";
@@ -89,8 +99,10 @@ fn run(env: &BTreeMap<String, String>, stdin: &mut impl Read) -> Result<Option<V
 
     let env_vars = CniEnv::from_map(env).map_err(fail)?;
     let socket = socket_path(env, &config).map_err(fail)?;
+    let netns = open_netns(&env_vars).map_err(fail)?;
     let request = ShimRequest::new(&env_vars, config);
-    match exchange(&socket, &request).map_err(fail)? {
+    let netns = netns.as_ref().map(File::as_fd);
+    match exchange(&socket, &request, netns).map_err(fail)? {
         ShimReply::Success {
             result: Value::Null,
         } => Ok(None),
@@ -141,6 +153,29 @@ fn read_config(stdin: &mut impl Read) -> Result<Value, CniError> {
     })
 }
 
+/// The pod's network namespace, opened here for the verbs that send it
+/// ([`NetnsDescriptor::for_command`]).
+fn open_netns(env: &CniEnv) -> Result<Option<File>, CniError> {
+    let Some(path) = env.netns.as_deref() else {
+        return Ok(None);
+    };
+    match NetnsDescriptor::for_command(env.command) {
+        NetnsDescriptor::Never => Ok(None),
+        NetnsDescriptor::IfItOpens => Ok(netns_fd::open(Path::new(path)).ok()),
+        NetnsDescriptor::Required => netns_fd::open(Path::new(path)).map(Some).map_err(|e| {
+            let code = if netns_fd::is_transient(&e) {
+                CniError::TRY_AGAIN_LATER
+            } else {
+                CniError::INVALID_ENVIRONMENT
+            };
+            CniError::new(
+                code,
+                format!("CNI_NETNS={path}: cannot open the pod's network namespace: {e}"),
+            )
+        }),
+    }
+}
+
 /// `WEFT_CNI_SOCKET`, else the configuration's `daemonSocket`, else the default.
 fn socket_path(env: &BTreeMap<String, String>, config: &Value) -> Result<PathBuf, CniError> {
     if let Some(path) = env.get(SOCKET_ENV).filter(|p| !p.is_empty()) {
@@ -155,22 +190,23 @@ fn socket_path(env: &BTreeMap<String, String>, config: &Value) -> Result<PathBuf
     }
 }
 
-/// One request, one reply, one connection.
-fn exchange(socket: &Path, request: &ShimRequest) -> Result<ShimReply, CniError> {
-    let shown = socket.display();
-    // weftd not there (yet): the runtime should retry; for STATUS that is "not available".
-    let unavailable = |msg: String| {
-        let code = match request.command {
-            CniCommand::Status => CniError::PLUGIN_NOT_AVAILABLE,
-            _ => CniError::TRY_AGAIN_LATER,
-        };
-        CniError::new(code, msg)
+/// weftd not there (yet): the runtime should retry; for STATUS that is "not available".
+fn unavailable(command: CniCommand, msg: String) -> CniError {
+    let code = match command {
+        CniCommand::Status => CniError::PLUGIN_NOT_AVAILABLE,
+        _ => CniError::TRY_AGAIN_LATER,
     };
+    CniError::new(code, msg)
+}
 
-    let mut stream = UnixStream::connect(socket).map_err(|e| match e.kind() {
-        ErrorKind::NotFound | ErrorKind::ConnectionRefused => unavailable(format!(
-            "weftd is not running: cannot connect to {shown}: {e}"
-        ))
+/// A connection to weftd, with the send and reply timeouts set.
+fn connect(socket: &Path, command: CniCommand) -> Result<UnixStream, CniError> {
+    let shown = socket.display();
+    let stream = UnixStream::connect(socket).map_err(|e| match e.kind() {
+        ErrorKind::NotFound | ErrorKind::ConnectionRefused => unavailable(
+            command,
+            format!("weftd is not running: cannot connect to {shown}: {e}"),
+        )
         .with_details("weftd serves CNI requests on this socket once it has started"),
         _ => CniError::new(
             CniError::IO_FAILURE,
@@ -186,9 +222,27 @@ fn exchange(socket: &Path, request: &ShimRequest) -> Result<ShimReply, CniError>
             format!("cannot set timeouts on the connection to {shown}: {e}"),
         )
     })?;
+    Ok(stream)
+}
 
-    stream
-        .write_all(&shim::encode_request(request))
+/// One request (with the namespace descriptor on its first bytes, when there is one), one reply,
+/// one connection.
+fn exchange(
+    socket: &Path,
+    request: &ShimRequest,
+    netns: Option<BorrowedFd<'_>>,
+) -> Result<ShimReply, CniError> {
+    let shown = socket.display();
+    let unavailable = |msg: String| unavailable(request.command, msg);
+    let stream = connect(socket, request.command)?;
+
+    let bytes = shim::encode_request(request);
+    let first = match netns {
+        Some(fd) => netns_fd::send_with_fd(&stream, &bytes, fd),
+        None => Ok(0),
+    };
+    first
+        .and_then(|sent| (&stream).write_all(&bytes[sent..]))
         .and_then(|()| stream.shutdown(Shutdown::Write))
         .map_err(|e| unavailable(format!("weftd at {shown} did not take the request: {e}")))?;
 
@@ -286,6 +340,47 @@ mod tests {
         let err = socket_path(&env(&[]), &json!({"daemonSocket": 7})).unwrap_err();
         assert_eq!(err.code, CniError::INVALID_NETWORK_CONFIG);
         assert!(err.msg.contains("daemonSocket"));
+    }
+
+    #[test]
+    fn the_namespace_is_opened_for_the_verbs_that_send_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let there = dir.path().join("ns");
+        std::fs::write(&there, b"").unwrap();
+        let missing = dir.path().join("gone");
+        let parsed = |command: &str, netns: &Path| {
+            let netns = netns.to_str().unwrap();
+            let vars = [
+                ("CNI_COMMAND", command),
+                ("CNI_CONTAINERID", "c1"),
+                ("CNI_NETNS", netns),
+                ("CNI_IFNAME", "eth0"),
+            ];
+            CniEnv::from_map(&env(&vars)).unwrap()
+        };
+        for verb in ["ADD", "CHECK", "DEL"] {
+            assert!(
+                open_netns(&parsed(verb, &there)).unwrap().is_some(),
+                "{verb}"
+            );
+        }
+        for verb in ["ADD", "CHECK"] {
+            let err = open_netns(&parsed(verb, &missing)).unwrap_err();
+            assert_eq!(err.code, CniError::INVALID_ENVIRONMENT, "{verb}");
+            assert!(
+                err.msg
+                    .starts_with(&format!("CNI_NETNS={}: cannot open", missing.display())),
+                "{verb}: {err}"
+            );
+        }
+        // DEL goes on without it: the runtime may have deleted the namespace.
+        assert!(open_netns(&parsed("DEL", &missing)).unwrap().is_none());
+        let mut status = parsed("DEL", &there);
+        status.command = CniCommand::Status;
+        assert!(open_netns(&status).unwrap().is_none(), "STATUS sends none");
+        let mut del = parsed("DEL", &there);
+        del.netns = None;
+        assert!(open_netns(&del).unwrap().is_none(), "DEL without CNI_NETNS");
     }
 
     #[test]

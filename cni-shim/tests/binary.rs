@@ -5,7 +5,8 @@
 //! Run with `cargo test -p weft-cni`.
 
 use std::io::{Read, Write};
-use std::os::unix::net::UnixListener;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::thread::{self, JoinHandle};
@@ -15,6 +16,10 @@ use weft_proto::cni::{self, CniCommand, CniError};
 use weft_proto::shim::{self, ShimReply, ShimRequest};
 
 const CONTAINER_ID: &str = "3f6940ab5ab43bc522569d15b23f8c1bbde1d7678b080398506924fc01d72755";
+
+/// A network namespace any process may open without privileges: its own. The shim opens it and
+/// sends the descriptor; the fake daemon compares it with the test's own (the same namespace).
+const NETNS: &str = "/proc/self/ns/net";
 
 struct Run {
     status: i32,
@@ -57,7 +62,7 @@ fn add_vars(socket: &Path) -> Vec<(&'static str, String)> {
     vec![
         ("CNI_COMMAND", "ADD".to_string()),
         ("CNI_CONTAINERID", CONTAINER_ID.to_string()),
-        ("CNI_NETNS", "/var/run/netns/cni-1234".to_string()),
+        ("CNI_NETNS", NETNS.to_string()),
         ("CNI_IFNAME", "eth0".to_string()),
         (
             "CNI_ARGS",
@@ -88,11 +93,57 @@ fn assert_cni_error(run: &Run, code: u32, version: &str, needles: &[&str]) {
     }
 }
 
-/// A one-shot daemon: accepts one connection, reads the request to end of stream, answers with
-/// `reply` (or closes without answering when it is `None`), and hands back what it received.
+/// The first chunk of a connection, with the descriptors that came with it (`recvmsg`, as weftd
+/// reads).
+fn recv_first(conn: &UnixStream) -> (Vec<u8>, Vec<OwnedFd>) {
+    let mut buf = vec![0u8; 1 << 16];
+    let mut control = [0u64; 16];
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    let mut fds = Vec::new();
+    // SAFETY: recvmsg into buffers that outlive it; the kernel installed the descriptors it
+    // reports in SCM_RIGHTS messages, so they are ours.
+    let read = unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = std::mem::size_of_val(&control) as _;
+        let read = libc::recvmsg(conn.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC);
+        assert!(read >= 0, "recvmsg: {}", std::io::Error::last_os_error());
+        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+        while !cmsg.is_null() {
+            let data = libc::CMSG_DATA(cmsg).cast::<RawFd>();
+            let len = (*cmsg).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
+            for i in 0..len / std::mem::size_of::<RawFd>() {
+                fds.push(OwnedFd::from_raw_fd(std::ptr::read_unaligned(data.add(i))));
+            }
+            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+        }
+        read as usize
+    };
+    buf.truncate(read);
+    (buf, fds)
+}
+
+/// The device and inode of what a descriptor or path refers to.
+fn identity(file: &std::fs::File) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    let meta = file.metadata().unwrap();
+    (meta.dev(), meta.ino())
+}
+
+/// What the fake daemon received: the request and the descriptors that came with it.
+type Received = (ShimRequest, Vec<OwnedFd>);
+
+/// A one-shot daemon: accepts one connection, reads the request to end of stream (the first chunk
+/// with `recvmsg`, collecting descriptors), answers with `reply` (or closes without answering when
+/// it is `None`), and hands back what it received.
 struct FakeDaemon {
     socket: PathBuf,
-    handle: Option<JoinHandle<Option<ShimRequest>>>,
+    handle: Option<JoinHandle<Option<Received>>>,
     _dir: tempfile::TempDir,
 }
 
@@ -103,7 +154,7 @@ impl FakeDaemon {
         let listener = UnixListener::bind(&socket).unwrap();
         let handle = thread::spawn(move || {
             let (mut conn, _) = listener.accept().unwrap();
-            let mut bytes = Vec::new();
+            let (mut bytes, fds) = recv_first(&conn);
             conn.read_to_end(&mut bytes).unwrap();
             if bytes.is_empty() {
                 return None; // the unblocking connection from `received`
@@ -112,7 +163,7 @@ impl FakeDaemon {
             if let Some(reply) = reply {
                 conn.write_all(&shim::encode_reply(&reply)).unwrap();
             }
-            Some(request)
+            Some((request, fds))
         });
         FakeDaemon {
             socket,
@@ -122,12 +173,17 @@ impl FakeDaemon {
     }
 
     /// The request the daemon received; call after the binary has exited.
-    fn received(mut self) -> Option<ShimRequest> {
+    fn received(self) -> Option<ShimRequest> {
+        self.received_with_fds().map(|(request, _)| request)
+    }
+
+    /// The request and the descriptors the daemon received; call after the binary has exited.
+    fn received_with_fds(mut self) -> Option<Received> {
         let handle = self.handle.take().unwrap();
         if !handle.is_finished() {
             // The binary never connected (or is just finishing): unblock accept() with an empty
             // connection rather than hang.
-            let _ = std::os::unix::net::UnixStream::connect(&self.socket);
+            let _ = UnixStream::connect(&self.socket);
         }
         handle.join().expect("fake daemon panicked")
     }
@@ -250,7 +306,9 @@ fn add_through_a_daemon_prints_its_result() {
     let stdin = json!({"cniVersion": "1.1.0", "name": "weft", "type": "weft-cni",
                        "mtu": 1450, "ipMasq": true});
     let run = weft_cni(&borrowed(&vars), &stdin.to_string());
-    let request = daemon.received().expect("the daemon got no request");
+    let (request, fds) = daemon
+        .received_with_fds()
+        .expect("the daemon got no request");
 
     assert_eq!(
         run.status, 0,
@@ -267,7 +325,14 @@ fn add_through_a_daemon_prints_its_result() {
     assert_eq!(request.api_version, shim::SHIM_API_VERSION);
     assert_eq!(request.command, CniCommand::Add);
     assert_eq!(request.container_id.as_deref(), Some(CONTAINER_ID));
-    assert_eq!(request.netns.as_deref(), Some("/var/run/netns/cni-1234"));
+    assert_eq!(request.netns.as_deref(), Some(NETNS), "the path, for logs");
+    let [fd] = <[OwnedFd; 1]>::try_from(fds).expect("one descriptor");
+    let ours = std::fs::File::open("/proc/self/ns/net").unwrap();
+    assert_eq!(
+        identity(&std::fs::File::from(fd)),
+        identity(&ours),
+        "the namespace at CNI_NETNS, opened by the shim"
+    );
     assert_eq!(request.ifname.as_deref(), Some("eth0"));
     assert_eq!(
         request.args,
@@ -338,4 +403,57 @@ fn daemon_closing_without_answer_is_try_again_later() {
         "1.1.0",
         &["without answering", &socket],
     );
+}
+
+#[test]
+fn add_and_check_with_a_namespace_that_does_not_open_fail_before_the_daemon() {
+    let daemon = FakeDaemon::start(Some(ShimReply::empty()));
+    let missing = daemon._dir.path().join("gone");
+    for verb in ["ADD", "CHECK"] {
+        let mut vars = add_vars(&daemon.socket);
+        vars.retain(|(k, _)| *k != "CNI_NETNS" && *k != "CNI_COMMAND");
+        vars.push(("CNI_COMMAND", verb.to_string()));
+        vars.push(("CNI_NETNS", missing.display().to_string()));
+        let run = weft_cni(&borrowed(&vars), &config("1.1.0"));
+        let path = format!("CNI_NETNS={}: cannot open", missing.display());
+        assert_cni_error(&run, CniError::INVALID_ENVIRONMENT, "1.1.0", &[&path]);
+    }
+    assert!(daemon.received().is_none(), "weftd was not asked");
+}
+
+#[test]
+fn del_sends_the_namespace_when_it_opens_and_goes_on_when_it_is_gone() {
+    for (netns, descriptors) in [(NETNS, 1), ("/var/run/netns/deleted-already", 0)] {
+        let daemon = FakeDaemon::start(Some(ShimReply::empty()));
+        let socket = daemon.socket.display().to_string();
+        let vars = [
+            ("CNI_COMMAND", "DEL"),
+            ("CNI_CONTAINERID", CONTAINER_ID),
+            ("CNI_NETNS", netns),
+            ("CNI_IFNAME", "eth0"),
+            ("WEFT_CNI_SOCKET", &socket),
+        ];
+        let run = weft_cni(&vars, &config("1.1.0"));
+        let (request, fds) = daemon.received_with_fds().expect("a request");
+        assert_eq!(run.status, 0, "{netns}: {}", run.stdout);
+        assert_eq!(request.netns.as_deref(), Some(netns));
+        assert_eq!(fds.len(), descriptors, "{netns}");
+    }
+}
+
+#[test]
+fn status_and_gc_send_no_descriptor() {
+    for verb in ["STATUS", "GC"] {
+        let daemon = FakeDaemon::start(Some(ShimReply::empty()));
+        let socket = daemon.socket.display().to_string();
+        let vars = [
+            ("CNI_COMMAND", verb),
+            ("CNI_NETNS", NETNS),
+            ("WEFT_CNI_SOCKET", &socket),
+        ];
+        let run = weft_cni(&vars, &config("1.1.0"));
+        let (_, fds) = daemon.received_with_fds().expect("a request");
+        assert_eq!(run.status, 0, "{verb}: {}", run.stdout);
+        assert!(fds.is_empty(), "{verb}");
+    }
 }

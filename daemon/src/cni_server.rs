@@ -1,28 +1,36 @@
 //! The daemon side of the CNI shim: a unix socket (`RUN_DIR/cni.sock`, mode 0600) serving one
 //! request per connection, as `weft_proto::shim` documents.
 //!
-//! [`CniService::handle`] is the whole logic and takes a request straight (tests call it without a
-//! socket); [`serve`] only frames bytes. Every daemon-side failure maps to a CNI error here:
+//! [`CniService::handle`] is the whole logic and takes a request and its namespace descriptor
+//! straight (tests can call it without a socket); [`serve`] only frames bytes and descriptors
+//! (the `wire` module). The pod's namespace is the descriptor the shim sent: weftd opens the
+//! `CNI_NETNS` path itself only for a shim that sent none (one older than the descriptor), since the
+//! path is the runtime's and may mean nothing in weftd's mount namespace. Every daemon-side failure
+//! maps to a CNI error here:
 //!
 //! | code | when |
 //! | --- | --- |
-//! | 4 | CNI_NETNS is not a network namespace, CNI_IFNAME already exists in the pod |
+//! | 4 | CNI_NETNS (the descriptor, or the path) is not a network namespace, CNI_IFNAME already exists in the pod |
 //! | 5 | netlink or state-file failure while wiring |
+//! | 6 | the request does not decode, or carries more descriptors than the verb allows |
 //! | 7 | the network configuration is invalid (from `NetConf`) |
 //! | 11 | the node has no lease yet (try again later) |
 //! | 50 | STATUS: no lease yet, or no free address |
 //! | 100 | ADD: the node's pod CIDR has no free address |
 //! | 101 | CHECK: the pod's interface, addresses or routes are not what ADD made |
 
+mod wire;
+
 use std::collections::BTreeSet;
 use std::net::IpAddr;
+use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::sync::Arc;
 
 use ipnet::IpNet;
 use rtnetlink::Handle;
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{watch, Mutex};
 use tracing::{debug, info, warn};
@@ -93,11 +101,12 @@ impl CniService {
         });
     }
 
-    /// Answer one shim request.
-    pub async fn handle(&self, request: &ShimRequest) -> ShimReply {
+    /// Answer one shim request. `netns` is the descriptor that came with it (the pod's network
+    /// namespace as the shim opened it); it is closed when the request is answered.
+    pub async fn handle(&self, request: &ShimRequest, netns: Option<OwnedFd>) -> ShimReply {
         let outcome = match (request.cni_env(), NetConf::from_value(&request.config)) {
             (Err(e), _) | (Ok(_), Err(e)) => Err(e),
-            (Ok(env), Ok(conf)) => self.dispatch(&env, &conf).await,
+            (Ok(env), Ok(conf)) => self.dispatch(&env, &conf, netns).await,
         };
         match outcome {
             Ok(result) => ShimReply::Success { result },
@@ -108,20 +117,32 @@ impl CniService {
         }
     }
 
-    async fn dispatch(&self, env: &CniEnv, conf: &NetConf) -> Result<Value, CniError> {
+    async fn dispatch(
+        &self,
+        env: &CniEnv,
+        conf: &NetConf,
+        netns: Option<OwnedFd>,
+    ) -> Result<Value, CniError> {
         match env.command {
             CniCommand::Version => Ok(cni::version_result()),
-            CniCommand::Add => self.add(env, conf).await,
+            CniCommand::Add => self.add(env, conf, netns).await,
+            // DEL releases everything from the node's side: a descriptor (of a namespace that may
+            // be gone, or none at all) is closed unused.
             CniCommand::Del => self.del(env).await.map(|()| Value::Null),
-            CniCommand::Check => self.check(env, conf).await.map(|()| Value::Null),
+            CniCommand::Check => self.check(env, conf, netns).await.map(|()| Value::Null),
             CniCommand::Status => self.status().await.map(|()| Value::Null),
             CniCommand::Gc => self.gc(conf).await.map(|()| Value::Null),
         }
     }
 
-    async fn add(&self, env: &CniEnv, conf: &NetConf) -> Result<Value, CniError> {
+    async fn add(
+        &self,
+        env: &CniEnv,
+        conf: &NetConf,
+        netns: Option<OwnedFd>,
+    ) -> Result<Value, CniError> {
         let (key, ifname) = attachment(env)?;
-        let netns = open_netns(env)?;
+        let netns = pod_netns(env, netns)?;
         let lease = self.lease.borrow().clone().ok_or_else(not_ready)?;
         let (allocation, fresh) = {
             let mut ipam = self.ipam.lock().await;
@@ -188,9 +209,14 @@ impl CniService {
         Ok(())
     }
 
-    async fn check(&self, env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
+    async fn check(
+        &self,
+        env: &CniEnv,
+        conf: &NetConf,
+        netns: Option<OwnedFd>,
+    ) -> Result<(), CniError> {
         let (key, ifname) = attachment(env)?;
-        let netns = open_netns(env)?;
+        let netns = pod_netns(env, netns)?;
         let allocation = self.ipam.lock().await.get(&key).ok_or_else(|| {
             CniError::new(
                 CniError::UNKNOWN_CONTAINER,
@@ -317,13 +343,21 @@ fn attachment(env: &CniEnv) -> Result<(AttachmentKey, IfName), CniError> {
     Ok((AttachmentKey::new(container_id, ifname.to_string()), ifname))
 }
 
-fn open_netns(env: &CniEnv) -> Result<Netns, CniError> {
+/// The pod's namespace: the descriptor the shim sent, checked; the `CNI_NETNS` path, opened here,
+/// only when the shim sent none (a shim from before the descriptor).
+fn pod_netns(env: &CniEnv, fd: Option<OwnedFd>) -> Result<Netns, CniError> {
     let path = env
         .netns
         .as_deref()
         .ok_or_else(|| CniError::invalid_env("CNI_NETNS is required"))?;
-    Netns::open(Path::new(path))
-        .map_err(|e| CniError::invalid_env(format!("CNI_NETNS={path}: {e}")))
+    let netns = match fd {
+        Some(fd) => Netns::from_fd(fd, path),
+        None => {
+            debug!(netns = path, "the request carries no namespace descriptor (a weft-cni older than weftd): opening CNI_NETNS by path");
+            Netns::open(Path::new(path))
+        }
+    };
+    netns.map_err(|e| CniError::invalid_env(format!("CNI_NETNS={path}: {e}")))
 }
 
 fn not_ready() -> CniError {
@@ -418,18 +452,32 @@ pub async fn serve(listener: UnixListener, service: Arc<CniService>) {
 }
 
 async fn serve_one(mut stream: UnixStream, service: &CniService) -> std::io::Result<()> {
-    let mut bytes = Vec::new();
-    let mut limited = (&mut stream).take(shim::MAX_MESSAGE_BYTES as u64 + 1);
     // The shim writes its request at once; a client that never finishes must not hold a task.
-    tokio::time::timeout(REQUEST_READ_TIMEOUT, limited.read_to_end(&mut bytes))
+    // Descriptors received so far are closed with the future when it times out.
+    let received = wire::read_request(&stream, shim::MAX_MESSAGE_BYTES);
+    let received = tokio::time::timeout(REQUEST_READ_TIMEOUT, received)
         .await
         .map_err(|_| {
             std::io::Error::new(std::io::ErrorKind::TimedOut, "no complete request in time")
         })??;
-    let reply = match shim::decode_request(&bytes) {
-        Ok(request) => service.handle(&request).await,
-        Err(e) => ShimReply::from(e.to_cni_error()),
-    };
+    let reply = answer(received, service).await;
     stream.write_all(&shim::encode_reply(&reply)).await?;
     stream.shutdown().await
+}
+
+/// Decode what came, check its descriptors, and let the service answer. Every descriptor that
+/// is not handed on is closed here.
+async fn answer(received: wire::Received, service: &CniService) -> ShimReply {
+    let wire::Received {
+        bytes,
+        mut fds,
+        truncated,
+    } = received;
+    let request = shim::decode_request(&bytes).and_then(|request| {
+        shim::check_descriptors(request.command, fds.len(), truncated).map(|()| request)
+    });
+    match request {
+        Ok(request) => service.handle(&request, fds.pop()).await,
+        Err(e) => ShimReply::from(e.to_cni_error()),
+    }
 }

@@ -8,6 +8,33 @@
 //! writes one JSON document (a [`ShimReply`]) and closes. Nothing else crosses the socket: no
 //! length prefix, no newline delimiting, no keep-alive. The shim waits at most 60 s for the reply.
 //!
+//! ## The pod's network namespace, as a descriptor
+//!
+//! `CNI_NETNS` is a path in the runtime's mount namespace (`/var/run/netns/cni-…`,
+//! `/proc/PID/ns/net`). The shim runs there (the runtime executes it); `weftd` in a DaemonSet does
+//! not, and a namespace mounted in a private mount namespace is an empty file to everyone else. So
+//! the shim opens `CNI_NETNS` itself (read-only, close-on-exec, non-blocking so that a FIFO cannot
+//! hang it) and sends the descriptor with the request as `SCM_RIGHTS` ancillary data on its first
+//! message (the first `sendmsg`, which carries the first bytes of the JSON). At most one descriptor
+//! crosses per connection ([`MAX_DESCRIPTORS`]); which verbs carry it is
+//! [`NetnsDescriptor::for_command`]:
+//!
+//! | verb | descriptor | when the shim cannot open `CNI_NETNS` |
+//! | --- | --- | --- |
+//! | `ADD`, `CHECK` | always | the invocation fails, naming the path: code 4, or 11 when the shim is out of descriptors or memory |
+//! | `DEL` | when `CNI_NETNS` is set and opens | none is sent and DEL goes on: the runtime may have deleted the namespace already |
+//! | `STATUS`, `GC` | never | — |
+//!
+//! The daemon reads every chunk with `recvmsg` and takes ownership of every descriptor that comes,
+//! so none leaks: more than one, or one on a verb that carries none, is refused
+//! ([`check_descriptors`], code 6) and all are closed. For `ADD` and `CHECK` it uses only the
+//! descriptor, after checking that it is a network namespace (code 4 when it is not); the `netns`
+//! field is kept for logs and for the result's `sandbox`. A request without a descriptor comes from
+//! a shim older than this rule: the daemon then opens `netns` itself, in its own mount namespace,
+//! as every release did before (and logs that at debug level). `DEL` needs no namespace (the
+//! daemon releases everything from the node's side): the descriptor is closed unused, whatever
+//! it is, so a DEL never fails over a namespace that is gone or no namespace at all.
+//!
 //! # Versioning
 //!
 //! Every request carries `api_version`, [`SHIM_API_VERSION`] today. A daemon that receives another
@@ -15,7 +42,10 @@
 //! [`ShimError::UnsupportedVersion`], and [`ShimError::to_cni_error`] turns it into the reply):
 //! during a rolling upgrade the host's shim and the node's daemon can be different releases for a
 //! moment. Adding an optional request field does not change the version; changing or removing one
-//! does. The error reply's shape, `{"status": "error", "error": {"code", "msg", "details"}}`, never
+//! does. The namespace descriptor is such an optional addition, so it came without a new version:
+//! an older shim sends none and the daemon falls back to the `netns` path; an older daemon reads
+//! with `read(2)`, so the kernel closes the descriptor it never asked for, and it opens the path as
+//! it always did. The error reply's shape, `{"status": "error", "error": {"code", "msg", "details"}}`, never
 //! changes, so any shim can print any daemon's refusal.
 //!
 //! # Request
@@ -58,9 +88,9 @@
 //!
 //! | verb | env the shim guarantees | daemon does | success `result` |
 //! | --- | --- | --- | --- |
-//! | `ADD` | container_id, netns, ifname | validates config; allocates addresses (keyed by container ID + ifname); creates the veth into `netns`; routes | the [`crate::cni::CniResult`] for `config.cniVersion` |
+//! | `ADD` | container_id, netns, ifname | validates config; allocates addresses (keyed by container ID + ifname); creates the veth into the namespace (the descriptor); routes | the [`crate::cni::CniResult`] for `config.cniVersion` |
 //! | `DEL` | container_id, ifname (netns may be null: the namespace is gone) | releases everything held for the attachment; idempotent, succeeds when nothing is left | `null` |
-//! | `CHECK` | container_id, netns, ifname | compares the attachment with `config.prevResult` | `null`, or an error |
+//! | `CHECK` | container_id, netns, ifname | compares the attachment, in the namespace of the descriptor, with `config.prevResult` | `null`, or an error |
 //! | `STATUS` | nothing | reports readiness to serve ADD | `null`; else error 50 (not available) or 51 (and existing pods may have limited connectivity) |
 //! | `GC` | nothing | releases every attachment not in `config["cni.dev/valid-attachments"]` | `null` |
 //! | `VERSION` | — | never sent: the shim answers it alone | — |
@@ -68,7 +98,8 @@
 //! Errors the shim produces itself, without a reply: daemon socket absent or refusing
 //! connections → code 11 "try again later" (STATUS: 50), naming the socket; no reply within 60 s,
 //! or the connection closed without a reply → 11 (STATUS: 50); a reply that does not decode → 6;
-//! stdin not JSON → 6; a missing or invalid `CNI_*` variable → 4.
+//! stdin not JSON → 6; a missing or invalid `CNI_*` variable → 4; ADD or CHECK with a `CNI_NETNS`
+//! that does not open → 4 naming the path (11 when the shim ran out of descriptors or memory).
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -82,6 +113,50 @@ pub const SHIM_API_VERSION: u32 = 1;
 /// list of valid attachments on a full node, is a few tens of kilobytes.
 pub const MAX_MESSAGE_BYTES: usize = 4 << 20;
 
+/// The most file descriptors a request may carry: the pod's network namespace.
+pub const MAX_DESCRIPTORS: usize = 1;
+
+/// Whether a verb's request carries the pod's network namespace as a descriptor (see the module
+/// documentation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NetnsDescriptor {
+    /// `ADD`, `CHECK`: the shim opens `CNI_NETNS` and sends the descriptor; not being able to open
+    /// it is the invocation's error.
+    Required,
+    /// `DEL`: sent when `CNI_NETNS` is set and opens, else none; never an error.
+    IfItOpens,
+    /// `STATUS`, `GC` (and `VERSION`, never sent): no descriptor.
+    Never,
+}
+
+impl NetnsDescriptor {
+    /// The rule for `command`.
+    pub fn for_command(command: CniCommand) -> NetnsDescriptor {
+        match command {
+            CniCommand::Add | CniCommand::Check => NetnsDescriptor::Required,
+            CniCommand::Del => NetnsDescriptor::IfItOpens,
+            CniCommand::Status | CniCommand::Gc | CniCommand::Version => NetnsDescriptor::Never,
+        }
+    }
+}
+
+/// Checks the descriptors that came with a request of `command`: `count` of them were received,
+/// and `truncated` says the kernel had to drop more for want of room. At most
+/// [`MAX_DESCRIPTORS`], and none for a verb that never carries one.
+pub fn check_descriptors(
+    command: CniCommand,
+    count: usize,
+    truncated: bool,
+) -> Result<(), ShimError> {
+    if truncated || count > MAX_DESCRIPTORS {
+        return Err(ShimError::TooManyDescriptors { count, truncated });
+    }
+    if count > 0 && NetnsDescriptor::for_command(command) == NetnsDescriptor::Never {
+        return Err(ShimError::UnexpectedDescriptor { command });
+    }
+    Ok(())
+}
+
 /// What the shim sends: one CNI invocation, environment and configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ShimRequest {
@@ -92,7 +167,8 @@ pub struct ShimRequest {
     /// `CNI_CONTAINERID`.
     #[serde(default)]
     pub container_id: Option<String>,
-    /// `CNI_NETNS`.
+    /// `CNI_NETNS`: for logs, the result's `sandbox`, and a daemon talking to a shim that sends
+    /// no descriptor. The namespace itself travels as a descriptor (see the module documentation).
     #[serde(default)]
     pub netns: Option<String>,
     /// `CNI_IFNAME`.
@@ -190,6 +266,14 @@ pub enum ShimError {
          (this weftd speaks version {SHIM_API_VERSION})"
     )]
     UnsupportedVersion { got: u64 },
+    #[error(
+        "shim request carried {count}{} file descriptors; at most {MAX_DESCRIPTORS} (the pod's \
+         network namespace) is allowed",
+        if *truncated { " or more" } else { "" }
+    )]
+    TooManyDescriptors { count: usize, truncated: bool },
+    #[error("a {command} request carries no file descriptor, but one came with it")]
+    UnexpectedDescriptor { command: CniCommand },
 }
 
 impl ShimError {
@@ -348,6 +432,63 @@ mod tests {
         let err = decode_request(br#"{"api_version": "1", "command": "ADD"}"#).unwrap_err();
         assert!(matches!(err, ShimError::MissingVersion), "{err:?}");
         assert_eq!(err.to_cni_error().code, CniError::DECODING_FAILURE);
+    }
+
+    #[test]
+    fn which_verbs_carry_the_namespace_descriptor() {
+        use NetnsDescriptor::*;
+        let rules: Vec<(CniCommand, NetnsDescriptor)> = CniCommand::ALL
+            .into_iter()
+            .map(|c| (c, NetnsDescriptor::for_command(c)))
+            .collect();
+        assert_eq!(
+            rules,
+            [
+                (CniCommand::Add, Required),
+                (CniCommand::Del, IfItOpens),
+                (CniCommand::Check, Required),
+                (CniCommand::Version, Never),
+                (CniCommand::Status, Never),
+                (CniCommand::Gc, Never),
+            ]
+        );
+    }
+
+    #[test]
+    fn descriptor_counts() {
+        for command in [CniCommand::Add, CniCommand::Check, CniCommand::Del] {
+            assert!(
+                check_descriptors(command, 0, false).is_ok(),
+                "{command}: none (an old shim)"
+            );
+            assert!(
+                check_descriptors(command, 1, false).is_ok(),
+                "{command}: one"
+            );
+        }
+        for command in [CniCommand::Status, CniCommand::Gc] {
+            assert!(check_descriptors(command, 0, false).is_ok());
+            let err = check_descriptors(command, 1, false).unwrap_err();
+            assert!(
+                matches!(err, ShimError::UnexpectedDescriptor { .. }),
+                "{err:?}"
+            );
+            assert_eq!(
+                err.to_string(),
+                format!("a {command} request carries no file descriptor, but one came with it")
+            );
+            assert_eq!(err.to_cni_error().code, CniError::DECODING_FAILURE);
+        }
+        let err = check_descriptors(CniCommand::Add, 2, false).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "shim request carried 2 file descriptors; at most 1 (the pod's network namespace) \
+             is allowed"
+        );
+        assert_eq!(err.to_cni_error().code, CniError::DECODING_FAILURE);
+        // The kernel dropped some for want of room: too many, however many arrived.
+        let err = check_descriptors(CniCommand::Add, 1, true).unwrap_err();
+        assert!(err.to_string().contains("carried 1 or more file"), "{err}");
     }
 
     #[test]

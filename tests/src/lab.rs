@@ -630,7 +630,7 @@ pub fn call_plugin(
     ifname: &str,
     config: &Value,
 ) -> CniOutput {
-    run_plugin(
+    call_plugin_with(
         Command::new(plugin),
         command,
         container_id,
@@ -651,7 +651,7 @@ pub fn call_plugin_in(
     config: &Value,
 ) -> CniOutput {
     let program = plugin.to_str().expect("utf-8 plugin path");
-    run_plugin(
+    call_plugin_with(
         inside.command(program),
         command,
         container_id,
@@ -661,7 +661,9 @@ pub fn call_plugin_in(
     )
 }
 
-fn run_plugin(
+/// Run a CNI plugin through `cmd` (a `Command` that execs the plugin, perhaps through `nsenter`
+/// or `ip netns exec`), with the CNI environment and `config` on stdin.
+pub fn call_plugin_with(
     mut cmd: Command,
     command: &str,
     container_id: &str,

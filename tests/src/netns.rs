@@ -167,3 +167,109 @@ pub fn enter_path(path: &str) -> Result<()> {
     nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
         .map_err(|e| netns_error(std::io::Error::from(e)))
 }
+
+/// A named network namespace that exists only inside a mount namespace of its own, as a container
+/// runtime that runs in its own mount namespace (or under `ip netns exec`) makes one: a holder
+/// process started with `unshare --mount --propagation private` runs `ip netns add NAME` and then
+/// sleeps, so `/run/netns/NAME` is a namespace there and an empty file everywhere else (weftd's
+/// mount namespace included). Commands that should see it run in the holder's mount namespace
+/// through `nsenter`.
+///
+/// Dropping the guard deletes the namespace inside, kills the holder and removes the empty file
+/// left outside.
+pub struct PrivateNetns {
+    name: String,
+    holder: crate::procs::ChildGuard,
+}
+
+impl PrivateNetns {
+    /// Start the holder and wait until the namespace exists (with `lo` up) in its mount namespace.
+    pub fn create(name: &str) -> Result<PrivateNetns> {
+        use std::io::{BufRead, Read};
+        let script = r#"ip netns add "$1" && ip -n "$1" link set lo up && echo ready && exec sleep infinity"#;
+        let mut command = Command::new("unshare");
+        command
+            .args(["--mount", "--propagation", "private", "--", "sh", "-c"])
+            .args([script, "sh", name])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let holder = crate::procs::ChildGuard::spawn(format!("{name} holder"), &mut command)?;
+        let mut guard = PrivateNetns {
+            name: name.to_string(),
+            holder,
+        };
+        let (stdout, stderr) = guard.holder.take_output();
+        let mut line = String::new();
+        if let Some(stdout) = stdout {
+            let _ = std::io::BufReader::new(stdout).read_line(&mut line);
+        }
+        if line.trim() == "ready" {
+            return Ok(guard);
+        }
+        let mut message = String::new();
+        if let Some(mut stderr) = stderr {
+            let _ = stderr.read_to_string(&mut message);
+        }
+        let status = guard.holder.wait_timeout(Duration::from_secs(5));
+        Err(LabError::Command {
+            command: crate::procs::command_line(&command),
+            status: status.unwrap_or_default(),
+            stderr: message.trim().to_string(),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// `/run/netns/NAME`: a namespace only in the holder's mount namespace.
+    pub fn path(&self) -> String {
+        format!("/run/netns/{}", self.name)
+    }
+
+    /// A `Command` that runs `program` in the holder's mount namespace (not in the network
+    /// namespace: where a runtime runs a CNI plugin).
+    pub fn command(&self, program: &str) -> Command {
+        let mut command = Command::new("nsenter");
+        command.args([
+            "--target",
+            &self.holder.pid().to_string(),
+            "--mount",
+            "--",
+            program,
+        ]);
+        command
+    }
+
+    /// Run a command in the holder's mount namespace.
+    pub fn exec(&self, args: &[&str]) -> Result<String> {
+        let pid = self.holder.pid().to_string();
+        let mut full = vec!["nsenter", "--target", &pid, "--mount", "--"];
+        full.extend_from_slice(args);
+        run(&full)
+    }
+
+    /// Run a command inside the network namespace (entered from the holder's mount namespace).
+    pub fn exec_inside(&self, args: &[&str]) -> Result<String> {
+        let mut full = vec!["ip", "netns", "exec", &self.name];
+        full.extend_from_slice(args);
+        self.exec(&full)
+    }
+
+    /// `ping` once from inside the namespace; whether a reply came back within `wait_secs`.
+    pub fn ping(&self, target: &str, wait_secs: u32) -> bool {
+        let wait = wait_secs.to_string();
+        self.exec_inside(&["ping", "-c", "1", "-W", &wait, "-q", target])
+            .is_ok()
+    }
+}
+
+impl Drop for PrivateNetns {
+    fn drop(&mut self) {
+        let _ = self.exec(&["ip", "netns", "del", &self.name]);
+        self.holder.kill();
+        // What `ip netns add` left outside: the empty file the namespace was mounted on.
+        let _ = std::fs::remove_file(self.path());
+    }
+}

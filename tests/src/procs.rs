@@ -1,7 +1,7 @@
 //! Child processes owned by a guard, and the paths of weft's binaries.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ChildStderr, ChildStdout, Command, ExitStatus, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -194,6 +194,14 @@ impl ChildGuard {
             std::thread::sleep(Duration::from_millis(20));
         }
         None
+    }
+
+    /// The child's piped standard output and error, taken (each `None` when not piped or taken).
+    pub fn take_output(&mut self) -> (Option<ChildStdout>, Option<ChildStderr>) {
+        match self.child.as_mut() {
+            Some(child) => (child.stdout.take(), child.stderr.take()),
+            None => (None, None),
+        }
     }
 
     /// Let the process outlive the guard (for `weft-lab up`).

@@ -6,16 +6,17 @@
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
 use weft_lab::lab::{
-    call_plugin, call_plugin_in, result_addresses, source_address_seen, Lab, LabConfig, OUTSIDE_V4,
-    OUTSIDE_V6,
+    call_plugin, call_plugin_in, call_plugin_with, result_addresses, source_address_seen,
+    CniOutput, Lab, LabConfig, OUTSIDE_V4, OUTSIDE_V6,
 };
-use weft_lab::netns::NetnsGuard;
+use weft_lab::netns::{NetnsGuard, PrivateNetns};
 
 fn lab(pods: usize, weftd_args: &[&str]) -> Lab {
     let config = LabConfig {
@@ -335,6 +336,187 @@ fn results_are_valid_for_every_supported_version() {
     }
 }
 
+/// The filesystem type of `path` as `stat -f` names it (`nsfs` for a namespace), seen from `ns`.
+fn fs_type_in(ns: &NetnsGuard, path: &str) -> String {
+    let out = ns.exec(&["stat", "-f", "-c", "%T", path]);
+    out.unwrap_or_else(|e| e.to_string()).trim().to_string()
+}
+
+/// A container runtime in a mount namespace of its own, with one pod namespace made there, that
+/// runs the real `weft-cni` in that mount namespace.
+struct PrivateRuntime {
+    pod: PrivateNetns,
+    plugin: std::path::PathBuf,
+    container_id: String,
+}
+
+impl PrivateRuntime {
+    fn new(lab: &Lab) -> PrivateRuntime {
+        let pod = PrivateNetns::create(&format!("{}-priv", lab.prefix)).unwrap();
+        let path = pod.path();
+        let inside = pod.exec(&["stat", "-f", "-c", "%T", &path]).unwrap();
+        assert_eq!(
+            inside.trim(),
+            "nsfs",
+            "a namespace in the runtime's mount namespace"
+        );
+        let seen_by_weftd = fs_type_in(&lab.nodes[0].netns, &path);
+        assert_ne!(seen_by_weftd, "nsfs", "and not in weftd's");
+        PrivateRuntime {
+            pod,
+            plugin: weft_lab::procs::bin_path("weft-cni"),
+            container_id: format!("{}priv", lab.prefix),
+        }
+    }
+
+    /// Run the plugin as this runtime does, with `CNI_NETNS` the pod's path.
+    fn call(&self, verb: &str, conf: &Value) -> CniOutput {
+        let runtime = self.pod.command(self.plugin.to_str().expect("utf-8 path"));
+        let (cid, netns) = (&self.container_id, self.pod.path());
+        let out = call_plugin_with(runtime, verb, cid, Some(&netns), "eth0", conf);
+        assert!(out.success, "{verb}: {} {}", out.stdout, out.stderr);
+        out
+    }
+}
+
+/// A runtime in a mount namespace of its own (containerd in a container, anything under
+/// `ip netns exec`) makes the pod's namespace there: `/run/netns/NAME` is an empty file for
+/// weftd. The shim opens it where the runtime runs it and passes the descriptor, so ADD, CHECK
+/// and DEL work; and DEL still succeeds once the runtime has deleted the namespace.
+#[test]
+fn a_pod_namespace_in_a_private_mount_namespace_is_wired_through_its_descriptor() {
+    let lab = lab(1, &[]);
+    let runtime = PrivateRuntime::new(&lab);
+    let (pod, conf) = (&runtime.pod, lab.netconf(0));
+    let added = runtime.call("ADD", &conf);
+    assert_eq!(added.json()["interfaces"][1]["sandbox"], json!(pod.path()));
+    let (v4, v6) = result_addresses(&added.json());
+    let (v4, v6) = (v4.expect("an IPv4 address"), v6.expect("an IPv6 address"));
+    let shown = pod.exec_inside(&["ip", "-o", "addr", "show", "dev", "eth0"]);
+    let shown = shown.unwrap();
+    assert!(
+        shown.contains(&format!("{v4}/32")) && shown.contains(&format!("{v6}/128")),
+        "{shown}"
+    );
+    assert_eq!(weft_veths(&lab).len(), 2);
+    let other = &lab.pods[0];
+    for target in other.addresses() {
+        assert!(pod.ping(&target.to_string(), 2), "the pod reaches {target}");
+    }
+    assert!(other.netns.ping(&v4.to_string(), 2) && other.netns.ping(&v6.to_string(), 2));
+
+    let mut check = conf.clone();
+    check["prevResult"] = added.json();
+    runtime.call("CHECK", &check);
+
+    runtime.call("DEL", &conf);
+    assert_eq!(weft_veths(&lab).len(), 1, "the pod's veth is gone");
+    let cid = &runtime.container_id;
+    let held = allocations(&lab);
+    assert!(
+        held.iter().all(|(k, _)| !k.starts_with(cid)),
+        "released: {held:?}"
+    );
+    let routes = routes(&lab);
+    assert!(
+        !routes.contains(&format!("{v4} ")) && !routes.contains(&format!("{v6} ")),
+        "{routes}"
+    );
+    // The runtime deletes the namespace, then repeats DEL with the path it had: still success.
+    pod.exec(&["ip", "netns", "del", pod.name()]).unwrap();
+    runtime.call("DEL", &conf);
+}
+
+/// One request as raw bytes on the node's socket, with `fds` attached (as ancillary data on the
+/// first bytes): the daemon's reply, decoded. Stands in for shims other than the current one.
+fn raw_exchange(lab: &Lab, request: &Value, fds: &[std::os::fd::RawFd]) -> Value {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags, UnixAddr};
+    let mut stream = std::os::unix::net::UnixStream::connect(lab.nodes[0].socket()).unwrap();
+    let bytes = request.to_string().into_bytes();
+    let rights = [ControlMessage::ScmRights(fds)];
+    let cmsgs: &[ControlMessage] = if fds.is_empty() { &[] } else { &rights };
+    let iov = [std::io::IoSlice::new(&bytes)];
+    let sent = sendmsg::<UnixAddr>(stream.as_raw_fd(), &iov, cmsgs, MsgFlags::empty(), None);
+    assert_eq!(sent, Ok(bytes.len()));
+    stream.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).unwrap();
+    serde_json::from_str(&reply).unwrap()
+}
+
+/// A shim request for `verb` as `weft-cni` encodes it.
+fn shim_request(lab: &Lab, verb: &str, container_id: &str, netns: Option<&str>) -> Value {
+    json!({
+        "api_version": weft_proto::shim::SHIM_API_VERSION,
+        "command": verb,
+        "container_id": container_id,
+        "netns": netns,
+        "ifname": "eth0",
+        "config": lab.netconf(0),
+    })
+}
+
+/// A shim older than the descriptor sends none: weftd opens the path, where it can. Descriptors
+/// beyond what a verb carries, or one that is no network namespace, are refused with a clear
+/// error, and weftd closes every one of them (a pipe whose read end it held reports EPIPE).
+#[test]
+fn an_older_shim_still_works_and_stray_descriptors_are_refused_and_closed() {
+    let lab = lab(0, &[]);
+    let netns = NetnsGuard::create(&format!("{}-old", lab.prefix)).unwrap();
+    let cid = format!("{}old", lab.prefix);
+    let add = shim_request(&lab, "ADD", &cid, Some(&netns.path()));
+    let reply = raw_exchange(&lab, &add, &[]);
+    assert_eq!(reply["status"], "success", "{reply}");
+    assert_eq!(weft_veths(&lab).len(), 1);
+    let before = (allocations(&lab), weft_veths(&lab));
+
+    let pipes: Vec<_> = (0..3).map(|_| nix::unistd::pipe().unwrap()).collect();
+    let raw: Vec<_> = pipes.iter().map(|(r, _)| r.as_raw_fd()).collect();
+    let other = format!("{}stray", lab.prefix);
+    let cases = [
+        (
+            add.clone(),
+            &raw[..2],
+            6,
+            "carried 2 file descriptors; at most 1",
+        ),
+        (
+            shim_request(&lab, "STATUS", "", None),
+            &raw[..1],
+            6,
+            "a STATUS request carries no",
+        ),
+        (
+            shim_request(&lab, "ADD", &other, Some("/x")),
+            &raw[2..],
+            4,
+            "CNI_NETNS=/x: /x is not a network namespace",
+        ),
+    ];
+    for (request, fds, code, words) in cases {
+        let reply = raw_exchange(&lab, &request, fds);
+        assert_eq!(reply["error"]["code"], json!(code), "{reply}");
+        let msg = reply["error"]["msg"].as_str().unwrap_or_default();
+        assert!(msg.contains(words), "{msg}");
+    }
+    for (reader, writer) in pipes {
+        drop(reader);
+        let write = nix::unistd::write(&writer, b"x");
+        assert_eq!(
+            write,
+            Err(nix::errno::Errno::EPIPE),
+            "weftd closed its copy"
+        );
+    }
+    assert_eq!(
+        (allocations(&lab), weft_veths(&lab)),
+        before,
+        "nothing allocated or wired"
+    );
+    let del = shim_request(&lab, "DEL", &cid, Some(&netns.path()));
+    assert_eq!(raw_exchange(&lab, &del, &[])["status"], "success");
+}
+
 /// Bad input: a clear CNI error with the right code; nothing allocated, nothing left behind.
 #[test]
 fn bad_input_is_a_clear_error_and_leaves_nothing_behind() {
@@ -350,6 +532,8 @@ fn bad_input_is_a_clear_error_and_leaves_nothing_behind() {
     };
     let good_ns = netns.path();
     let bad_ns = not_a_netns.display().to_string();
+    // A namespace, but not a network one.
+    let uts_ns = format!("/proc/{}/ns/uts", std::process::id());
     // (name, config, netns, ifname, expected code, words in msg)
     type Case<'a> = (&'a str, Value, Option<&'a str>, &'a str, u64, &'a str);
     let cases: Vec<Case> = vec![
@@ -387,12 +571,20 @@ fn bad_input_is_a_clear_error_and_leaves_nothing_behind() {
             "not a network namespace",
         ),
         (
+            "UTS namespace",
+            base.clone(),
+            Some(&uts_ns),
+            "eth0",
+            4,
+            "is not a network namespace",
+        ),
+        (
             "missing netns path",
             base.clone(),
             Some("/run/netns/does-not-exist"),
             "eth0",
             4,
-            "CNI_NETNS",
+            "CNI_NETNS=/run/netns/does-not-exist: cannot open",
         ),
         (
             "ifname too long",
@@ -437,6 +629,55 @@ fn bad_input_is_a_clear_error_and_leaves_nothing_behind() {
             .ping(&lab.nodes[0].underlay_v4.to_string(), 2),
         "the existing pod is unaffected"
     );
+}
+
+/// CHECK needs the pod's namespace as ADD does: a clear error when `CNI_NETNS` is none or does not
+/// open. DEL is best effort: a namespace that is gone, or is none, does not make it fail.
+#[test]
+fn check_needs_the_namespace_and_del_does_not() {
+    let lab = lab(1, &[]);
+    let base = lab.netconf(0);
+    let not_a_netns = lab.dir.join("not-a-netns");
+    std::fs::write(&not_a_netns, b"").unwrap();
+    let uts_ns = format!("/proc/{}/ns/uts", std::process::id());
+    let pod = &lab.pods[0];
+    for (ns, words) in [
+        (uts_ns.as_str(), "is not a network namespace"),
+        (
+            "/run/netns/does-not-exist",
+            "CNI_NETNS=/run/netns/does-not-exist",
+        ),
+    ] {
+        let out = lab.cni("CHECK", &pod.container_id, Some(ns), "eth0", &base);
+        assert_eq!(out.code(), Some(4), "CHECK with {ns}: {}", out.stdout);
+        assert!(
+            out.stdout.contains(words),
+            "CHECK with {ns}: {}",
+            out.stdout
+        );
+    }
+    let (allocations_before, veths_before) = (allocations(&lab), weft_veths(&lab));
+    let bad_ns = not_a_netns.display().to_string();
+    for ns in ["/run/netns/does-not-exist", &uts_ns, &bad_ns] {
+        let out = lab.cni(
+            "DEL",
+            &format!("{}bad", lab.prefix),
+            Some(ns),
+            "eth0",
+            &base,
+        );
+        assert!(out.success, "DEL with {ns}: {}", out.stdout);
+    }
+    assert_eq!(allocations(&lab), allocations_before);
+    assert_eq!(weft_veths(&lab), veths_before);
+    let out = lab.cni(
+        "CHECK",
+        &pod.container_id,
+        Some(&pod.netns.path()),
+        "eth0",
+        &base,
+    );
+    assert!(out.success, "the pod is unaffected: {}", out.stdout);
 }
 
 #[test]

@@ -127,15 +127,73 @@ fn opening_what_is_not_a_network_namespace_says_so() {
             "{message}"
         );
 
-        // Another kind of namespace: refused by `open`, or at the latest when entered.
+        // Another kind of namespace is refused by `open`, not later when entered.
         let uts = Path::new("/proc/thread-self/ns/uts");
-        match Netns::open(uts) {
-            Err(err) => assert!(matches!(err, NetnsError::NotANetns { .. }), "{err:?}"),
-            Ok(ns) => {
-                let err = ns.run(|| Ok(())).expect_err("a UTS namespace is refused");
-                assert!(matches!(err, NetnsError::Enter { .. }), "{err:?}");
-                assert!(err.to_string().contains("Invalid argument"), "{err}");
-            }
+        let err = Netns::open(uts).err().expect("a UTS namespace is refused");
+        assert!(
+            matches!(
+                err,
+                NetnsError::NotANetns {
+                    found: Some("uts"),
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert_eq!(
+            err.to_string(),
+            "/proc/thread-self/ns/uts is not a network namespace but a uts namespace"
+        );
+    });
+}
+
+/// A descriptor someone else opened (the CNI shim): taken when it is a network namespace, under
+/// the label it came with; refused, and closed, when it is anything else.
+#[test]
+fn a_namespace_descriptor_is_checked_and_labelled() {
+    use std::os::fd::OwnedFd;
+    in_fresh_netns(|| async {
+        let guard = named_netns();
+        let fd = OwnedFd::from(std::fs::File::open(guard.path()).unwrap());
+        let ns = Netns::from_fd(fd, "/var/run/netns/as-the-runtime-says").expect("a namespace");
+        assert_eq!(ns.path(), Path::new("/var/run/netns/as-the-runtime-says"));
+        guard
+            .exec(&[
+                "ip", "link", "add", "p0", "type", "veth", "peer", "name", "p1",
+            ])
+            .unwrap_or_else(|e| panic!("{e}"));
+        let handle = ns.connect(&[]).expect("enter through the descriptor");
+        assert!(nl::link_by_name(&handle, "p0").await.unwrap().is_some());
+
+        let dir = tempfile::tempdir().unwrap();
+        let plain = std::fs::File::create(dir.path().join("plain")).unwrap();
+        let uts = std::fs::File::open("/proc/thread-self/ns/uts").unwrap();
+        let mnt = std::fs::File::open("/proc/thread-self/ns/mnt").unwrap();
+        let (reader, writer) = nix::unistd::pipe().unwrap();
+        let cases = [
+            (OwnedFd::from(plain), None),
+            (OwnedFd::from(uts), Some("uts")),
+            (OwnedFd::from(mnt), Some("mnt")),
+            (reader, None),
+        ];
+        for (fd, found) in cases {
+            let err = Netns::from_fd(fd, "label").err().expect("refused");
+            assert!(
+                matches!(&err, NetnsError::NotANetns { found: f, .. } if *f == found),
+                "{err:?}"
+            );
+            assert!(
+                err.to_string()
+                    .starts_with("label is not a network namespace"),
+                "{err}"
+            );
         }
+        // The refused descriptors were closed: the pipe has no reader left.
+        let write = nix::unistd::write(&writer, b"x");
+        assert_eq!(
+            write,
+            Err(nix::errno::Errno::EPIPE),
+            "the read end was closed"
+        );
     });
 }

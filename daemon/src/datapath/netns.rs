@@ -4,10 +4,16 @@
 //! short-lived OS thread enters the target namespace (`setns`), creates the socket (and writes any
 //! sysctls, which `/proc/sys/net` resolves per thread), and exits; the daemon then drives the socket
 //! from its runtime like any other. Tokio's worker threads never change namespace.
+//!
+//! A [`Netns`] comes from a descriptor ([`Netns::from_fd`]: the pod's namespace as the CNI shim
+//! opened it, in the runtime's mount namespace) or from a path ([`Netns::open`]: in weftd's own
+//! mount namespace). Either way it is checked to be a network namespace before anything uses it:
+//! a file on nsfs whose `NS_GET_NSTYPE` is `CLONE_NEWNET` (Linux 4.11 and later).
 
-use std::fs::File;
+use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use nix::sched::CloneFlags;
@@ -24,8 +30,12 @@ pub enum NetnsError {
         #[source]
         source: io::Error,
     },
-    #[error("{path} is not a network namespace")]
-    NotANetns { path: PathBuf },
+    /// Not a file on nsfs, or a namespace of another kind (`found`: `uts`, `mnt`, …).
+    #[error("{} is not a network namespace{}", path.display(), other_kind(found))]
+    NotANetns {
+        path: PathBuf,
+        found: Option<&'static str>,
+    },
     #[error("enter network namespace {path}: {source}")]
     Enter {
         path: PathBuf,
@@ -34,37 +44,68 @@ pub enum NetnsError {
     },
 }
 
+fn other_kind(found: &Option<&'static str>) -> String {
+    found.map_or_else(String::new, |kind| format!(" but a {kind} namespace"))
+}
+
 /// An open handle on a network namespace, checked to be one.
 pub struct Netns {
     file: File,
+    /// Where the namespace came from: its path, or the label a descriptor came with. For messages
+    /// and the CNI result only; nothing opens it again.
     path: PathBuf,
 }
 
 impl Netns {
+    /// Open the namespace at `path` (`/run/netns/NAME`, `/proc/PID/ns/net`) as weftd's own mount
+    /// namespace sees it. Non-blocking, so that a FIFO at that path cannot hang the caller.
     pub fn open(path: &Path) -> Result<Netns, NetnsError> {
-        let file = File::open(path).map_err(|source| NetnsError::Open {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let stat = nix::sys::statfs::fstatfs(&file).map_err(|e| NetnsError::Open {
-            path: path.to_path_buf(),
-            source: e.into(),
-        })?;
-        if stat.filesystem_type().0 as i64 != NSFS_MAGIC {
-            return Err(NetnsError::NotANetns {
+        let file = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+            .open(path)
+            .map_err(|source| NetnsError::Open {
                 path: path.to_path_buf(),
-            });
-        }
-        Ok(Netns {
-            file,
-            path: path.to_path_buf(),
-        })
+                source,
+            })?;
+        Netns::checked(file, path.to_path_buf())
     }
 
+    /// Take a descriptor someone else opened (the CNI shim, in the runtime's mount namespace),
+    /// `label` naming it in messages (the `CNI_NETNS` path it was opened from). The descriptor is
+    /// closed when it is not a network namespace.
+    pub fn from_fd(fd: OwnedFd, label: impl Into<PathBuf>) -> Result<Netns, NetnsError> {
+        Netns::checked(File::from(fd), label.into())
+    }
+
+    /// `file` when it is a network namespace: on nsfs, and of type `CLONE_NEWNET`.
+    fn checked(file: File, path: PathBuf) -> Result<Netns, NetnsError> {
+        let stat = match nix::sys::statfs::fstatfs(&file) {
+            Ok(stat) => stat,
+            Err(e) => {
+                let source = e.into();
+                return Err(NetnsError::Open { path, source });
+            }
+        };
+        if stat.filesystem_type().0 as i64 != NSFS_MAGIC {
+            return Err(NetnsError::NotANetns { path, found: None });
+        }
+        // SAFETY: NS_GET_NSTYPE takes no argument and only reads the namespace behind a valid
+        // descriptor, which `file` keeps open for the call.
+        let kind = unsafe { libc::ioctl(file.as_raw_fd(), libc::NS_GET_NSTYPE) };
+        if kind != libc::CLONE_NEWNET {
+            let found = namespace_kind(kind);
+            return Err(NetnsError::NotANetns { path, found });
+        }
+        Ok(Netns { file, path })
+    }
+
+    /// The path the namespace was opened from, or the label its descriptor came with.
     pub fn path(&self) -> &Path {
         &self.path
     }
 
+    /// The open namespace.
     pub fn file(&self) -> &File {
         &self.file
     }
@@ -111,6 +152,25 @@ impl Netns {
         tokio::spawn(connection);
         Ok(handle)
     }
+}
+
+/// The name `/proc/PID/ns/` gives a namespace of the `NS_GET_NSTYPE` type `kind` (`None` when
+/// the ioctl failed, -1, or the type is unknown).
+fn namespace_kind(kind: libc::c_int) -> Option<&'static str> {
+    let kinds = [
+        (libc::CLONE_NEWCGROUP, "cgroup"),
+        (libc::CLONE_NEWIPC, "ipc"),
+        (libc::CLONE_NEWNS, "mnt"),
+        (libc::CLONE_NEWNET, "net"),
+        (libc::CLONE_NEWPID, "pid"),
+        (libc::CLONE_NEWTIME, "time"),
+        (libc::CLONE_NEWUSER, "user"),
+        (libc::CLONE_NEWUTS, "uts"),
+    ];
+    kinds
+        .iter()
+        .find(|(k, _)| *k == kind)
+        .map(|(_, name)| *name)
 }
 
 /// A netlink connection in the daemon's own namespace.
