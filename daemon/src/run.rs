@@ -14,12 +14,13 @@ use crate::{agent, node, store};
 /// start the node's services for the configured backend, keep the lease until shutdown.
 pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
     let store = store::open(&config.store, config.lease_ttl);
-    // One netlink connection for the whole daemon.
-    let host = netns::connect_here().context("open a netlink connection")?;
-    let Some(agent) = agent::start(&config, store, host.clone(), shutdown).await? else {
+    // A netlink socket runs one dump at a time (a second gets EBUSY): the agent (underlay routes),
+    // the reconcile loop and the CNI service each have their own connection.
+    let connect = || netns::connect_here().context("open a netlink connection");
+    let Some(agent) = agent::start(&config, store, connect()?, shutdown).await? else {
         return Ok(());
     };
-    let started = node::start(&config, &agent.lease, host, agent.view.clone()).await?;
+    let started = node::start(&config, &agent.lease, connect()?, agent.view.clone()).await?;
     let probes = Probes {
         lease: agent.view.lease.clone(),
         programmed: agent.view.programmed.subscribe(),

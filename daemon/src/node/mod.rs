@@ -105,8 +105,7 @@ async fn start_with<B: Backend>(
     let underlay_mtu = underlay::mtu(&host, &lease.public_ips).await;
     let plan_config = PlanConfig::new(config, underlay_mtu);
     let pod_mtu = backend.pod_mtu(lease, &plan_config);
-    let (cni, unmasqueraded) =
-        serve_cni(config, lease, host.clone(), view.clone(), pod_mtu).await?;
+    let (cni, unmasqueraded) = serve_cni(config, lease, cni_host()?, view.clone(), pod_mtu).await?;
     let driver = backend.driver(host, &plan_config.cluster_cidrs);
     let firewall = Some(FirewallKeeper::new(unmasqueraded));
     let reconciler = Reconciler::new(backend, driver, plan_config, firewall);
@@ -115,6 +114,12 @@ async fn start_with<B: Backend>(
         tasks: vec![cni, tokio::spawn(reconciler.run(view))],
         serves_pods: true,
     })
+}
+
+/// The CNI service's own netlink connection: pod wiring dumps links and routes while the reconcile
+/// loop dumps the datapath, and one socket runs one dump at a time (EBUSY).
+fn cni_host() -> anyhow::Result<Handle> {
+    crate::datapath::netns::connect_here().context("open a netlink connection for pods")
 }
 
 /// Open IPAM (its damaged records are set aside only when no pod is wired) and serve the CNI
