@@ -6,7 +6,7 @@
 //!   (re)starts, incremental changes after that. [`peers::PeerSet`] turns both into the same
 //!   added / updated / removed events, so a restart and a steady state look alike downstream.
 //!
-//! Implementations: [`file`] (the single-host store of a lab), [`etcd`], and [`kube`] (Node
+//! Implementations: [`file`](mod@file) (the single-host store of a lab), [`etcd`], and [`kube`] (Node
 //! objects: the API server assigns the pod CIDRs, weft publishes annotations); [`open`] gives the one
 //! the configuration names, as a [`Store`]. A record that fails to parse is skipped with a warning
 //! naming its key; it never stops the store.

@@ -2,7 +2,7 @@
 //!
 //! - this file: the plan — the VTEP MAC as each peer's identity claim, the desired [`Datapath`]
 //!   for the admitted peers, the MTU;
-//! - [`state`]: the datapath as data; [`ops`]: the operations and their model; [`diff()`]: desired
+//! - `state`: the datapath as data ([`Datapath`]); `ops`: the operations ([`Op`]) and their model; [`diff()`]: desired
 //!   against observed → operations; [`driver`]: rtnetlink, observing and applying.
 //!
 //!
