@@ -61,7 +61,7 @@
 //! moving from single to dual stack keeps its IPv4 tunnels while nodes change over. A peer with no
 //! pod CIDR of a family this node runs has nothing to program for it and is not refused for that.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
 
@@ -490,9 +490,12 @@ fn find_conflicts(candidates: &mut [Candidate], incumbents: &Incumbents) {
     }
     // Identity claims, each counted once per peer (a WireGuard key serves both families).
     let identities = eligible.iter().flat_map(|&i| {
-        let own: BTreeSet<&Identity> = cands[i].entries.iter().map(|(_, _, id)| id).collect();
-        own.into_iter()
-            .map(move |id| (id.clone(), (i, incumbents.holds_identity(node(i), id))))
+        let entries = &cands[i].entries;
+        entries
+            .iter()
+            .enumerate()
+            .filter(|(k, (_, _, id))| !entries[..*k].iter().any(|(_, _, e)| e == id))
+            .map(move |(_, (_, _, id))| (id, (i, incumbents.holds_identity(node(i), id))))
     });
     for (identity, group) in groups(identities) {
         found.extend(group_conflicts(&group, &identity.0, &name));

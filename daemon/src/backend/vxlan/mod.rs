@@ -80,12 +80,15 @@ pub const OVERHEAD_V6_UNDERLAY: u32 = 70;
 
 /// The device carrying pods of `family`: `weft.vxlan` or `weft-v6.vxlan`.
 pub fn device_name(family: Family) -> IfName {
-    let name = match family {
+    // Both constants are valid interface names (checked by a test).
+    IfName::new(device_str(family)).expect("constant device names are valid")
+}
+
+fn device_str(family: Family) -> &'static str {
+    match family {
         Family::V4 => "weft.vxlan",
         Family::V6 => "weft-v6.vxlan",
-    };
-    // Both constants are valid interface names (checked by a test).
-    IfName::new(name).expect("constant device names are valid")
+    }
 }
 
 /// weft's VXLAN device names, one per pod family.
@@ -112,7 +115,7 @@ pub fn vtep_mac(family: Family, backend: &BackendData) -> Option<MacAddr> {
 
 /// The identity claim of a peer whose VTEP MAC on the device of `family` is `mac`.
 pub fn identity(family: Family, mac: MacAddr) -> Identity {
-    Identity(format!("VTEP MAC {mac} on {}", device_name(family)))
+    Identity(format!("VTEP MAC {mac} on {}", device_str(family)))
 }
 
 /// Encapsulation overhead over an underlay of `family`.
