@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The single-host lab: installs what is missing, builds weft (release), runs `weft-lab ARGS…`.
 #   sudo ./scripts/lab.sh up [--nodes N] [--pods M] [--ipv6] [--store etcd]
-#   sudo ./scripts/lab.sh down
+#   sudo ./scripts/lab.sh down NAME     (the lab name `up` printed; `down --all` removes every lab,
+#                                        `down` alone lists them)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/deps.sh

@@ -58,9 +58,13 @@ pub enum LabError {
         problem: String,
         package: String,
     },
-    /// A record of a detached lab (`/run/weft-lab/PREFIX.json`) that does not parse.
+    /// A record of a detached lab (`/run/weft-lab/PREFIX.json`) that does not parse, or names
+    /// something a lab does not make.
     #[error("{}: not a lab record: {reason}", path.display())]
     Record { path: PathBuf, reason: String },
+    /// `weft-lab down NAME` with a NAME no record has; `labs` are the labs that exist.
+    #[error("no lab named {name:?}; {}", lab_list(labs))]
+    UnknownLab { name: String, labs: Vec<String> },
     /// Entering a network namespace failed.
     #[error("enter network namespace {netns}: {source}")]
     Netns {
@@ -96,6 +100,15 @@ fn log_suffix(log: &str) -> String {
         String::new()
     } else {
         format!("; its log:\n{log}")
+    }
+}
+
+/// `labs: a, b` or `no lab is running`.
+pub fn lab_list(labs: &[String]) -> String {
+    if labs.is_empty() {
+        "no lab is running".to_string()
+    } else {
+        format!("labs: {}", labs.join(", "))
     }
 }
 
@@ -143,5 +156,15 @@ mod tests {
             },
         ]);
         assert_eq!(several.to_string(), "probe panicked; weftd: missing");
+        let unknown = LabError::UnknownLab {
+            name: "w1".into(),
+            labs: vec!["w2".into(), "w3".into()],
+        };
+        assert_eq!(unknown.to_string(), "no lab named \"w1\"; labs: w2, w3");
+        let none = LabError::UnknownLab {
+            name: "w1".into(),
+            labs: vec![],
+        };
+        assert_eq!(none.to_string(), "no lab named \"w1\"; no lab is running");
     }
 }

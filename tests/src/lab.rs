@@ -12,7 +12,7 @@
 //!     weftd, pods p1..pM            weftd, pods …
 //! ```
 //! Everything the lab makes carries a prefix unique to the run, and is removed when the [`Lab`]
-//! drops — unless it was detached for `weft-lab up`, in which case `weft-lab down` removes it.
+//! drops — unless it was detached for `weft-lab up`; then `weft-lab down PREFIX` removes it.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
@@ -465,17 +465,31 @@ impl Lab {
     }
 
     /// Keep everything running after this value drops (for `weft-lab up`), and record what it is
-    /// in `/run/weft-lab/PREFIX.json` for `weft-lab down`.
-    pub fn detach(mut self) -> Result<PathBuf> {
-        let mut pids: Vec<u32> = self
+    /// in [`record_dir`]`/PREFIX.json` for `weft-lab down PREFIX`.
+    pub fn detach(self) -> Result<PathBuf> {
+        self.detach_to(&record_dir())
+    }
+
+    /// [`Lab::detach`], recording the lab in `records` (a record directory of the caller's own).
+    ///
+    /// The record names exactly what `down` may remove: the prefix of the lab's namespaces, its
+    /// directory (and etcd's), and each process with a directory its command line names, so that
+    /// a pid reused by another process is left alone.
+    pub fn detach_to(mut self, records: &Path) -> Result<PathBuf> {
+        let mut processes: Vec<Value> = self
             .nodes
             .iter()
-            .filter_map(|n| n.daemon.as_ref().map(|d| d.pid()))
+            .filter_map(|n| n.daemon.as_ref().map(|d| (d.pid(), &n.dir)))
+            .map(|(pid, dir)| json!({"pid": pid, "names": dir}))
             .collect();
-        pids.extend(self.etcd.as_ref().map(|e| e.pid()));
-        let record = json!({"prefix": self.prefix, "dir": self.dir, "pids": pids});
-        std::fs::create_dir_all(RECORD_DIR).map_err(LabError::io(RECORD_DIR))?;
-        let path = Path::new(RECORD_DIR).join(format!("{}.json", self.prefix));
+        let mut dirs = vec![self.dir.clone()];
+        if let Some(etcd) = &self.etcd {
+            processes.push(json!({"pid": etcd.pid(), "names": etcd.data_dir()}));
+            dirs.push(etcd.data_dir().to_path_buf());
+        }
+        let record = json!({"prefix": self.prefix, "dirs": dirs, "processes": processes});
+        std::fs::create_dir_all(records).map_err(LabError::io(records))?;
+        let path = records.join(format!("{}.json", self.prefix));
         std::fs::write(&path, record.to_string()).map_err(LabError::io(&path))?;
         self.remove_dir = false;
         for pod in &mut self.pods {
@@ -496,25 +510,63 @@ impl Lab {
     }
 }
 
-/// Where detached labs are recorded.
+/// Where detached labs are recorded unless `WEFT_LAB_RECORD_DIR` says otherwise.
 pub const RECORD_DIR: &str = "/run/weft-lab";
 
-/// Remove every detached lab: its processes, namespaces and files. Returns the prefixes removed.
-/// Every step runs; failures are reported together.
-pub fn down_all() -> Result<Vec<String>> {
-    let Ok(entries) = std::fs::read_dir(RECORD_DIR) else {
-        return Ok(Vec::new());
+/// The directory of lab records: `$WEFT_LAB_RECORD_DIR` when set and not empty, else
+/// [`RECORD_DIR`].
+pub fn record_dir() -> PathBuf {
+    match std::env::var_os("WEFT_LAB_RECORD_DIR") {
+        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
+        _ => PathBuf::from(RECORD_DIR),
+    }
+}
+
+/// The names (prefixes) of the labs recorded in `records`, sorted; none when it does not exist.
+pub fn lab_names(records: &Path) -> Result<Vec<String>> {
+    let entries = match std::fs::read_dir(records) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(LabError::io(records)(e)),
     };
-    let mut removed = Vec::new();
-    let mut failures = Vec::new();
-    for path in entries
+    let mut names: Vec<String> = entries
         .flatten()
         .map(|e| e.path())
         .filter(|p| p.extension().is_some_and(|x| x == "json"))
-    {
-        match down_one(&path) {
-            Ok((prefix, errors)) => {
-                removed.push(prefix);
+        .filter_map(|p| Some(p.file_stem()?.to_str()?.to_string()))
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
+/// Remove the lab `name` recorded in `records`: its processes, namespaces and files, and nothing
+/// else. An unknown name is [`LabError::UnknownLab`]. Every step runs; failures are reported
+/// together.
+pub fn down(records: &Path, name: &str) -> Result<()> {
+    let labs = lab_names(records)?;
+    if !labs.iter().any(|l| l == name) {
+        return Err(LabError::UnknownLab {
+            name: name.to_string(),
+            labs,
+        });
+    }
+    let failures = down_one(&records.join(format!("{name}.json")), name)?;
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(LabError::Several(failures))
+    }
+}
+
+/// Remove every lab recorded in `records`. Returns the names removed. Every step runs; failures
+/// are reported together.
+pub fn down_all(records: &Path) -> Result<Vec<String>> {
+    let mut removed = Vec::new();
+    let mut failures = Vec::new();
+    for name in lab_names(records)? {
+        match down_one(&records.join(format!("{name}.json")), &name) {
+            Ok(errors) => {
+                removed.push(name);
                 failures.extend(errors);
             }
             Err(e) => failures.push(e),
@@ -527,47 +579,105 @@ pub fn down_all() -> Result<Vec<String>> {
     }
 }
 
-/// Remove the lab recorded at `path`: its prefix, and the steps that failed on the way.
-fn down_one(path: &Path) -> Result<(String, Vec<LabError>)> {
-    let bytes = std::fs::read(path).map_err(LabError::io(path))?;
-    let record: Value = serde_json::from_slice(&bytes).map_err(|e| LabError::Record {
+/// Remove the lab `name` recorded at `path`; the steps that failed on the way.
+fn down_one(path: &Path, name: &str) -> Result<Vec<LabError>> {
+    let bad = |reason: String| LabError::Record {
         path: path.to_path_buf(),
-        reason: e.to_string(),
-    })?;
-    let prefix = record["prefix"].as_str().unwrap_or_default().to_string();
-    for pid in record["pids"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(Value::as_u64)
-    {
-        // Only a process that is still ours: a reused pid runs something else.
-        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        let text = String::from_utf8_lossy(&cmdline);
-        if text.contains("weftd") || text.contains("etcd") {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid as i32),
-                nix::sys::signal::Signal::SIGKILL,
-            );
+        reason,
+    };
+    let bytes = std::fs::read(path).map_err(LabError::io(path))?;
+    let record: Value = serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?;
+    if record["prefix"].as_str() != Some(name) {
+        return Err(bad(format!("its prefix is not {name:?}")));
+    }
+    let mut failures = stop_processes(&record, path);
+    failures.extend(delete_namespaces(name));
+    for dir in record["dirs"].as_array().into_iter().flatten() {
+        let dir = Path::new(dir.as_str().unwrap_or_default());
+        failures.extend(remove_lab_dir(dir, name, path).err());
+    }
+    if let Err(e) = std::fs::remove_file(path) {
+        failures.push(LabError::io(path)(e));
+    }
+    Ok(failures)
+}
+
+/// SIGKILL each process the record names whose command line still names the record's directory
+/// for it (a pid since reused by something else is left alone); the kills that failed.
+fn stop_processes(record: &Value, path: &Path) -> Vec<LabError> {
+    let mut failures = Vec::new();
+    if record.get("processes").is_none() && record.get("pids").is_some() {
+        failures.push(LabError::Record {
+            path: path.to_path_buf(),
+            reason: format!(
+                "written by an older weft-lab: its processes {} are not checked, so not stopped",
+                record["pids"]
+            ),
+        });
+    }
+    for process in record["processes"].as_array().into_iter().flatten() {
+        let (Some(pid), Some(names)) = (process["pid"].as_u64(), process["names"].as_str()) else {
+            continue;
+        };
+        if names.is_empty() || !process_names(pid, names) {
+            continue;
+        }
+        let pid = nix::unistd::Pid::from_raw(pid as i32);
+        if let Err(errno) = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL) {
+            failures.push(LabError::Io {
+                path: PathBuf::from(format!("/proc/{pid}")),
+                source: errno.into(),
+            });
         }
     }
-    let mut failures = Vec::new();
-    let namespaces = crate::netns::run(&["ip", "netns", "list"]).unwrap_or_default();
-    for name in namespaces
+    failures
+}
+
+/// Whether process `pid` is running with `text` among its command-line arguments' contents.
+pub fn process_names(pid: u64, text: &str) -> bool {
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    cmdline
+        .split(|b| *b == 0)
+        .any(|arg| String::from_utf8_lossy(arg).contains(text))
+}
+
+/// The lab's network namespaces: those named `PREFIX-…`.
+pub fn lab_namespaces(prefix: &str) -> Result<Vec<String>> {
+    let list = crate::netns::run(&["ip", "netns", "list"])?;
+    Ok(list
         .lines()
         .filter_map(|l| l.split_whitespace().next())
-    {
-        if !prefix.is_empty() && name.starts_with(&format!("{prefix}-")) {
-            if let Err(e) = crate::netns::run(&["ip", "netns", "del", name]) {
-                failures.push(e);
-            }
-        }
+        .filter(|n| n.strip_prefix(prefix).is_some_and(|r| r.starts_with('-')))
+        .map(str::to_string)
+        .collect())
+}
+
+/// Delete the lab's network namespaces; the deletions that failed.
+fn delete_namespaces(prefix: &str) -> Vec<LabError> {
+    let names = match lab_namespaces(prefix) {
+        Ok(names) => names,
+        Err(e) => return vec![e],
+    };
+    names
+        .iter()
+        .filter_map(|n| crate::netns::run(&["ip", "netns", "del", n]).err())
+        .collect()
+}
+
+/// Remove a directory the record names, if it is one a lab makes: the lab's own
+/// (`weft-lab-PREFIX`) or its etcd's (`weft-etcd-…`). Anything else is refused.
+fn remove_lab_dir(dir: &Path, prefix: &str, record: &Path) -> Result<()> {
+    let base = dir.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    if base != format!("weft-lab-{prefix}") && !base.starts_with("weft-etcd-") {
+        return Err(LabError::Record {
+            path: record.to_path_buf(),
+            reason: format!("{} is not a lab's directory: left in place", dir.display()),
+        });
     }
-    if let Some(dir) = record["dir"].as_str() {
-        let _ = std::fs::remove_dir_all(dir);
+    match std::fs::remove_dir_all(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(LabError::io(dir)(e)),
+        _ => Ok(()),
     }
-    let _ = std::fs::remove_file(path);
-    Ok((prefix, failures))
 }
 
 impl Drop for Lab {

@@ -54,15 +54,41 @@ fn up(nodes: usize, pods: usize, backend: &str, ipv6: bool, store: &str) -> anyh
     if store == StoreKind::Kube {
         return stay_in_the_foreground(lab, all_ok, signals);
     }
+    let prefix = lab.prefix.clone();
     let record = lab.detach()?;
     println!(
-        "\nremove it with: weft-lab down   (record: {})",
+        "\nremove it with: weft-lab down {prefix}   (record: {})",
         record.display()
     );
     if !all_ok {
         bail!("some probes did not answer");
     }
     Ok(())
+}
+
+/// `weft-lab down [NAME] [--all]`: remove one lab, or all of them; with neither, list the labs
+/// and fail, removing nothing.
+fn down(name: Option<&str>, all: bool) -> anyhow::Result<()> {
+    let records = lab::record_dir();
+    if let Some(name) = name {
+        lab::down(&records, name)?;
+        println!("removed lab {name}");
+        return Ok(());
+    }
+    if all {
+        let removed = lab::down_all(&records)?;
+        if removed.is_empty() {
+            println!("no lab was running");
+        }
+        for prefix in removed {
+            println!("removed lab {prefix}");
+        }
+        return Ok(());
+    }
+    let labs = lab::lab_names(&records)?;
+    println!("{}", weft_lab::error::lab_list(&labs));
+    println!("remove one with: weft-lab down NAME; every one with: weft-lab down --all");
+    bail!("name a lab to remove, or pass --all");
 }
 
 /// A Kubernetes lab lives in this process (the API server's relays into the node namespaces are
@@ -124,8 +150,17 @@ enum Command {
         #[arg(long, default_value = "file")]
         store: String,
     },
-    /// Remove every lab that `up` left running.
-    Down,
+    /// Remove the lab NAME that `up` left running (the name `up` printed), or every recorded lab
+    /// with `--all`; with neither, list the labs. Labs are recorded in /run/weft-lab, or in
+    /// $WEFT_LAB_RECORD_DIR when set.
+    Down {
+        /// The lab to remove: its name (prefix), as `up` printed it.
+        #[arg(conflicts_with = "all")]
+        name: Option<String>,
+        /// Remove every recorded lab, including those other users or test runs started.
+        #[arg(long)]
+        all: bool,
+    },
     /// Pod-to-pod TCP throughput across nodes as a ratio of node-to-node (iperf3, 1 and 4 streams).
     BenchOverlay {
         #[arg(long, default_value_t = 5)]
@@ -167,16 +202,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             ipv6,
             store,
         } => up(nodes, pods, &backend, ipv6, &store),
-        Command::Down => {
-            let removed = lab::down_all()?;
-            if removed.is_empty() {
-                println!("no lab was running");
-            }
-            for prefix in removed {
-                println!("removed lab {prefix}");
-            }
-            Ok(())
-        }
+        Command::Down { name, all } => down(name.as_deref(), all),
         Command::BenchOverlay { seconds } => {
             print!("{}", bench::overlay::overlay_throughput(seconds)?);
             Ok(())
