@@ -12,11 +12,12 @@ use crate::error::{LabError, Result};
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
-/// A short prefix unique to this process and call: `w` + pid (hex) + a counter, e.g. `w1a2b3`.
+/// A short prefix unique to this process and call: `w` + pid (hex) + `x` + a counter (hex), e.g.
+/// `w1a2x3`: the `x`, not a hex digit, keeps pid 0x1a2 call 0x10 apart from pid 0x1a21 call 0.
 /// Interface names built from it stay within IFNAMSIZ.
 pub fn unique_prefix() -> String {
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    format!("w{:x}{n:x}", std::process::id() & 0xfffff)
+    format!("w{:x}x{n:x}", std::process::id() & 0xfffff)
 }
 
 /// Run a command; its stdout on success, else an error carrying the command line and its stderr.
