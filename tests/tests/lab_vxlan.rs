@@ -597,3 +597,49 @@ fn a_forward_drop_policy_elsewhere_is_named_in_a_warning_and_left_alone() {
         "the host's table is untouched:\n{chains}"
     );
 }
+
+/// Forwarding turned off under a running weftd (both families) is turned on again at the next
+/// resync, named in a warning, and pod traffic across the node flows again.
+#[test]
+fn drifted_forwarding_is_restored_and_named_at_the_next_resync() {
+    let lab = Lab::up(LabConfig {
+        nodes: 2,
+        pods_per_node: 1,
+        weftd_args: vec!["--resync-interval".into(), "3".into()],
+        ..Default::default()
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    let probes = lab.wait_converged(Duration::from_secs(10));
+    assert!(probes.iter().all(|p| p.ok), "{}", render_matrix(&probes));
+    let keys = ["net.ipv4.ip_forward", "net.ipv6.conf.all.forwarding"];
+    for key in keys {
+        node_exec(&lab, 1, &["sysctl", "-w", &format!("{key}=0")]);
+    }
+    let started = Instant::now();
+    let restored = weft_lab::procs::wait_for(Duration::from_secs(3 + 5), || {
+        keys.iter()
+            .all(|key| node_exec(&lab, 1, &["sysctl", "-n", key]).trim() == "1")
+            .then_some(())
+    });
+    let log = lab.nodes[1].log();
+    assert!(
+        restored.is_some(),
+        "forwarding still off after {:?}:\n{log}",
+        started.elapsed()
+    );
+    for path in [
+        "/proc/sys/net/ipv4/ip_forward",
+        "/proc/sys/net/ipv6/conf/all/forwarding",
+    ] {
+        let named = weft_lab::procs::wait_for(Duration::from_secs(2), || {
+            lab.nodes[1]
+                .log()
+                .lines()
+                .any(|line| line.contains("sysctl drifted; restored: 0 → 1") && line.contains(path))
+                .then_some(())
+        });
+        assert!(named.is_some(), "no drift named for {path}:\n{log}");
+    }
+    let probes = lab.wait_converged(Duration::from_secs(5));
+    assert!(probes.iter().all(|p| p.ok), "{}", render_matrix(&probes));
+}
