@@ -1,6 +1,7 @@
 //! The reconcile loop, generic over the backend: on every lease or peer change, and every resync
-//! period (`--resync-interval`, [`RESYNC_EVERY`] by default), plan the desired state ([`crate::plan::plan`]), diff it against the observed
-//! one and apply the operations through the backend's driver; then the firewall, the same way.
+//! period (`--resync-interval`, [`RESYNC_EVERY`] by default), plan the desired state
+//! ([`crate::plan::plan`]), diff it against the observed one and apply the operations through the
+//! backend's driver; then the firewall, the same way.
 //!
 //! The observed state is read from the kernel at start (nothing is flushed: a restart converges
 //! what is there, so pod traffic keeps flowing), after any failed operation, and at every resync
