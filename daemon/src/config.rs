@@ -110,6 +110,11 @@ pub struct RawSettings {
     #[arg(long, env = "WEFT_LEASE_TTL")]
     #[serde(deserialize_with = "text")]
     pub lease_ttl: Option<Seconds<2, 86_400>>,
+    /// Seconds between full reads of the datapath, firewall and kernel settings, which repair
+    /// drift; at most 30, as `/healthz` expects a pass within three periods [default: 30].
+    #[arg(long, env = "WEFT_RESYNC_INTERVAL")]
+    #[serde(deserialize_with = "text")]
+    pub resync_interval: Option<Seconds<1, 30>>,
     /// Persistent state directory [default: /var/lib/weft].
     #[arg(long, env = "WEFT_STATE_DIR")]
     #[serde(deserialize_with = "text")]
@@ -199,6 +204,9 @@ impl RawSettings {
             backend,
             store: self.store()?,
             lease_ttl: self.lease_ttl.map_or(Duration::from_secs(60), |t| t.0),
+            resync_interval: self
+                .resync_interval
+                .map_or(Duration::from_secs(30), |t| t.0),
             state_dir: path_or(&self.state_dir, "/var/lib/weft"),
             run_dir: path_or(&self.run_dir, "/run/weft"),
             underlay: self.underlay()?,
@@ -651,6 +659,8 @@ pub struct Config {
     pub backend: Backend,
     pub store: StoreConfig,
     pub lease_ttl: Duration,
+    /// How often the reconcile loop reads the kernel again, repairing drift.
+    pub resync_interval: Duration,
     pub state_dir: PathBuf,
     pub run_dir: PathBuf,
     pub underlay: UnderlaySelector,
@@ -775,6 +785,7 @@ mod tests {
             }
         );
         assert_eq!(config.lease_ttl, Duration::from_secs(60));
+        assert_eq!(config.resync_interval, Duration::from_secs(30));
         assert_eq!(config.state_dir, PathBuf::from("/var/lib/weft"));
         assert_eq!(config.underlay, UnderlaySelector::DefaultRoute);
         assert!(!config.release_on_exit);

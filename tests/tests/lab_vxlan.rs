@@ -597,3 +597,95 @@ fn a_forward_drop_policy_elsewhere_is_named_in_a_warning_and_left_alone() {
         "the host's table is untouched:\n{chains}"
     );
 }
+
+/// Forwarding turned off under a running weftd (both families) is turned on again at the next
+/// resync, named in a warning, and pod traffic across the node flows again.
+#[test]
+fn drifted_forwarding_is_restored_and_named_at_the_next_resync() {
+    let lab = Lab::up(LabConfig {
+        nodes: 2,
+        pods_per_node: 1,
+        weftd_args: vec!["--resync-interval".into(), "3".into()],
+        ..Default::default()
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    let probes = lab.wait_converged(Duration::from_secs(10));
+    assert!(probes.iter().all(|p| p.ok), "{}", render_matrix(&probes));
+    let keys = ["net.ipv4.ip_forward", "net.ipv6.conf.all.forwarding"];
+    for key in keys {
+        node_exec(&lab, 1, &["sysctl", "-w", &format!("{key}=0")]);
+    }
+    let started = Instant::now();
+    let restored = weft_lab::procs::wait_for(Duration::from_secs(3 + 5), || {
+        keys.iter()
+            .all(|key| node_exec(&lab, 1, &["sysctl", "-n", key]).trim() == "1")
+            .then_some(())
+    });
+    let log = lab.nodes[1].log();
+    assert!(
+        restored.is_some(),
+        "forwarding still off after {:?}:\n{log}",
+        started.elapsed()
+    );
+    for path in [
+        "/proc/sys/net/ipv4/ip_forward",
+        "/proc/sys/net/ipv6/conf/all/forwarding",
+    ] {
+        let named = weft_lab::procs::wait_for(Duration::from_secs(2), || {
+            lab.nodes[1]
+                .log()
+                .lines()
+                .any(|line| line.contains("sysctl drifted; restored: 0 → 1") && line.contains(path))
+                .then_some(())
+        });
+        assert!(named.is_some(), "no drift named for {path}:\n{log}");
+    }
+    let probes = lab.wait_converged(Duration::from_secs(5));
+    assert!(probes.iter().all(|p| p.ok), "{}", render_matrix(&probes));
+}
+
+/// SIGTERM ends weftd at once (a DaemonSet rollout waits for it on every node), and what it must
+/// keep is kept: a restart finds the same lease and its pods still reachable.
+#[test]
+fn weftd_exits_within_half_a_second_of_sigterm_and_a_restart_finds_its_lease_and_pods() {
+    let mut lab = lab(2, 1);
+    let probes = lab.wait_converged(Duration::from_secs(10));
+    assert!(probes.iter().all(|p| p.ok), "{}", render_matrix(&probes));
+    // Past the store's first polls and a renewal (TTL 10 s → every 3.3 s).
+    std::thread::sleep(Duration::from_millis(3500));
+    let mut daemon = lab.nodes[0].daemon.take().expect("node-1's weftd runs");
+    let started = Instant::now();
+    daemon.signal(nix::sys::signal::Signal::SIGTERM);
+    let status = daemon.wait_timeout(Duration::from_secs(5));
+    let took = started.elapsed();
+    eprintln!("weftd exited {took:?} after SIGTERM");
+    let log = lab.nodes[0].log();
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "weftd did not exit cleanly ({status:?}):\n{log}"
+    );
+    assert!(
+        took < Duration::from_millis(500),
+        "exit took {took:?}:\n{log}"
+    );
+    assert!(
+        log.contains("the lease is kept for the next start"),
+        "{log}"
+    );
+    drop(daemon);
+    lab.start_daemon(0).unwrap();
+    let probes = lab.wait_converged(Duration::from_secs(10));
+    assert!(probes.iter().all(|p| p.ok), "{}", render_matrix(&probes));
+    let log = lab.nodes[0].log();
+    let cidrs: Vec<&str> = log
+        .lines()
+        .filter(|line| line.contains("lease acquired"))
+        .filter_map(|line| line.split("pod_cidrs=").nth(1))
+        .filter_map(|rest| rest.split(' ').next())
+        .collect();
+    assert!(
+        cidrs.len() == 2 && cidrs[0] == cidrs[1],
+        "the restart got its lease back ({cidrs:?}):\n{log}"
+    );
+    assert!(!log.contains("op=ip link del"), "{log}");
+}

@@ -1,6 +1,6 @@
 //! The node's datapath side of the daemon, started once the lease is held:
 //!
-//! - [`sysctl`]: forwarding for the pod families in use;
+//! - [`sysctl`]: forwarding for the pod families in use, set at start and kept by the loop;
 //! - the CNI server for pods (IPAM opened here, the socket bound here);
 //! - [`reconcile`]: the loop keeping the backend's tunnels and routes, and [`firewall`]: weft's
 //!   nftables table, in step with the lease and the peers;
@@ -76,7 +76,8 @@ async fn start_without_datapath(
 ) -> anyhow::Result<Started> {
     let backend = NoDatapath { kind };
     let driver = backend.driver(host, &[]);
-    let reconciler = Reconciler::new(backend, driver, PlanConfig::new(config, 1500), None);
+    let reconciler = Reconciler::new(backend, driver, PlanConfig::new(config, 1500), None)
+        .resync_every(config.resync_interval);
     // Nothing is programmed, so nothing is announced as up (NetworkUnavailable stays as it is).
     let view = AgentView {
         programmed: Arc::new(tokio::sync::watch::channel(false).0),
@@ -108,7 +109,10 @@ async fn start_with<B: Backend>(
     let (cni, unmasqueraded) = serve_cni(config, lease, cni_host()?, view.clone(), pod_mtu).await?;
     let driver = backend.driver(host, &plan_config.cluster_cidrs);
     let firewall = Some(FirewallKeeper::new(unmasqueraded));
-    let reconciler = Reconciler::new(backend, driver, plan_config, firewall);
+    let sysctls = sysctl::desired(config.pool_v4.is_some(), config.pool_v6.is_some());
+    let reconciler = Reconciler::new(backend, driver, plan_config, firewall)
+        .resync_every(config.resync_interval)
+        .keeping(sysctls);
     Ok(Started {
         heartbeat: reconciler.heartbeat(),
         tasks: vec![cni, tokio::spawn(reconciler.run(view))],

@@ -1,11 +1,15 @@
-//! The reconcile loop, generic over the backend: on every lease or peer change, and every
-//! [`RESYNC_EVERY`], plan the desired state ([`crate::plan::plan`]), diff it against the observed
-//! one and apply the operations through the backend's driver; then the firewall, the same way.
+//! The reconcile loop, generic over the backend: on every lease or peer change, and every resync
+//! period (`--resync-interval`, [`RESYNC_EVERY`] by default), plan the desired state
+//! ([`crate::plan::plan`]), diff it against the observed one and apply the operations through the
+//! backend's driver; then the firewall, the same way.
 //!
 //! The observed state is read from the kernel at start (nothing is flushed: a restart converges
 //! what is there, so pod traffic keeps flowing), after any failed operation, and at every resync
 //! (which repairs drift); in between, the result of the last apply stands for it, so one peer
 //! change costs its handful of netlink operations and no dump.
+//!
+//! The kernel settings weft depends on ([`sysctl`](super::sysctl): forwarding) are read at start
+//! and at every resync too; any that drifted is restored and named in a warning.
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,6 +21,7 @@ use weft_proto::lease::Lease;
 use weft_proto::names::IfName;
 
 use super::firewall::FirewallKeeper;
+use super::sysctl::{self, Setting};
 use crate::agent::AgentView;
 use crate::backend::{Backend, Driver, DriverError};
 use crate::plan::admission::{Incumbents, Refusal};
@@ -25,7 +30,7 @@ use crate::store::unix_now;
 
 /// How soon a pass in which something failed is retried.
 const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(2);
-/// How often the observed state is read again from the kernel, repairing drift.
+/// How often, by default, the observed state is read again from the kernel, repairing drift.
 pub const RESYNC_EVERY: Duration = Duration::from_secs(30);
 /// Failed operations logged one by one in a pass; the rest are counted.
 const LOG_FAILURES_UP_TO: usize = 5;
@@ -44,6 +49,10 @@ pub struct Reconciler<B: Backend> {
     refusals: BTreeSet<String>,
     /// weft's nftables table; `None` where weft keeps no firewall (`--datapath none`).
     firewall: Option<FirewallKeeper>,
+    /// The kernel settings kept (none with `--datapath none`).
+    sysctls: Vec<Setting>,
+    /// How often the kernel is read again.
+    resync: Duration,
     /// Something failed in the last pass: read the kernel again and retry after `retry_delay`,
     /// which doubles (up to the resync period) while failures go on.
     retry_soon: bool,
@@ -68,10 +77,24 @@ impl<B: Backend> Reconciler<B> {
             incumbents: Incumbents::default(),
             refusals: BTreeSet::new(),
             firewall,
+            sysctls: Vec::new(),
+            resync: RESYNC_EVERY,
             retry_soon: false,
             retry_delay: RETRY_AFTER_FAILURE,
             heartbeat: Arc::new(AtomicU64::new(0)),
         }
+    }
+
+    /// Read the kernel again every `resync` rather than every [`RESYNC_EVERY`].
+    pub fn resync_every(mut self, resync: Duration) -> Self {
+        self.resync = resync;
+        self
+    }
+
+    /// Keep `sysctls` too: read at start and at every resync, restored when they drifted.
+    pub fn keeping(mut self, sysctls: Vec<Setting>) -> Self {
+        self.sysctls = sysctls;
+        self
     }
 
     /// Where each pass records its time (Unix seconds), for `/healthz`.
@@ -82,8 +105,9 @@ impl<B: Backend> Reconciler<B> {
     /// Run until the agent's channels close.
     pub async fn run(mut self, view: AgentView) {
         let (mut lease_rx, mut peers_rx) = (view.lease.clone(), view.peers.clone());
-        let mut resync = tokio::time::interval(RESYNC_EVERY);
+        let mut resync = tokio::time::interval(self.resync);
         resync.tick().await;
+        self.keep_sysctls();
         loop {
             self.heartbeat.store(unix_now(), Ordering::Relaxed);
             let own = lease_rx.borrow_and_update().clone();
@@ -106,6 +130,7 @@ impl<B: Backend> Reconciler<B> {
                     if let Some(firewall) = &mut self.firewall {
                         firewall.resync();
                     }
+                    self.keep_sysctls();
                 }
             }
         }
@@ -213,7 +238,21 @@ impl<B: Backend> Reconciler<B> {
             return;
         }
         self.retry_soon = true;
-        self.retry_delay = (self.retry_delay * 2).min(RESYNC_EVERY);
+        self.retry_delay = (self.retry_delay * 2).min(self.resync);
+    }
+
+    /// Read the kept kernel settings; restore and name each one that drifted.
+    fn keep_sysctls(&mut self) {
+        for (drift, written) in sysctl::restore(&self.sysctls) {
+            let (setting, old) = (drift.setting.path, drift.observed.as_deref().unwrap_or("?"));
+            let new = drift.setting.value;
+            match written {
+                Ok(()) => warn!(setting, "sysctl drifted; restored: {old} → {new}"),
+                Err(e) => {
+                    error!(setting, error = %e, "sysctl drifted; cannot restore {old} → {new}")
+                }
+            }
+        }
     }
 
     fn report_refusals(&mut self, refused: &[Refusal]) {
