@@ -107,6 +107,19 @@ pub struct LabNode {
 }
 
 impl LabNode {
+    /// The node's weft pod veths (`weft` + 11 hex digits), by name.
+    pub fn weft_veths(&self) -> Result<std::collections::BTreeSet<String>> {
+        let out = self
+            .netns
+            .exec(&["ip", "-o", "link", "show", "type", "veth"])?;
+        Ok(out
+            .lines()
+            .filter_map(|l| l.split(": ").nth(1))
+            .map(|n| n.split('@').next().unwrap_or(n).to_string())
+            .filter(|n| n.starts_with("weft") && n.len() == 15)
+            .collect())
+    }
+
     pub fn socket(&self) -> PathBuf {
         self.dir.join("run").join("cni.sock")
     }

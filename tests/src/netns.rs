@@ -274,3 +274,30 @@ impl Drop for PrivateNetns {
         let _ = std::fs::remove_file(self.path());
     }
 }
+
+/// Run `work` on a thread of its own inside a fresh network namespace (`unshare(CLONE_NEWNET)`:
+/// only that thread is inside, and the namespace with everything in it goes when the thread
+/// ends, whether `work` returns or panics); its panic is the caller's. Needs root.
+pub fn in_fresh_netns<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
+    std::thread::spawn(move || {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+            .expect("unshare the network namespace (the test needs root)");
+        work()
+    })
+    .join()
+    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+}
+
+/// [`in_fresh_netns`] for async work, on a current-thread runtime inside the namespace.
+pub fn in_fresh_netns_async<F>(work: impl FnOnce() -> F + Send + 'static)
+where
+    F: std::future::Future<Output = ()>,
+{
+    in_fresh_netns(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a tokio runtime")
+            .block_on(work())
+    })
+}

@@ -30,15 +30,7 @@ fn lab(pods: usize, weftd_args: &[&str]) -> Lab {
 
 /// The node's weft veths (`weft` + 11 hex digits).
 fn weft_veths(lab: &Lab) -> BTreeSet<String> {
-    let out = lab.nodes[0]
-        .netns
-        .exec(&["ip", "-o", "link", "show", "type", "veth"])
-        .unwrap();
-    out.lines()
-        .filter_map(|l| l.split(": ").nth(1))
-        .map(|n| n.split('@').next().unwrap().to_string())
-        .filter(|n| n.starts_with("weft") && n.len() == 15)
-        .collect()
+    lab.nodes[0].weft_veths().unwrap()
 }
 
 /// `CONTAINER_ID/IFNAME` → addresses, from the node's IPAM records.

@@ -100,19 +100,6 @@ fn ipam_records(node: &LabNode) -> Vec<(String, Value)> {
         .collect()
 }
 
-/// The node's weft veths.
-fn weft_veths(node: &LabNode) -> BTreeSet<String> {
-    let out = node
-        .netns
-        .exec(&["ip", "-o", "link", "show", "type", "veth"])
-        .unwrap();
-    out.lines()
-        .filter_map(|l| l.split(": ").nth(1))
-        .map(|n| n.split('@').next().unwrap().to_string())
-        .filter(|n| n.starts_with("weft"))
-        .collect()
-}
-
 /// The container shows one address per family, from the node's pod CIDRs, and the node's IPAM
 /// record `key` holds them.
 fn assert_attached(node: &LabNode, key: &str, shown: &str) {
@@ -173,7 +160,7 @@ fn ctr_run_with_the_installed_conflist_gets_both_families_and_reaches_the_outsid
     // The runtime's attachment (libcni's container ID is NAMESPACE-ID).
     let key = format!("{}-{id}@eth0", containerd.namespace());
     assert_attached(node, &key, &shown);
-    assert_eq!(weft_veths(node).len(), 1, "one host-side veth");
+    assert_eq!(node.weft_veths().unwrap().len(), 1, "one host-side veth");
     assert_eq!(
         cached_results(&containerd).len(),
         1,
@@ -196,7 +183,7 @@ fn ctr_run_with_the_installed_conflist_gets_both_families_and_reaches_the_outsid
     assert_eq!(ipam_records(node), Vec::new(), "DEL released the addresses");
     assert_eq!(cached_results(&containerd), Vec::<String>::new());
     assert_eq!(
-        weft_veths(node),
+        node.weft_veths().unwrap(),
         BTreeSet::new(),
         "no veth left on the node"
     );

@@ -9,29 +9,11 @@
 
 use std::io::Write;
 use std::path::Path;
+use weft_lab::netns::in_fresh_netns_async;
 
 use weft_lab::netns::{unique_prefix, NetnsGuard};
 use weftd::datapath::netns::{Netns, NetnsError};
 use weftd::datapath::nl;
-
-/// Run `work` on a thread inside a fresh network namespace, on a current-thread runtime there;
-/// its panic is the test's.
-fn in_fresh_netns<F>(work: impl FnOnce() -> F + Send + 'static)
-where
-    F: std::future::Future<Output = ()>,
-{
-    std::thread::spawn(move || {
-        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
-            .expect("unshare the network namespace (the test needs root)");
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("a tokio runtime")
-            .block_on(work())
-    })
-    .join()
-    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-}
 
 fn named_netns() -> NetnsGuard {
     NetnsGuard::create(&format!("{}-ns", unique_prefix())).unwrap_or_else(|e| panic!("{e}"))
@@ -47,7 +29,7 @@ fn sysctl(ns: &NetnsGuard, key: &str) -> String {
 
 #[test]
 fn connect_writes_sysctls_and_its_socket_lives_in_the_namespace() {
-    in_fresh_netns(|| async {
+    in_fresh_netns_async(|| async {
         let guard = named_netns();
         let ns = Netns::open(Path::new(&guard.path())).expect("open a named namespace");
         assert_eq!(ns.path(), Path::new(&guard.path()));
@@ -86,7 +68,7 @@ fn connect_writes_sysctls_and_its_socket_lives_in_the_namespace() {
 
 #[test]
 fn a_sysctl_that_cannot_be_written_is_named_in_the_error() {
-    in_fresh_netns(|| async {
+    in_fresh_netns_async(|| async {
         let guard = named_netns();
         let ns = Netns::open(Path::new(&guard.path())).unwrap();
         let key = "/proc/sys/net/ipv4/conf/no-such-link/forwarding";
@@ -102,7 +84,7 @@ fn a_sysctl_that_cannot_be_written_is_named_in_the_error() {
 
 #[test]
 fn opening_what_is_not_a_network_namespace_says_so() {
-    in_fresh_netns(|| async {
+    in_fresh_netns_async(|| async {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("not-a-netns");
         std::fs::File::create(&file)
@@ -152,7 +134,7 @@ fn opening_what_is_not_a_network_namespace_says_so() {
 #[test]
 fn a_namespace_descriptor_is_checked_and_labelled() {
     use std::os::fd::OwnedFd;
-    in_fresh_netns(|| async {
+    in_fresh_netns_async(|| async {
         let guard = named_netns();
         let fd = OwnedFd::from(std::fs::File::open(guard.path()).unwrap());
         let ns = Netns::from_fd(fd, "/var/run/netns/as-the-runtime-says").expect("a namespace");

@@ -13,28 +13,10 @@
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
+use weft_lab::netns::in_fresh_netns_async;
 
 use nix::errno::Errno;
 use weftd::datapath::nl;
-
-/// Run `work` on a thread inside a fresh network namespace, on a current-thread runtime there;
-/// its panic is the test's.
-fn in_fresh_netns<F>(work: impl FnOnce() -> F + Send + 'static)
-where
-    F: std::future::Future<Output = ()>,
-{
-    std::thread::spawn(move || {
-        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
-            .expect("unshare the network namespace (the test needs root)");
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("a tokio runtime")
-            .block_on(work())
-    })
-    .join()
-    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-}
 
 /// Run `ip ARGS` as the operator would; its standard output.
 fn ip(args: &[&str]) -> String {
@@ -76,7 +58,7 @@ fn routed_veth() {
 
 #[test]
 fn links_are_found_by_name_read_and_deleted() {
-    in_fresh_netns(|| async {
+    in_fresh_netns_async(|| async {
         let handle = weftd::datapath::netns::connect_here().expect("a netlink connection");
         assert!(nl::link_by_name(&handle, "nope0").await.unwrap().is_none());
         ip_lines(&["link add n0 address 02:00:00:00:aa:01 mtu 1400 type veth peer name n1"]);
@@ -118,7 +100,7 @@ fn links_are_found_by_name_read_and_deleted() {
 
 #[test]
 fn main_routes_lists_the_main_table_of_one_family() {
-    in_fresh_netns(|| async {
+    in_fresh_netns_async(|| async {
         let handle = weftd::datapath::netns::connect_here().expect("a netlink connection");
         routed_veth();
         let r0 = nl::link_by_name(&handle, "r0").await.unwrap().unwrap();
@@ -165,7 +147,7 @@ fn main_routes_lists_the_main_table_of_one_family() {
 
 #[test]
 fn kernel_refusals_are_told_apart_by_errno() {
-    in_fresh_netns(|| async {
+    in_fresh_netns_async(|| async {
         let handle = weftd::datapath::netns::connect_here().expect("a netlink connection");
         routed_veth();
 

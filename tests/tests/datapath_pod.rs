@@ -10,6 +10,7 @@
 
 use std::net::IpAddr;
 use std::path::Path;
+use weft_lab::netns::in_fresh_netns_async;
 
 use serde_json::Value;
 use weft_lab::netns::{unique_prefix, NetnsGuard};
@@ -21,25 +22,6 @@ use weftd::ipam::Allocation;
 
 const POD_V4: &str = "10.244.1.5";
 const POD_V6: &str = "fd00:10:244:1::5";
-
-/// Run `work` on a thread inside a fresh network namespace (the node), on a current-thread
-/// runtime there; its panic is the test's.
-fn in_fresh_netns<F>(work: impl FnOnce() -> F + Send + 'static)
-where
-    F: std::future::Future<Output = ()>,
-{
-    std::thread::spawn(move || {
-        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
-            .expect("unshare the network namespace (the test needs root)");
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("a tokio runtime")
-            .block_on(work())
-    })
-    .join()
-    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-}
 
 /// Run a command as the operator would (in the node); its standard output.
 fn sh(args: &[&str]) -> String {
@@ -228,7 +210,7 @@ fn assert_wired(pod: &NetnsGuard, veth: &str, wiring: &PodWiring) {
 
 #[test]
 fn a_dual_stack_pod_is_wired_checked_and_torn_down() {
-    in_fresh_netns(|| async {
+    in_fresh_netns_async(|| async {
         underlay();
         let (pod_ns, netns) = pod_netns();
         let host = weftd::datapath::netns::connect_here().expect("a netlink connection");
@@ -279,7 +261,7 @@ fn a_dual_stack_pod_is_wired_checked_and_torn_down() {
 
 #[test]
 fn an_ifname_taken_in_the_pod_is_refused_and_a_repeated_add_recreates() {
-    in_fresh_netns(|| async {
+    in_fresh_netns_async(|| async {
         let (pod_ns, netns) = pod_netns();
         let host = weftd::datapath::netns::connect_here().expect("a netlink connection");
         let eth0 = IfName::new("eth0").unwrap();

@@ -14,6 +14,7 @@
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
+use weft_lab::netns::in_fresh_netns_async;
 
 use serde_json::Value;
 use weft_proto::lease::{BackendData, Lease, MacAddr, PodCidrs, PublicIps};
@@ -23,25 +24,6 @@ use weftd::backend::vxlan::{device_name, Datapath, Fdb, Neighbour, Op, Route, Vx
 use weftd::backend::{Backend, Driver};
 use weftd::plan::admission::Incumbents;
 use weftd::plan::{plan, BackendPlan, Family, Plan, PlanConfig};
-
-/// Run `work` on a thread inside a fresh network namespace, on a current-thread runtime there;
-/// its panic is the test's.
-fn in_fresh_netns<F>(work: impl FnOnce() -> F + Send + 'static)
-where
-    F: std::future::Future<Output = ()>,
-{
-    std::thread::spawn(move || {
-        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
-            .expect("unshare the network namespace (the test needs root)");
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("a tokio runtime")
-            .block_on(work())
-    })
-    .join()
-    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-}
 
 /// Run a command as the operator would; its standard output.
 fn sh(args: &[&str]) -> String {
@@ -321,7 +303,7 @@ fn device_line(dev: &str) -> String {
 
 #[test]
 fn three_peers_converge_then_one_goes_and_one_moves() {
-    in_fresh_netns(|| async {
+    in_fresh_netns_async(|| async {
         underlay();
         let mut driver = driver();
         assert_eq!(
@@ -364,7 +346,7 @@ fn three_peers_converge_then_one_goes_and_one_moves() {
 
 #[test]
 fn drift_is_repaired_and_an_operators_entries_are_left_alone() {
-    in_fresh_netns(|| async {
+    in_fresh_netns_async(|| async {
         underlay();
         let mut driver = driver();
         let desired = plan_for(&[peer(2), peer(3)], &Incumbents::default()).datapath;
@@ -403,7 +385,7 @@ fn drift_is_repaired_and_an_operators_entries_are_left_alone() {
 
 #[test]
 fn a_device_set_down_by_hand_comes_back_up_with_its_entries() {
-    in_fresh_netns(|| async {
+    in_fresh_netns_async(|| async {
         underlay();
         let mut driver = driver();
         let desired = plan_for(&[peer(2), peer(3)], &Incumbents::default()).datapath;
@@ -436,7 +418,7 @@ fn a_device_set_down_by_hand_comes_back_up_with_its_entries() {
 
 #[test]
 fn a_foreign_link_on_weft_s_name_is_recreated() {
-    in_fresh_netns(|| async {
+    in_fresh_netns_async(|| async {
         underlay();
         cli("ip link add weft.vxlan type veth peer name x0");
         let mut driver = driver();

@@ -8,22 +8,12 @@
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
+use weft_lab::netns::in_fresh_netns;
 
 use ipnet::IpNet;
 use weft_proto::lease::PodCidrs;
 use weftd::firewall::nft::{self, NftError};
 use weftd::firewall::{self, Drift, Firewall, FirewallOp, Observed};
-
-/// Run `work` on a thread inside a fresh network namespace; its panic is the test's.
-fn in_fresh_netns<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
-    std::thread::spawn(move || {
-        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
-            .expect("unshare the network namespace (the test needs root)");
-        work()
-    })
-    .join()
-    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-}
 
 /// Run `nft ARGS` as the operator would; its standard output.
 fn nft_cli(args: &[&str]) -> String {
