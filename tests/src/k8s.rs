@@ -148,9 +148,15 @@ impl Found {
     /// Look for every piece; all that are missing are named together.
     pub fn look() -> Result<Found, Missing> {
         let dir = script_dir();
+        // The shared folder's script, else this crate's copy of it (for `KUBEBUILDER_ASSETS`
+        // users without the shared folder).
+        let vendored = Path::new(env!("CARGO_MANIFEST_DIR")).join("k8s/start-apiserver.sh");
         let script = look(
             "start-apiserver.sh",
-            &[Place::File(dir.join("start-apiserver.sh"))],
+            &[
+                Place::File(dir.join("start-apiserver.sh")),
+                Place::File(vendored),
+            ],
         );
         let apiserver = look(
             "kube-apiserver",
