@@ -15,7 +15,7 @@ use anyhow::Context;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
-use weft_proto::lease::{BackendData, Lease, MacAddr, PublicIps};
+use weft_proto::lease::{Backend, BackendData, Lease, MacAddr, PublicIps};
 
 use crate::config::Config;
 use crate::state;
@@ -41,25 +41,41 @@ pub struct AgentView {
     pub programmed: Arc<watch::Sender<bool>>,
 }
 
-/// The backend data this node publishes: VTEP MACs derived from the node name, one per pod family,
-/// so they survive restarts and device re-creation.
-pub fn backend_data(config: &Config) -> BackendData {
+/// The backend data this node publishes. VXLAN: VTEP MACs derived from the node name, one per pod
+/// family, so they survive restarts and device re-creation. WireGuard: the public key of
+/// `STATE_DIR/wireguard.key` (made on first start) and the port.
+pub fn backend_data(config: &Config) -> anyhow::Result<BackendData> {
+    if config.backend == Backend::WireGuard {
+        let key = crate::backend::wireguard::keys::load_or_create(&wireguard_key_path(config))?;
+        return Ok(BackendData::WireGuard {
+            public_key: key.public_key(),
+            port: config.wireguard.port,
+        });
+    }
     let mac = |family: &str| MacAddr::stable_local(&format!("{}/{family}", config.node_name));
-    BackendData::Vxlan {
+    Ok(BackendData::Vxlan {
         vtep_mac: config.pool_v4.map(|_| mac("v4")),
         vtep_mac_v6: config.pool_v6.map(|_| mac("v6")),
-    }
+    })
 }
 
-pub fn lease_request(config: &Config, public_ips: PublicIps) -> LeaseRequest {
-    LeaseRequest {
+/// `STATE_DIR/wireguard.key`.
+pub fn wireguard_key_path(config: &Config) -> std::path::PathBuf {
+    config
+        .state_dir
+        .join(crate::backend::wireguard::keys::KEY_FILE)
+}
+
+/// What this node asks the store for; fails only when the WireGuard key cannot be read or made.
+pub fn lease_request(config: &Config, public_ips: PublicIps) -> anyhow::Result<LeaseRequest> {
+    Ok(LeaseRequest {
         node: config.node_name.clone(),
         pool_v4: config.pool_v4,
         pool_v6: config.pool_v6,
         preferred: state::load_previous_cidrs(&config.state_dir),
         public_ips,
-        backend: backend_data(config),
-    }
+        backend: backend_data(config)?,
+    })
 }
 
 /// The agent once its lease is held: the first lease, the view for the rest of the daemon, and
@@ -85,7 +101,7 @@ pub async fn start<S: LeaseStore>(
     let public_ips = underlay::detect(&config.underlay, &host)
         .await
         .context("choose the underlay address")?;
-    let request = lease_request(config, public_ips);
+    let request = lease_request(config, public_ips)?;
     let Some(lease) = acquire(&mut store, &request, &mut shutdown).await? else {
         return Ok(None);
     };

@@ -160,6 +160,33 @@ pub struct RawSettings {
     #[arg(long, env = "WEFT_HTTP_ADDR")]
     #[serde(deserialize_with = "text")]
     pub http_addr: Option<std::net::SocketAddr>,
+    /// WireGuard: UDP port of the device [default: 51820].
+    #[arg(long, env = "WEFT_WIREGUARD_PORT")]
+    #[serde(deserialize_with = "text")]
+    pub wireguard_port: Option<Port>,
+    /// WireGuard: `kernel` (the module), `userspace` (`weft-wg`), or `auto` (the kernel where the
+    /// `wireguard` generic-netlink family exists) [default: auto].
+    #[arg(long, env = "WEFT_WIREGUARD_IMPL")]
+    #[serde(deserialize_with = "choice")]
+    pub wireguard_impl: Option<WgImplChoice>,
+    /// WireGuard: persistent keepalive in seconds, 0 for off (25 is usual behind NAT) [default: 0].
+    #[arg(long, env = "WEFT_WIREGUARD_KEEPALIVE")]
+    #[serde(deserialize_with = "text")]
+    pub wireguard_keepalive: Option<u16>,
+    /// WireGuard: the device name [default: weft.wg]. Labs give each node of one host its own,
+    /// since they share /var/run/wireguard.
+    #[arg(long, env = "WEFT_WIREGUARD_DEVICE")]
+    #[serde(deserialize_with = "text")]
+    pub wireguard_device: Option<IfName>,
+    /// WireGuard, userspace: worker threads of `weft-wg` [default: 1, the fastest measured on
+    /// 2 cores].
+    #[arg(long, env = "WEFT_WIREGUARD_THREADS")]
+    #[serde(deserialize_with = "text")]
+    pub wireguard_threads: Option<Threads>,
+    /// WireGuard, userspace: the `weft-wg` binary [default: `weft-wg` beside weftd, else on PATH].
+    #[arg(long, env = "WEFT_WEFT_WG")]
+    #[serde(deserialize_with = "text")]
+    pub weft_wg: Option<PathBuf>,
 }
 
 impl RawSettings {
@@ -188,13 +215,6 @@ impl RawSettings {
         };
         let (pool_v4, pool_v6) = self.pools()?;
         let backend = self.backend.unwrap_or(Backend::Vxlan);
-        if backend == Backend::WireGuard {
-            return Err(invalid(
-                "backend",
-                "wireguard",
-                "the WireGuard backend is not built yet; use vxlan (traffic is not encrypted)",
-            ));
-        }
         Ok(Config {
             datapath: self.datapath.unwrap_or(DatapathMode::Kernel),
             node_name,
@@ -215,7 +235,23 @@ impl RawSettings {
             http_addr: self
                 .http_addr
                 .unwrap_or(std::net::SocketAddr::from(([127, 0, 0, 1], 9475))),
+            wireguard: self.wireguard(),
         })
+    }
+
+    /// The WireGuard settings with their defaults.
+    fn wireguard(&self) -> WireGuardConfig {
+        WireGuardConfig {
+            port: self.wireguard_port.map_or(51820, |p| p.0),
+            implementation: self.wireguard_impl.unwrap_or(WgImplChoice::Auto),
+            keepalive: self.wireguard_keepalive.filter(|s| *s != 0),
+            device: self
+                .wireguard_device
+                .clone()
+                .unwrap_or_else(|| IfName::new("weft.wg").expect("a valid constant name")),
+            threads: self.wireguard_threads.map_or(1, |t| t.0),
+            weft_wg: self.weft_wg.clone().unwrap_or_else(default_weft_wg),
+        }
     }
 
     /// The subnet pools: at most one cluster CIDR per family, each cut into node prefixes.
@@ -639,6 +675,64 @@ pub enum StoreConfig {
     },
 }
 
+/// `weft-wg` beside the running weftd if it is there, else `weft-wg` on PATH.
+fn default_weft_wg() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.join("weft-wg")))
+        .filter(|path| path.exists())
+        .unwrap_or_else(|| "weft-wg".into())
+}
+
+/// A UDP port, 1–65535.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Port(pub u16);
+
+impl FromStr for Port {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.parse::<u16>() {
+            Ok(0) | Err(_) => Err("a UDP port is 1 to 65535".to_string()),
+            Ok(port) => Ok(Port(port)),
+        }
+    }
+}
+
+/// A thread count, 1–64.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Threads(pub usize);
+
+impl FromStr for Threads {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.parse::<usize>() {
+            Ok(n @ 1..=64) => Ok(Threads(n)),
+            _ => Err("a thread count is 1 to 64".to_string()),
+        }
+    }
+}
+
+/// `--wireguard-impl`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum WgImplChoice {
+    /// The kernel module where it exists, else userspace.
+    Auto,
+    Kernel,
+    Userspace,
+}
+
+/// The WireGuard backend's settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WireGuardConfig {
+    pub port: u16,
+    pub implementation: WgImplChoice,
+    /// Seconds; `None` is off.
+    pub keepalive: Option<u16>,
+    pub device: IfName,
+    pub threads: usize,
+    pub weft_wg: PathBuf,
+}
+
 /// Whether weftd programs the node's datapath.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum DatapathMode {
@@ -668,6 +762,7 @@ pub struct Config {
     pub release_on_exit: bool,
     /// Where `/healthz` and `/readyz` are served.
     pub http_addr: std::net::SocketAddr,
+    pub wireguard: WireGuardConfig,
 }
 
 fn path_or(value: &Option<PathBuf>, default: &str) -> PathBuf {
@@ -852,9 +947,19 @@ mod tests {
             "unknown backend",
         ),
         (
-            &[("backend", Some("wireguard"))],
-            "--backend",
-            "not built yet",
+            &[("wireguard-port", Some("0"))],
+            "--wireguard-port",
+            "1 to 65535",
+        ),
+        (
+            &[("wireguard-impl", Some("ebpf"))],
+            "--wireguard-impl",
+            "auto",
+        ),
+        (
+            &[("wireguard-threads", Some("0"))],
+            "--wireguard-threads",
+            "1 to 64",
         ),
         (
             &[("store", Some("consul"))],

@@ -88,7 +88,7 @@ async fn leave(config: &Config) -> anyhow::Result<()> {
     let public_ips = underlay::detect(&config.underlay, &host)
         .await
         .unwrap_or_default();
-    let mut request = agent::lease_request(config, public_ips);
+    let mut request = agent::lease_request(config, public_ips)?;
     request.preferred = state::load_previous_cidrs(&config.state_dir);
     let lease = request.lease_with(request.preferred, None);
     store.release(&lease).await.context("release the lease")?;

@@ -196,7 +196,7 @@ impl From<MacAddr> for String {
 }
 
 /// A WireGuard (Curve25519) public key; text form is standard base64 of its 32 bytes.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct WgPublicKey(pub [u8; 32]);
 

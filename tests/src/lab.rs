@@ -58,6 +58,17 @@ pub struct LabConfig {
     pub ipv6_underlay: bool,
     /// Let weftd find the underlay address itself (`--iface eth0`) instead of `--public-ip`.
     pub detect_underlay: bool,
+    pub backend: LabBackend,
+}
+
+/// The tunnel backend of every lab node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LabBackend {
+    #[default]
+    Vxlan,
+    /// Userspace WireGuard (`weft-wg`); each node's device has its own name
+    /// ([`LabNode::wg_device`]), since every node of one host shares `/var/run/wireguard`.
+    WireGuard,
 }
 
 impl Default for LabConfig {
@@ -71,6 +82,7 @@ impl Default for LabConfig {
             weftd_args: Vec::new(),
             ipv6_underlay: false,
             detect_underlay: false,
+            backend: LabBackend::Vxlan,
         }
     }
 }
@@ -107,6 +119,13 @@ pub struct LabNode {
 }
 
 impl LabNode {
+    /// The node's WireGuard device when the lab runs WireGuard: `wg` + the namespace name less
+    /// `-node-` (`wgw1234x0n1`): unique on the host, at most 15 bytes.
+    pub fn wg_device(&self) -> String {
+        let name = self.netns.name().replace("-node-", "n");
+        format!("wg{name}")
+    }
+
     /// The node's weft pod veths (`weft` + 11 hex digits), by name.
     pub fn weft_veths(&self) -> Result<std::collections::BTreeSet<String>> {
         let out = self
@@ -356,6 +375,9 @@ impl Lab {
                 .args(["--store", "file", "--store-dir"])
                 .arg(self.dir.join("store")),
         };
+        if self.config.backend == LabBackend::WireGuard {
+            command.args(["--backend", "wireguard", "--wireguard-device", &node.wg_device()]);
+        }
         command.args(&self.config.weftd_args);
         command
     }
@@ -605,6 +627,7 @@ fn down_one(path: &Path, name: &str) -> Result<Vec<LabError>> {
     }
     let mut failures = stop_processes(&record, path);
     failures.extend(delete_namespaces(name));
+    remove_wireguard_sockets(name);
     for dir in record["dirs"].as_array().into_iter().flatten() {
         let dir = Path::new(dir.as_str().unwrap_or_default());
         failures.extend(remove_lab_dir(dir, name, path).err());
@@ -673,8 +696,21 @@ fn delete_namespaces(prefix: &str) -> Vec<LabError> {
     };
     names
         .iter()
-        .filter_map(|n| crate::netns::run(&["ip", "netns", "del", n]).err())
+        .filter_map(|n| crate::netns::delete(n).err())
         .collect()
+}
+
+/// Remove the control sockets of the lab's WireGuard devices (`wgPREFIXn…`, see
+/// [`LabNode::wg_device`]), left behind by the `weft-wg`s its namespaces' deletion killed.
+fn remove_wireguard_sockets(prefix: &str) {
+    let start = format!("wg{prefix}n");
+    let entries = std::fs::read_dir("/var/run/wireguard").into_iter().flatten();
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with(&start) && name.ends_with(".sock") {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
 }
 
 /// Remove a directory the record names, if it is one a lab makes: the lab's own
@@ -698,6 +734,11 @@ impl Drop for Lab {
         for node in &mut self.nodes {
             if let Some(mut daemon) = node.daemon.take() {
                 daemon.kill();
+            }
+            if self.remove_dir && self.config.backend == LabBackend::WireGuard {
+                // Not detached: weft-wg exits within a second of its control socket going.
+                let socket = format!("/var/run/wireguard/{}.sock", node.wg_device());
+                let _ = std::fs::remove_file(socket);
             }
         }
         if self.remove_dir {

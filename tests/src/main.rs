@@ -8,12 +8,14 @@ use std::time::Duration;
 use anyhow::bail;
 use clap::{Parser, Subcommand};
 
-use weft_lab::lab::{self, Lab, LabConfig, StoreKind};
+use weft_lab::lab::{self, Lab, LabBackend, LabConfig, StoreKind};
 
 fn up(nodes: usize, pods: usize, backend: &str, ipv6: bool, store: &str) -> anyhow::Result<()> {
-    if backend != "vxlan" {
-        bail!("backend {backend:?} is not built yet; use vxlan");
-    }
+    let backend = match backend {
+        "vxlan" => LabBackend::Vxlan,
+        "wireguard" => LabBackend::WireGuard,
+        other => bail!("unknown backend {other:?}; expected vxlan or wireguard"),
+    };
     let store = match store {
         "file" => StoreKind::File,
         "etcd" => StoreKind::Etcd,
@@ -25,6 +27,7 @@ fn up(nodes: usize, pods: usize, backend: &str, ipv6: bool, store: &str) -> anyh
         pods_per_node: pods,
         ipv6,
         store,
+        backend,
         ..Default::default()
     };
     // A Kubernetes lab stays in the foreground: block the signals that end it before any thread
@@ -139,7 +142,7 @@ enum Command {
         nodes: usize,
         #[arg(long, default_value_t = 2)]
         pods: usize,
-        /// Tunnel backend (vxlan is the one built so far).
+        /// Tunnel backend: vxlan, or wireguard (userspace, `weft-wg`).
         #[arg(long, default_value = "vxlan")]
         backend: String,
         /// Dual-stack pods (IPv4 and IPv6).

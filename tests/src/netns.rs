@@ -153,9 +153,22 @@ impl NetnsGuard {
 impl Drop for NetnsGuard {
     fn drop(&mut self) {
         if !self.keep {
-            let _ = run(&["ip", "netns", "del", &self.name]);
+            let _ = delete(&self.name);
         }
     }
+}
+
+/// SIGKILL every process in the namespace `name` (a detached `weft-wg` outlives its weftd), then
+/// delete the namespace; the error of the deletion.
+pub fn delete(name: &str) -> Result<()> {
+    let pids = run(&["ip", "netns", "pids", name]).unwrap_or_default();
+    for pid in pids.split_whitespace().filter_map(|p| p.parse::<i32>().ok()) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    run(&["ip", "netns", "del", name]).map(|_| ())
 }
 
 /// Move the calling thread into the network namespace at `path` (`/run/netns/NAME`).

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use crate::error::{LabError, Result};
 
 /// The workspace's binaries, built together the first time one is asked for.
-pub const BINARIES: [&str; 3] = ["weftd", "weft-cni", "weft-lab"];
+pub const BINARIES: [&str; 4] = ["weftd", "weft-cni", "weft-wg", "weft-lab"];
 
 /// The path of a workspace binary (`weftd`, `weft-cni`, `weft-lab`), panicking when there is none:
 /// see [`locate`].

@@ -4,6 +4,7 @@
 //! (`crate::node::reconcile`) is generic over [`Backend`]; `crate::node::start` picks one.
 //!
 //! - [`vxlan`]: flannel's VXLAN scheme, one device per pod family;
+//! - [`wireguard`]: one encrypted device for both pod families, kernel or `weft-wg` (userspace);
 //! - [`none`]: programs nothing (`--datapath none`: the lease and the peer view only).
 //!
 //! Adding a backend: a new folder with its plan and driver implementing these traits, its
@@ -12,6 +13,7 @@
 
 pub mod none;
 pub mod vxlan;
+pub mod wireguard;
 
 use std::future::Future;
 
@@ -29,6 +31,9 @@ pub enum DriverError {
     /// The operation's device is not there (it could not be created, or someone deleted it).
     #[error("device {0} does not exist")]
     NoDevice(IfName),
+    /// A device's own control channel failed (WireGuard's control socket, starting `weft-wg`).
+    #[error("{0}")]
+    Device(String),
     /// The operation cannot be expressed to the kernel (a plan bug, never a peer's input).
     #[error("{0}")]
     Invalid(String),
@@ -44,6 +49,13 @@ pub trait Driver<B: BackendPlan + ?Sized>: Send + 'static {
 
     /// Requests sent to the kernel so far (netlink messages), for logs and benchmarks.
     fn requests(&self) -> usize;
+
+    /// Resolves when the driver learns, between resyncs, that what it drives changed under it
+    /// (WireGuard: `weft-wg` stopped answering), so the loop reads the datapath again at once
+    /// instead of at the next resync. Never resolves by default.
+    fn drifted(&mut self) -> impl Future<Output = ()> + Send {
+        std::future::pending()
+    }
 }
 
 /// A backend: its plan and the driver that applies it.
@@ -60,5 +72,7 @@ pub trait Backend: BackendPlan {
 
 /// The devices of every backend, for `weftd cleanup` (which removes them whatever the node ran).
 pub fn all_device_names() -> Vec<IfName> {
-    vxlan::Vxlan.device_names()
+    let mut names = vxlan::Vxlan.device_names();
+    names.extend(IfName::new(wireguard::DEFAULT_DEVICE).ok());
+    names
 }

@@ -4,6 +4,9 @@ use std::net::IpAddr;
 
 use futures::TryStreamExt;
 use ipnet::IpNet;
+use netlink_packet_route::address::{
+    AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage,
+};
 use netlink_packet_route::link::{LinkAttribute, LinkMessage};
 use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteHeader, RouteMessage};
 use netlink_packet_route::AddressFamily;
@@ -135,4 +138,55 @@ pub async fn delete_link(handle: &Handle, name: &str) -> Result<(), rtnetlink::E
         Err(e) if is_errno(&e, &[Errno::ENODEV]) => Ok(()),
         other => other,
     }
+}
+
+/// Treat the listed errnos (e.g. "already gone") as success.
+pub fn ignore(result: Result<(), rtnetlink::Error>, errnos: &[Errno]) -> Result<(), rtnetlink::Error> {
+    match result {
+        Err(e) if is_errno(&e, errnos) => Ok(()),
+        other => other,
+    }
+}
+
+/// `ip addr replace NET dev INDEX` (IPv6 without duplicate address detection: the address is
+/// weft's own, on a tunnel device).
+pub async fn replace_address(handle: &Handle, index: u32, net: IpNet) -> Result<(), rtnetlink::Error> {
+    let mut add = handle
+        .address()
+        .add(index, net.addr(), net.prefix_len())
+        .replace();
+    if net.addr().is_ipv6() {
+        add.message_mut().header.flags |= AddressHeaderFlags::Nodad;
+        add.message_mut()
+            .attributes
+            .push(AddressAttribute::Flags(AddressFlags::Nodad));
+    }
+    add.execute().await
+}
+
+/// `ip addr del NET dev INDEX`; an address already gone is success.
+pub async fn delete_address(handle: &Handle, index: u32, net: IpNet) -> Result<(), rtnetlink::Error> {
+    for message in addresses_of(handle, index).await? {
+        let matches = message.header.prefix_len == net.prefix_len()
+            && message
+                .attributes
+                .iter()
+                .any(|a| matches!(a, AddressAttribute::Address(ip) if *ip == net.addr()));
+        if matches {
+            let result = handle.address().del(message).execute().await;
+            ignore(result, &[Errno::EADDRNOTAVAIL])?;
+        }
+    }
+    Ok(())
+}
+
+/// The address messages of the link `index`.
+pub async fn addresses_of(handle: &Handle, index: u32) -> Result<Vec<AddressMessage>, rtnetlink::Error> {
+    handle
+        .address()
+        .get()
+        .set_link_index_filter(index)
+        .execute()
+        .try_collect()
+        .await
 }

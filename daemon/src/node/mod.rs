@@ -25,6 +25,7 @@ use weft_proto::lease::{Backend as BackendKind, Lease};
 use crate::agent::AgentView;
 use crate::backend::none::NoDatapath;
 use crate::backend::vxlan::Vxlan;
+use crate::backend::wireguard::WireGuard;
 use crate::backend::Backend;
 use crate::cni_server::{self, CniService};
 use crate::config::{Config, DatapathMode};
@@ -60,8 +61,12 @@ pub async fn start(
         (DatapathMode::Kernel, BackendKind::Vxlan) => {
             start_with(Vxlan, config, lease, host, view).await
         }
-        (DatapathMode::Kernel, other) => {
-            anyhow::bail!("the {other} backend is not built yet; use --backend vxlan")
+        (DatapathMode::Kernel, BackendKind::WireGuard) => {
+            let key = crate::agent::wireguard_key_path(config);
+            let (wireguard, reason) =
+                WireGuard::from_config(&config.wireguard, &key, &config.run_dir)?;
+            info!(implementation = ?wireguard.implementation, reason, device = %wireguard.device, "WireGuard");
+            start_with(wireguard, config, lease, host, view).await
         }
     }
 }

@@ -125,6 +125,10 @@ impl<B: Backend> Reconciler<B> {
                 changed = peers_rx.changed() => if changed.is_err() { return },
                 _ = retry_timer, if retry => {}
                 _ = firewall_changed(&mut self.firewall) => {}
+                _ = self.driver.drifted() => {
+                    warn!("the datapath changed under weft; reading it again");
+                    self.observed = None;
+                }
                 _ = resync.tick() => {
                     self.observed = None;
                     if let Some(firewall) = &mut self.firewall {

@@ -14,7 +14,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use futures::TryStreamExt;
 use ipnet::IpNet;
-use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressHeaderFlags};
+use netlink_packet_route::address::AddressAttribute;
 use netlink_packet_route::link::{
     InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
 };
@@ -336,7 +336,7 @@ impl VxlanDriver {
             Op::DeleteRoute(route) => {
                 let message = self.route_message(route).await?;
                 let result = self.handle.route().del(message).execute().await;
-                Ok(ignore(result, &[Errno::ESRCH, Errno::ENOENT])?)
+                Ok(nl::ignore(result, &[Errno::ESRCH, Errno::ENOENT])?)
             }
             Op::ReplaceNeighbour(neighbour) => self.replace_neighbour(neighbour).await,
             Op::DeleteNeighbour(neighbour) => self.delete_neighbour(neighbour).await,
@@ -347,42 +347,12 @@ impl VxlanDriver {
 
     async fn set_address(&mut self, address: &Address) -> Result<(), DriverError> {
         let index = self.index(&address.dev).await?;
-        let net = address.address;
-        let mut add = self
-            .handle
-            .address()
-            .add(index, net.addr(), net.prefix_len())
-            .replace();
-        if net.addr().is_ipv6() {
-            add.message_mut().header.flags |= AddressHeaderFlags::Nodad;
-            add.message_mut()
-                .attributes
-                .push(AddressAttribute::Flags(AddressFlags::Nodad));
-        }
-        Ok(add.execute().await?)
+        Ok(nl::replace_address(&self.handle, index, address.address).await?)
     }
 
     async fn delete_address(&mut self, address: &Address) -> Result<(), DriverError> {
         let index = self.index(&address.dev).await?;
-        let found: Vec<_> = self
-            .handle
-            .address()
-            .get()
-            .set_link_index_filter(index)
-            .execute()
-            .try_collect()
-            .await?;
-        for message in found {
-            let matches = message.header.prefix_len == address.address.prefix_len()
-                && message.attributes.iter().any(
-                    |a| matches!(a, AddressAttribute::Address(ip) if *ip == address.address.addr()),
-                );
-            if matches {
-                let result = self.handle.address().del(message).execute().await;
-                ignore(result, &[Errno::EADDRNOTAVAIL])?;
-            }
-        }
-        Ok(())
+        Ok(nl::delete_address(&self.handle, index, address.address).await?)
     }
 
     async fn replace_neighbour(&mut self, neighbour: &Neighbour) -> Result<(), DriverError> {
@@ -413,7 +383,7 @@ impl VxlanDriver {
                 neighbour.ip,
             )));
         let result = self.handle.neighbours().del(message).execute().await;
-        Ok(ignore(result, &[Errno::ENOENT])?)
+        Ok(nl::ignore(result, &[Errno::ENOENT])?)
     }
 
     async fn replace_fdb(&mut self, fdb: &Fdb) -> Result<(), DriverError> {
@@ -445,7 +415,7 @@ impl VxlanDriver {
                 fdb.dst,
             )));
         let result = self.handle.neighbours().del(message).execute().await;
-        Ok(ignore(result, &[Errno::ENOENT])?)
+        Ok(nl::ignore(result, &[Errno::ENOENT])?)
     }
 
     async fn create(&mut self, device: &VxlanDevice) -> Result<(), rtnetlink::Error> {
@@ -467,7 +437,7 @@ impl VxlanDriver {
     async fn delete_device(&mut self, dev: &IfName) -> Result<(), rtnetlink::Error> {
         self.indexes.remove(dev);
         match nl::link_by_name(&self.handle, dev.as_str()).await? {
-            Some(link) => ignore(
+            Some(link) => nl::ignore(
                 self.handle.link().del(link.header.index).execute().await,
                 &[Errno::ENODEV],
             ),
@@ -498,14 +468,6 @@ impl VxlanDriver {
             builder.build()
         };
         Ok(message)
-    }
-}
-
-/// Treat the listed errnos (e.g. "already gone") as success.
-fn ignore(result: Result<(), rtnetlink::Error>, errnos: &[Errno]) -> Result<(), rtnetlink::Error> {
-    match result {
-        Err(e) if nl::is_errno(&e, errnos) => Ok(()),
-        other => other,
     }
 }
 

@@ -1,0 +1,52 @@
+//! `weft-wg IFNAME`: a userspace WireGuard device in a process of its own.
+//!
+//! It creates the TUN device `IFNAME` (left down: weftd sets its MTU and brings it up) and serves
+//! the standard control socket `/var/run/wireguard/IFNAME.sock`, through which weftd — and
+//! `wg show` / `wg set` — configure it. The device is boringtun's (`defguard_boringtun`), with its
+//! worker threads polling the TUN queue and the UDP socket.
+//!
+//! It runs until SIGINT or SIGTERM, or until its socket file is deleted. Because it is not weftd,
+//! restarting weftd leaves every tunnel up. A panic aborts the process (instead of leaving a worker
+//! dead and the control socket wedged), so weftd sees the socket gone and starts it again.
+
+use clap::Parser;
+use defguard_boringtun::device::{DeviceConfig, DeviceHandle};
+
+/// A userspace WireGuard device serving /var/run/wireguard/IFNAME.sock.
+#[derive(Parser)]
+#[command(version)]
+struct Args {
+    /// The TUN device to create (at most 15 bytes).
+    ifname: String,
+    /// Worker threads. One measured about twice the throughput of two on a 2-core machine (see
+    /// the README's benchmark); more queues help only with spare cores.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+}
+
+fn main() {
+    let args = Args::parse();
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default_hook(info);
+        std::process::abort();
+    }));
+    let config = DeviceConfig {
+        n_threads: args.threads.max(1),
+        use_connected_socket: true,
+        use_multi_queue: args.threads > 1,
+        uapi_fd: -1,
+    };
+    let mut device = match DeviceHandle::new(&args.ifname, config) {
+        Ok(device) => device,
+        Err(e) => {
+            eprintln!("weft-wg: create {}: {e:?}", args.ifname);
+            std::process::exit(1);
+        }
+    };
+    eprintln!(
+        "weft-wg: {} up, control socket /var/run/wireguard/{}.sock, {} thread(s)",
+        args.ifname, args.ifname, args.threads
+    );
+    device.wait();
+}
