@@ -19,6 +19,9 @@ install_missing() {
   [ -e /usr/include/google/protobuf/descriptor.proto ] || need+=(libprotobuf-dev)
   command -v nft >/dev/null || need+=(nftables)
   command -v wg >/dev/null || need+=(wireguard-tools)
+  # The WireGuard lab test captures the underlay; the benchmark runs Debian's wireguard-go beside weft-wg.
+  command -v tcpdump >/dev/null || need+=(tcpdump)
+  command -v wireguard-go >/dev/null || need+=(wireguard-go)
   command -v iperf3 >/dev/null || need+=(iperf3)
   command -v ping >/dev/null || need+=(iputils-ping)
   command -v ip >/dev/null || need+=(iproute2)

@@ -17,6 +17,7 @@ use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 use weft_proto::lease::{Backend, BackendData, Lease, MacAddr, PublicIps};
 
+use crate::backend::wireguard::keys::{self, PrivateKey};
 use crate::config::Config;
 use crate::state;
 use crate::store::peers::{PeerEvent, PeerSet};
@@ -46,7 +47,7 @@ pub struct AgentView {
 /// `STATE_DIR/wireguard.key` (made on first start) and the port.
 pub fn backend_data(config: &Config) -> anyhow::Result<BackendData> {
     if config.backend == Backend::WireGuard {
-        let key = crate::backend::wireguard::keys::load_or_create(&wireguard_key_path(config))?;
+        let key = keys::load_or_create(&wireguard_key_path(config))?;
         return Ok(BackendData::WireGuard {
             public_key: key.public_key(),
             port: config.wireguard.port,
@@ -63,7 +64,7 @@ pub fn backend_data(config: &Config) -> anyhow::Result<BackendData> {
 pub fn wireguard_key_path(config: &Config) -> std::path::PathBuf {
     config
         .state_dir
-        .join(crate::backend::wireguard::keys::KEY_FILE)
+        .join(keys::KEY_FILE)
 }
 
 /// What this node asks the store for; fails only when the WireGuard key cannot be read or made.
@@ -244,12 +245,40 @@ impl<S: LeaseStore> Keeper<S> {
     /// Wait `delay`, telling the store as soon as the datapath is up; `false` on shutdown.
     async fn wait(&mut self, delay: Duration, shutdown: &mut watch::Receiver<bool>) -> bool {
         let deadline = tokio::time::Instant::now() + delay;
+        let rotating = self.config.backend == Backend::WireGuard;
         loop {
             tokio::select! {
                 _ = tokio::time::sleep_until(deadline) => return true,
                 _ = shutdown.changed() => return false,
                 Ok(()) = self.programmed.changed(), if !self.announced => self.announce().await,
+                next = next_key(&self.config.state_dir), if rotating => self.rotate(next).await,
             }
+        }
+    }
+
+    /// A live WireGuard key rotation: publish the next key's public key, give peers
+    /// [`ROTATION_SETTLE`] to take it, then switch the device (the reconcile loop follows the
+    /// lease) and make the next key the key. A daemon killed half-way publishes the old key again
+    /// at its start and rotates again, since the next key is still waiting.
+    async fn rotate(&mut self, next: PrivateKey) {
+        let BackendData::WireGuard { public_key, port } = self.lease.backend else {
+            return;
+        };
+        let backend = BackendData::WireGuard {
+            public_key: next.public_key(),
+            port,
+        };
+        info!(old = %public_key, new = %next.public_key(), "WireGuard key rotation: publishing the new public key");
+        self.lease.backend = backend;
+        self.request.backend = backend;
+        if let Err(e) = self.store.renew(&self.lease).await {
+            warn!(error = %e, "cannot publish the new public key yet; it goes with the next renewal");
+        }
+        tokio::time::sleep(ROTATION_SETTLE).await;
+        self.lease_tx.send_replace(Some(self.lease.clone()));
+        match keys::promote_next(&self.config.state_dir) {
+            Ok(()) => info!(public_key = %next.public_key(), "WireGuard key rotated"),
+            Err(e) => error!(error = %e, "the device uses the new key but it could not be saved"),
         }
     }
 
@@ -277,6 +306,27 @@ impl<S: LeaseStore> Keeper<S> {
             info!(%pod_cidrs, "stopping; the lease is kept for the next start");
         }
         Ok(())
+    }
+}
+
+/// How long peers get to take a newly published WireGuard public key before this node's device
+/// switches to it: the store's watch latency (the file store polls every 200 ms) with margin.
+pub const ROTATION_SETTLE: Duration = Duration::from_secs(1);
+
+/// Resolves with the next WireGuard key once `weftd rotate-key` left one in `state_dir` (checked
+/// every half second); a malformed one is reported and set aside.
+async fn next_key(state_dir: &std::path::Path) -> PrivateKey {
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        match keys::pending_next(state_dir) {
+            None => {}
+            Some(Ok(key)) => return key,
+            Some(Err(e)) => {
+                error!(error = %e, "ignoring the next WireGuard key");
+                let path = state_dir.join(keys::NEXT_KEY_FILE);
+                let _ = std::fs::rename(&path, path.with_extension("key.bad"));
+            }
+        }
     }
 }
 

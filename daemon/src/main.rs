@@ -37,6 +37,10 @@ enum Command {
     Run(Settings),
     /// Give this node's lease back (for a node leaving the cluster).
     Leave(Settings),
+    /// WireGuard: rotate this node's key while it runs. Leaves a new key as the next one in the
+    /// state directory; the running weftd publishes it, switches its device and keeps it. Waits
+    /// (up to 30 s) until it did.
+    RotateKey(Settings),
     /// Remove everything weft made on this node: VXLAN devices, routes, neighbour and FDB entries,
     /// the nftables table `inet weft`, pod veths.
     Cleanup,
@@ -79,6 +83,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Run(settings) => weftd::run::run(load(settings)?, shutdown_on_signal()?).await,
         Command::Cleanup => weftd::node::cleanup::cleanup().await,
         Command::Leave(settings) => leave(&load(settings)?).await,
+        Command::RotateKey(settings) => rotate_key(&load(settings)?).await,
     }
 }
 
@@ -94,6 +99,27 @@ async fn leave(config: &Config) -> anyhow::Result<()> {
     store.release(&lease).await.context("release the lease")?;
     info!(node = %config.node_name, pod_cidrs = %lease.pod_cidrs, "left: lease released");
     Ok(())
+}
+
+async fn rotate_key(config: &Config) -> anyhow::Result<()> {
+    use weftd::backend::wireguard::keys;
+    let current = keys::load_or_create(&agent::wireguard_key_path(config))?.public_key();
+    let next = keys::write_next(&config.state_dir)?.public_key();
+    println!("next key {next} left in {}; waiting for weftd to switch from {current}", config.state_dir.display());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let now = keys::load_or_create(&agent::wireguard_key_path(config))?.public_key();
+        if now == next {
+            println!("rotated: {current} → {next}");
+            return Ok(());
+        }
+    }
+    anyhow::bail!(
+        "weftd did not take the next key within 30 s (is it running with --state-dir {}?); it stays waiting in {}",
+        config.state_dir.display(),
+        keys::NEXT_KEY_FILE
+    )
 }
 
 /// A channel that turns true on SIGTERM or SIGINT.

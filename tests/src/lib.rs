@@ -18,6 +18,7 @@
 pub mod containerd;
 pub mod error;
 pub mod etcd;
+pub mod flow;
 pub mod k8s;
 pub mod lab;
 pub mod netns;

@@ -3,12 +3,10 @@
 //!
 //! Run: `cargo build --workspace && cargo test -p weft-lab --test lab_vxlan`.
 
-use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use weft_lab::flow::TcpFlow;
 use weft_lab::lab::{render_matrix, Lab, LabConfig, OUTSIDE_V4, OUTSIDE_V6};
 
 fn lab(nodes: usize, pods: usize) -> Lab {
@@ -201,64 +199,18 @@ fn a_tcp_stream_survives_weftd_restarts_on_both_ends() {
     lab.wait_converged(Duration::from_secs(10));
     let (client_pod, server_pod) = (&lab.pods[0], &lab.pods[1]);
     let target = SocketAddr::new(IpAddr::V4(server_pod.v4.unwrap()), 5201);
-    let listener = server_pod.netns.tcp_listen(target).unwrap();
-    let received = Arc::new(AtomicU64::new(0));
-    let server = {
-        let received = received.clone();
-        std::thread::spawn(move || -> std::io::Result<()> {
-            let (mut stream, _) = listener.accept()?;
-            let mut buf = [0u8; 4096];
-            loop {
-                let n = stream.read(&mut buf)?;
-                if n == 0 {
-                    return Ok(());
-                }
-                received.fetch_add(n as u64, Ordering::Relaxed);
-            }
-        })
-    };
-    let mut stream = client_pod
-        .netns
-        .tcp_connect(target, Duration::from_secs(3))
-        .unwrap();
-    stream
-        .set_write_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
-    let client = {
-        let stop = stop.clone();
-        std::thread::spawn(move || -> std::io::Result<u64> {
-            let chunk = [7u8; 1024];
-            let mut sent = 0;
-            while !stop.load(Ordering::Relaxed) {
-                stream.write_all(&chunk)?;
-                sent += chunk.len() as u64;
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            Ok(sent)
-        })
-    };
+    let flow = TcpFlow::start(&client_pod.netns, &server_pod.netns, target).unwrap();
     std::thread::sleep(Duration::from_millis(300));
     lab.stop_daemon(0, false); // SIGTERM
     lab.start_daemon(0).unwrap();
     lab.stop_daemon(1, true); // SIGKILL
     lab.start_daemon(1).unwrap();
-    let before = received.load(Ordering::Relaxed);
-    std::thread::sleep(Duration::from_millis(1500));
-    let after = received.load(Ordering::Relaxed);
-    stop.store(true, Ordering::Relaxed);
-    let sent = client.join().unwrap().expect("the stream never broke");
     assert!(
-        after > before,
-        "bytes kept flowing after the restarts ({before} → {after})"
+        flow.time_to_progress(Duration::from_millis(1500)).is_some(),
+        "bytes kept flowing after the restarts"
     );
-    std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(
-        received.load(Ordering::Relaxed),
-        sent,
-        "every byte sent arrived"
-    );
-    let _ = server;
+    let (sent, received) = flow.finish(Duration::from_secs(2));
+    assert_eq!(received, sent.expect("the stream never broke"), "every byte sent arrived");
     for node in &lab.nodes {
         let log = node.log();
         assert!(

@@ -113,7 +113,9 @@ impl WgDriver {
             .build();
         self.requests += 1;
         if add {
-            Ok(self.handle.route().add(message).replace().execute().await?)
+            self.handle.route().add(message).replace().execute().await?;
+            poke(dst);
+            Ok(())
         } else {
             let result = self.handle.route().del(message).execute().await;
             Ok(nl::ignore(result, &[Errno::ESRCH])?)
@@ -188,6 +190,21 @@ impl WgDriver {
             }
         }
         Ok(state)
+    }
+}
+
+/// Send one datagram through the tunnel to the network address of a peer's pod CIDR (its own
+/// address on its device; UDP port 9, discard), so the device starts the handshake now. A device
+/// that was just re-created (say `weft-wg` restarted) has no sessions while its peers still hold
+/// theirs; without this nudge a peer that only sends would wait up to 15 s for WireGuard's own
+/// retry before the two agree again. Best effort: errors are ignored.
+fn poke(dst: IpNet) {
+    let unspecified: IpAddr = match dst {
+        IpNet::V4(_) => std::net::Ipv4Addr::UNSPECIFIED.into(),
+        IpNet::V6(_) => std::net::Ipv6Addr::UNSPECIFIED.into(),
+    };
+    if let Ok(socket) = std::net::UdpSocket::bind((unspecified, 0)) {
+        let _ = socket.send_to(&[0], (dst.network(), 9));
     }
 }
 

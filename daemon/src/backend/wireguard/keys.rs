@@ -14,6 +14,9 @@ use weft_proto::lease::WgPublicKey;
 
 /// File name of the private key under the state directory.
 pub const KEY_FILE: &str = "wireguard.key";
+/// File name of the next private key during a rotation (`weftd rotate-key` writes it; the daemon
+/// publishes its public key, switches the device, then renames it over [`KEY_FILE`]).
+pub const NEXT_KEY_FILE: &str = "wireguard.next.key";
 
 /// Why the key could not be read or made.
 #[derive(Debug, thiserror::Error)]
@@ -91,6 +94,36 @@ pub fn load_or_create(path: &Path) -> Result<PrivateKey, KeyError> {
     }
 }
 
+/// `weftd rotate-key`: make a new key and leave it as the next one in `state_dir`.
+pub fn write_next(state_dir: &Path) -> Result<PrivateKey, KeyError> {
+    let path = state_dir.join(NEXT_KEY_FILE);
+    let key = PrivateKey::generate().map_err(|source| KeyError::Io {
+        path: path.clone(),
+        source,
+    })?;
+    write(&path, &key).map_err(|source| KeyError::Io { path, source })?;
+    Ok(key)
+}
+
+/// The next key waiting in `state_dir`, if there is one; `None` without the file.
+pub fn pending_next(state_dir: &Path) -> Option<Result<PrivateKey, KeyError>> {
+    let path = state_dir.join(NEXT_KEY_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => Some(parse(text.trim()).ok_or(KeyError::Malformed { path })),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(source) => Some(Err(KeyError::Io { path, source })),
+    }
+}
+
+/// The rotation is done: the next key becomes the key (one rename).
+pub fn promote_next(state_dir: &Path) -> Result<(), KeyError> {
+    let from = state_dir.join(NEXT_KEY_FILE);
+    std::fs::rename(&from, state_dir.join(KEY_FILE)).map_err(|source| KeyError::Io {
+        path: from,
+        source,
+    })
+}
+
 fn parse(text: &str) -> Option<PrivateKey> {
     let bytes = base64::engine::general_purpose::STANDARD.decode(text).ok()?;
     Some(PrivateKey::from_bytes(bytes.try_into().ok()?))
@@ -114,33 +147,54 @@ fn write(path: &Path, key: &PrivateKey) -> std::io::Result<()> {
 }
 
 /// The private keys the node may put on its device, by public key: the current one, and during a
-/// rotation the next. Shared between the agent (which publishes) and the driver (which applies).
+/// rotation the next, read again from the state directory when a public key is not known yet.
 #[derive(Clone, Default)]
-pub struct Keyring(Arc<RwLock<BTreeMap<WgPublicKey, PrivateKey>>>);
+pub struct Keyring {
+    keys: Arc<RwLock<BTreeMap<WgPublicKey, PrivateKey>>>,
+    /// Where [`KEY_FILE`] and [`NEXT_KEY_FILE`] are; `None` holds only what was inserted.
+    dir: Option<PathBuf>,
+}
 
 impl fmt::Debug for Keyring {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let keys: Vec<WgPublicKey> = self.0.read().map(|k| k.keys().copied().collect()).unwrap_or_default();
+        let keys: Vec<WgPublicKey> = self
+            .keys
+            .read()
+            .map(|k| k.keys().copied().collect())
+            .unwrap_or_default();
         write!(f, "Keyring(public keys {keys:?})")
     }
 }
 
 impl Keyring {
-    /// A keyring holding `key`.
-    pub fn with(key: PrivateKey) -> Keyring {
-        let ring = Keyring::default();
+    /// A keyring holding `key`, reading the key files of `dir` for keys it does not know.
+    pub fn with(key: PrivateKey, dir: Option<PathBuf>) -> Keyring {
+        let ring = Keyring {
+            dir,
+            ..Keyring::default()
+        };
         ring.insert(key);
         ring
     }
 
     pub fn insert(&self, key: PrivateKey) {
-        if let Ok(mut keys) = self.0.write() {
+        if let Ok(mut keys) = self.keys.write() {
             keys.insert(key.public_key(), key);
         }
     }
 
-    /// The private key whose public key is `public`.
+    /// The private key whose public key is `public`, from memory or else the key files.
     pub fn private(&self, public: &WgPublicKey) -> Option<PrivateKey> {
-        self.0.read().ok()?.get(public).cloned()
+        if let Some(key) = self.keys.read().ok()?.get(public) {
+            return Some(key.clone());
+        }
+        let dir = self.dir.as_ref()?;
+        let on_disk = [
+            pending_next(dir).and_then(Result::ok),
+            parse(std::fs::read_to_string(dir.join(KEY_FILE)).ok()?.trim()),
+        ];
+        let found = on_disk.into_iter().flatten().find(|k| k.public_key() == *public)?;
+        self.insert(found.clone());
+        Some(found)
     }
 }

@@ -135,7 +135,7 @@ impl WireGuard {
             device: config.device.clone(),
             keepalive: config.keepalive,
             implementation,
-            keys: Keyring::with(key),
+            keys: Keyring::with(key, key_path.parent().map(|d| d.to_path_buf())),
             launcher: userspace::Launcher {
                 program: config.weft_wg.clone(),
                 threads: config.threads,
