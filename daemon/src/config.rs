@@ -183,6 +183,11 @@ pub struct RawSettings {
     #[arg(long, env = "WEFT_WIREGUARD_THREADS")]
     #[serde(deserialize_with = "text")]
     pub wireguard_threads: Option<Threads>,
+    /// WireGuard, userspace: start `weft-wg` when nothing serves the device; `false` where it
+    /// runs as a container of its own (deploy/wireguard) and weftd waits for it [default: true].
+    #[arg(long, env = "WEFT_WIREGUARD_SPAWN")]
+    #[serde(deserialize_with = "text")]
+    pub wireguard_spawn: Option<Switch>,
     /// WireGuard, userspace: the `weft-wg` binary [default: `weft-wg` beside weftd, else on PATH].
     #[arg(long, env = "WEFT_WEFT_WG")]
     #[serde(deserialize_with = "text")]
@@ -251,6 +256,7 @@ impl RawSettings {
                 .unwrap_or_else(|| IfName::new("weft.wg").expect("a valid constant name")),
             threads: self.wireguard_threads.map_or(1, |t| t.0),
             weft_wg: self.weft_wg.clone().unwrap_or_else(default_weft_wg),
+            spawn: self.wireguard_spawn.is_none_or(|s| s.0),
         }
     }
 
@@ -731,6 +737,8 @@ pub struct WireGuardConfig {
     pub device: IfName,
     pub threads: usize,
     pub weft_wg: PathBuf,
+    /// Start `weft-wg` when it is not running (else wait for it).
+    pub spawn: bool,
 }
 
 /// Whether weftd programs the node's datapath.

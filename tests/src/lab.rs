@@ -119,6 +119,17 @@ pub struct LabNode {
 }
 
 impl LabNode {
+    /// The pid of the `weft-wg` in the node's namespace, if one runs.
+    pub fn weft_wg_pid(&self) -> Option<i32> {
+        let pids = crate::netns::run(&["ip", "netns", "pids", self.netns.name()]).ok()?;
+        pids.split_whitespace()
+            .filter_map(|p| p.parse::<i32>().ok())
+            .find(|pid| {
+                std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                    .is_ok_and(|c| c.trim() == "weft-wg")
+            })
+    }
+
     /// The node's WireGuard device when the lab runs WireGuard: `wg` + the namespace name less
     /// `-node-` (`wgw1234x0n1`): unique on the host, at most 15 bytes.
     pub fn wg_device(&self) -> String {

@@ -168,6 +168,10 @@ enum Command {
     BenchOverlay {
         #[arg(long, default_value_t = 5)]
         seconds: u32,
+        /// vxlan: overlay against underlay; wireguard: weft-wg (1 and 2 threads) beside Debian's
+        /// wireguard-go, VXLAN and the underlay, with retransmits and CPU per Gbit/s.
+        #[arg(long, default_value = "vxlan")]
+        backend: String,
     },
     /// Time and netlink requests to program N simulated peers, and one further change.
     BenchProgram {
@@ -206,8 +210,13 @@ fn run(command: Command) -> anyhow::Result<()> {
             store,
         } => up(nodes, pods, &backend, ipv6, &store),
         Command::Down { name, all } => down(name.as_deref(), all),
-        Command::BenchOverlay { seconds } => {
-            print!("{}", bench::overlay::overlay_throughput(seconds)?);
+        Command::BenchOverlay { seconds, backend } => {
+            let table = match backend.as_str() {
+                "vxlan" => bench::overlay::overlay_throughput(seconds)?,
+                "wireguard" => bench::wireguard::wireguard_throughput(seconds)?,
+                other => bail!("unknown backend {other:?}; expected vxlan or wireguard"),
+            };
+            print!("{table}");
             Ok(())
         }
         Command::BenchProgram { peers } => {

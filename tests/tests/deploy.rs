@@ -139,6 +139,45 @@ fn deploy_passes_server_side_validation_then_applies_as_written() {
     assert_eq!(cm["data"]["weftd.toml"], deploy_file("weftd.toml"));
 }
 
+#[test]
+fn the_wireguard_variant_adds_weft_wg_beside_weftd_and_applies() {
+    let Some(server) = ApiServer::start_or_skip("deploy-wg") else {
+        return;
+    };
+    server
+        .kubectl(&["create", "namespace", NAMESPACE])
+        .expect("namespace");
+    let dir = deploy_dir().join("wireguard");
+    let dir = dir.to_str().unwrap();
+    let dry = server
+        .kubectl(&["apply", "--dry-run=server", "-k", dir])
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(dry.contains("daemonset.apps/weftd"), "{dry}");
+    server.kubectl(&["apply", "-k", dir]).expect("apply");
+    let ds = get_json(&server, &["-n", NAMESPACE, "get", "daemonset", "weftd"]);
+    let pod = &ds["spec"]["template"]["spec"];
+    check_daemonset(pod);
+    let weftd = named(&pod["containers"], "weftd");
+    assert_eq!(named(&weftd["env"], "WEFT_BACKEND")["value"], "wireguard");
+    assert_eq!(named(&weftd["env"], "WEFT_WIREGUARD_SPAWN")["value"], "false");
+    let weft_wg = named(&pod["containers"], "weft-wg");
+    assert_eq!(weft_wg["command"][0], "/usr/local/bin/weft-wg");
+    assert_eq!(weft_wg["command"][1], "weft.wg");
+    for container in [weftd, weft_wg] {
+        let socket = named(&container["volumeMounts"], "wireguard");
+        assert_eq!(socket["mountPath"], "/var/run/wireguard");
+    }
+    let volume = named(&pod["volumes"], "wireguard");
+    assert_eq!(volume["hostPath"]["path"], "/var/run/wireguard");
+    // weftd accepts what the variant sets.
+    let settings = RawSettings::from_file(&deploy_dir().join("weftd.toml")).unwrap();
+    let mut raw = settings;
+    raw.backend = Some("wireguard".parse().unwrap());
+    raw.wireguard_spawn = Some("false".parse().unwrap());
+    let config = raw.validate().expect("valid");
+    assert!(!config.wireguard.spawn);
+}
+
 fn get_json(server: &ApiServer, args: &[&str]) -> Value {
     let mut full = args.to_vec();
     full.extend_from_slice(&["-o", "json"]);

@@ -55,19 +55,6 @@ fn transfer(lab: &Lab, node: usize) -> Vec<(String, u64, u64)> {
         .collect()
 }
 
-/// The pid of the `weft-wg` serving node `node`.
-fn weft_wg_pid(lab: &Lab, node: usize) -> Option<i32> {
-    let pids = lab.nodes[node]
-        .netns
-        .exec(&["ip", "netns", "pids", lab.nodes[node].netns.name()])
-        .ok()?;
-    pids.split_whitespace()
-        .filter_map(|p| p.parse::<i32>().ok())
-        .find(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "weft-wg")
-        })
-}
-
 #[test]
 fn three_nodes_dual_stack_encrypted_and_wg_show_lists_every_peer() {
     let lab = wg_lab(3, 2, false);
@@ -184,7 +171,7 @@ fn weftd_sigkilled_keeps_the_stream_and_weft_wg_sigkilled_is_brought_back() {
     let flow = TcpFlow::start(&client.netns, &server.netns, target).unwrap();
     std::thread::sleep(Duration::from_millis(500));
     let before = transfer(&lab, 0);
-    let wg_pid = weft_wg_pid(&lab, 0).expect("weft-wg runs for node-1");
+    let wg_pid = lab.nodes[0].weft_wg_pid().expect("weft-wg runs for node-1");
 
     lab.stop_daemon(0, true); // SIGKILL
     lab.start_daemon(0).unwrap();
@@ -193,7 +180,7 @@ fn weftd_sigkilled_keeps_the_stream_and_weft_wg_sigkilled_is_brought_back() {
         "bytes flow after weftd restarted"
     );
     std::thread::sleep(Duration::from_secs(1));
-    assert_eq!(weft_wg_pid(&lab, 0), Some(wg_pid), "the restarted weftd adopted weft-wg");
+    assert_eq!(lab.nodes[0].weft_wg_pid(), Some(wg_pid), "the restarted weftd adopted weft-wg");
     let after = transfer(&lab, 0);
     for ((key, rx0, tx0), (key1, rx1, tx1)) in before.iter().zip(&after) {
         assert_eq!(key, key1);
@@ -205,7 +192,7 @@ fn weftd_sigkilled_keeps_the_stream_and_weft_wg_sigkilled_is_brought_back() {
     assert_eq!(log.matches("op=ip link add").count(), 1, "the device was made once:\n{log}");
 
     // weft-wg killed on the server's node: weftd starts it again and programs it.
-    let killed = weft_wg_pid(&lab, 1).expect("weft-wg runs for node-2");
+    let killed = lab.nodes[1].weft_wg_pid().expect("weft-wg runs for node-2");
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(killed),
         nix::sys::signal::Signal::SIGKILL,
@@ -214,7 +201,7 @@ fn weftd_sigkilled_keeps_the_stream_and_weft_wg_sigkilled_is_brought_back() {
     let gap = flow.time_to_progress(Duration::from_secs(20));
     eprintln!("traffic resumed {gap:?} after weft-wg was killed");
     assert!(gap.is_some_and(|g| g < Duration::from_secs(10)), "resumed: {gap:?}");
-    let restarted = weft_wg_pid(&lab, 1).expect("weft-wg is back");
+    let restarted = lab.nodes[1].weft_wg_pid().expect("weft-wg is back");
     assert_ne!(restarted, killed);
     let (sent, received) = flow.finish(Duration::from_secs(10));
     assert_eq!(received, sent.expect("the stream never broke"), "every byte arrived");

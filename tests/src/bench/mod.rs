@@ -8,6 +8,7 @@ pub mod cni;
 pub mod memory;
 pub mod overlay;
 pub mod program;
+pub mod wireguard;
 mod weftd_internals;
 
 use std::time::Duration;

@@ -48,6 +48,13 @@ pub fn overlay_throughput(seconds: u32) -> anyhow::Result<String> {
     Ok(table)
 }
 
+/// One iperf3 run: what was received, and TCP's retransmits.
+pub struct Iperf {
+    pub bits_per_second: f64,
+    pub retransmits: u64,
+    pub seconds: f64,
+}
+
 /// Bits per second received, client in `from` to a one-off server in `to`.
 fn iperf3(
     from: &NetnsGuard,
@@ -56,6 +63,17 @@ fn iperf3(
     streams: u32,
     seconds: u32,
 ) -> anyhow::Result<f64> {
+    Ok(iperf3_run(from, to, address, streams, seconds)?.bits_per_second)
+}
+
+/// One iperf3 run, client in `from` to a one-off server in `to`.
+pub fn iperf3_run(
+    from: &NetnsGuard,
+    to: &NetnsGuard,
+    address: &str,
+    streams: u32,
+    seconds: u32,
+) -> anyhow::Result<Iperf> {
     let mut server = to
         .command("iperf3")
         .args(["-s", "-1", "-B", address])
@@ -77,7 +95,12 @@ fn iperf3(
     let _ = server.kill();
     let _ = server.wait();
     let report: serde_json::Value = serde_json::from_str(&output?).context("iperf3 output")?;
-    report["end"]["sum_received"]["bits_per_second"]
-        .as_f64()
-        .context("iperf3 reported no throughput")
+    let end = &report["end"];
+    Ok(Iperf {
+        bits_per_second: end["sum_received"]["bits_per_second"]
+            .as_f64()
+            .context("iperf3 reported no throughput")?,
+        retransmits: end["sum_sent"]["retransmits"].as_u64().unwrap_or(0),
+        seconds: end["sum_received"]["seconds"].as_f64().unwrap_or(f64::from(seconds)),
+    })
 }

@@ -140,6 +140,7 @@ impl WireGuard {
                 program: config.weft_wg.clone(),
                 threads: config.threads,
                 log: run_dir.join(format!("weft-wg-{}.log", config.device)),
+                spawn: config.spawn,
             },
         };
         Ok((backend, reason))

@@ -30,6 +30,7 @@ fn backend() -> WireGuard {
             program: "weft-wg".into(),
             threads: 1,
             log: "/dev/null".into(),
+            spawn: true,
         },
     }
 }

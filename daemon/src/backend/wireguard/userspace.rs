@@ -26,6 +26,8 @@ pub enum UserspaceError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("nothing answers on {} (weft-wg runs as its own container here, --wireguard-spawn false); waiting for it", socket.display())]
+    NotRunning { socket: PathBuf },
     #[error("{program} {device} started (pid {pid}) but did not answer on {socket} within {seconds} s; see {log}")]
     NoAnswer {
         program: PathBuf,
@@ -46,6 +48,8 @@ pub struct Launcher {
     pub threads: usize,
     /// Its log file (stdout and stderr, appended).
     pub log: PathBuf,
+    /// Whether to start it; `false` when it runs as a container of its own.
+    pub spawn: bool,
 }
 
 /// `None` if `weft-wg` already serves `device`; else start it and wait until it answers, and
@@ -54,6 +58,9 @@ pub fn ensure_running(device: &IfName, launcher: &Launcher) -> Result<Option<u32
     let uapi = Uapi::new(device.as_str());
     if uapi.alive() {
         return Ok(None);
+    }
+    if !launcher.spawn {
+        return Err(UserspaceError::NotRunning { socket: uapi.path });
     }
     let pid = spawn(device, launcher)?;
     let deadline = Instant::now() + START_TIMEOUT;
