@@ -64,7 +64,7 @@ pub async fn start(
         (DatapathMode::Kernel, BackendKind::WireGuard) => {
             let key = crate::agent::wireguard_key_path(config);
             let (wireguard, reason) =
-                WireGuard::from_config(&config.wireguard, &key, &config.run_dir)?;
+                WireGuard::from_config(&config.wireguard, &key, &config.run_dir).await?;
             info!(implementation = ?wireguard.implementation, reason, device = %wireguard.device, "WireGuard");
             start_with(wireguard, config, lease, host, view).await
         }

@@ -1,5 +1,6 @@
-//! The WireGuard driver: the device's peers, key and port through its control socket
-//! ([`super::uapi`], on a blocking thread), its MTU, up state, addresses and routes through
+//! The WireGuard driver: the device's peers, key and port through its control channel — the
+//! userspace device's control socket ([`super::uapi`], on a blocking thread) or the kernel's
+//! generic netlink ([`super::kernel`]) — and its MTU, up state, addresses and routes through
 //! rtnetlink.
 
 use std::net::{IpAddr, SocketAddr};
@@ -10,51 +11,86 @@ use netlink_packet_route::link::LinkFlags;
 use netlink_packet_route::route::RouteProtocol;
 use netlink_packet_route::AddressFamily;
 use nix::errno::Errno;
-use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
+use rtnetlink::{Handle, LinkUnspec, LinkWireguard, RouteMessageBuilder};
+use weft_proto::lease::WgPublicKey;
 use weft_proto::names::IfName;
 
-use super::keys::Keyring;
+use super::kernel::{KernelControl, KernelError};
+use super::keys::{Keyring, PrivateKey};
 use super::uapi::{DeviceInfo, Uapi, UapiError};
 use super::userspace::{self, Launcher};
-use super::{Op, WgDevice, WgPeer, WgState, WireGuard};
+use super::{Implementation, Op, WgDevice, WgPeer, WgState, WireGuard};
 use crate::backend::vxlan::driver::ROUTE_PROTOCOL;
 use crate::backend::{Driver, DriverError};
 use crate::datapath::nl;
 use crate::net::is_link_local;
 
-/// Drives the userspace device `device` served by `weft-wg`.
+/// Drives the device `device`, kernel or userspace.
 pub struct WgDriver {
     handle: Handle,
     device: IfName,
+    implementation: Implementation,
     uapi: Uapi,
+    /// The kernel's generic-netlink connection, opened at first use.
+    kernel: Option<KernelControl>,
     keys: Keyring,
     launcher: Launcher,
     requests: usize,
 }
+
+/// One request on the device's control channel, for either implementation.
+enum Request {
+    Get,
+    SetKey(PrivateKey),
+    SetPort(u16),
+    AddPeer(WgPublicKey, WgPeer),
+    RemovePeer(WgPublicKey),
+}
+
+/// What a request returns: the device for `Get`, nothing otherwise.
+type Reply = Option<DeviceInfo>;
 
 impl WgDriver {
     pub fn new(handle: Handle, backend: &WireGuard) -> WgDriver {
         WgDriver {
             handle,
             device: backend.device.clone(),
+            implementation: backend.implementation,
             uapi: Uapi::new(backend.device.as_str()),
+            kernel: None,
             keys: backend.keys.clone(),
             launcher: backend.launcher.clone(),
             requests: 0,
         }
     }
 
-    /// Run a control-socket call on a blocking thread.
-    async fn control<T: Send + 'static>(
-        &mut self,
-        call: impl FnOnce(&Uapi) -> Result<T, UapiError> + Send + 'static,
-    ) -> Result<T, DriverError> {
+    /// One request on the control channel of the implementation in use.
+    async fn control(&mut self, request: Request) -> Result<Reply, DriverError> {
         self.requests += 1;
-        let uapi = self.uapi.clone();
-        tokio::task::spawn_blocking(move || call(&uapi))
-            .await
-            .map_err(|e| DriverError::Invalid(format!("control call panicked: {e}")))?
-            .map_err(|e| DriverError::Device(e.to_string()))
+        match self.implementation {
+            Implementation::Userspace => {
+                let uapi = self.uapi.clone();
+                tokio::task::spawn_blocking(move || userspace_request(&uapi, request))
+                    .await
+                    .map_err(|e| DriverError::Invalid(format!("control call panicked: {e}")))?
+                    .map_err(|e| DriverError::Device(e.to_string()))
+            }
+            Implementation::Kernel => {
+                if self.kernel.is_none() {
+                    let connected = KernelControl::connect(self.device.as_str())
+                        .map_err(|e| DriverError::Device(format!("generic netlink: {e}")))?;
+                    self.kernel = Some(connected);
+                }
+                let kernel = self.kernel.as_mut().expect("connected above");
+                kernel_request(kernel, request)
+                    .await
+                    .map_err(|e| DriverError::Device(e.to_string()))
+            }
+        }
+    }
+
+    async fn get(&mut self) -> Result<DeviceInfo, DriverError> {
+        Ok(self.control(Request::Get).await?.unwrap_or_default())
     }
 
     async fn index(&self) -> Result<u32, DriverError> {
@@ -64,30 +100,42 @@ impl WgDriver {
         }
     }
 
-    /// Start `weft-wg` if nothing serves the device, then give it key, port, MTU, up.
+    /// Make the device (kernel: a `wireguard` link; userspace: start `weft-wg` if nothing serves
+    /// it), then give it key, port, MTU, up.
     async fn create(&mut self, device: &WgDevice) -> Result<(), DriverError> {
-        let name = device.name.clone();
-        let launcher = self.launcher.clone();
+        match self.implementation {
+            Implementation::Kernel => {
+                let link = LinkWireguard::new(device.name.as_str()).build();
+                self.requests += 1;
+                self.handle.link().add(link).execute().await?;
+            }
+            Implementation::Userspace => self.start_weft_wg(&device.name).await?,
+        }
+        if let Some(key) = device.public_key {
+            self.set_key(&key).await?;
+        }
+        self.control(Request::SetPort(device.port)).await?;
+        self.set_link(Some(device.mtu), true).await
+    }
+
+    async fn start_weft_wg(&mut self, name: &IfName) -> Result<(), DriverError> {
+        let (name, launcher) = (name.clone(), self.launcher.clone());
+        let device = name.clone();
         let started = tokio::task::spawn_blocking(move || userspace::ensure_running(&name, &launcher))
             .await
             .map_err(|e| DriverError::Invalid(format!("starting weft-wg panicked: {e}")))?
             .map_err(|e| DriverError::Device(e.to_string()))?;
         if let Some(pid) = started {
-            tracing::info!(device = %device.name, pid, "started weft-wg");
+            tracing::info!(%device, pid, "started weft-wg");
         }
-        if let Some(key) = device.public_key {
-            self.set_key(&key).await?;
-        }
-        let port = device.port;
-        self.control(move |u| u.set_port(port)).await?;
-        self.set_link(Some(device.mtu), true).await
+        Ok(())
     }
 
-    async fn set_key(&mut self, public: &weft_proto::lease::WgPublicKey) -> Result<(), DriverError> {
+    async fn set_key(&mut self, public: &WgPublicKey) -> Result<(), DriverError> {
         let private = self.keys.private(public).ok_or_else(|| {
             DriverError::Invalid(format!("no private key for public key {public}"))
         })?;
-        self.control(move |u| u.set_key(&private)).await
+        self.control(Request::SetKey(private)).await.map(|_| ())
     }
 
     async fn set_link(&mut self, mtu: Option<u32>, up: bool) -> Result<(), DriverError> {
@@ -128,10 +176,7 @@ impl WgDriver {
             Op::SetMtu { mtu, .. } => self.set_link(Some(*mtu), false).await,
             Op::SetUp(_) => self.set_link(None, true).await,
             Op::SetKey { public_key, .. } => self.set_key(public_key).await,
-            Op::SetPort { port, .. } => {
-                let port = *port;
-                self.control(move |u| u.set_port(port)).await
-            }
+            Op::SetPort { port, .. } => self.control(Request::SetPort(*port)).await.map(|_| ()),
             Op::SetAddress { address, .. } => {
                 let index = self.index().await?;
                 self.requests += 1;
@@ -145,12 +190,12 @@ impl WgDriver {
             Op::AddPeer {
                 public_key, peer, ..
             } => {
-                let (key, peer) = (*public_key, peer.clone());
-                self.control(move |u| u.add_peer(&key, &peer)).await
+                let request = Request::AddPeer(*public_key, peer.clone());
+                self.control(request).await.map(|_| ())
             }
             Op::RemovePeer { public_key, .. } => {
-                let key = *public_key;
-                self.control(move |u| u.remove_peer(&key)).await
+                let request = Request::RemovePeer(*public_key);
+                self.control(request).await.map(|_| ())
             }
             Op::ReplaceRoute { dst, .. } => self.route(*dst, true).await,
             Op::DeleteRoute { dst, .. } => self.route(*dst, false).await,
@@ -162,7 +207,7 @@ impl WgDriver {
             return Ok(WgState::default());
         };
         let index = link.header.index;
-        let info = match self.control(|u| u.get()).await {
+        let info = match self.get().await {
             Ok(info) => info,
             // A TUN device left behind by a dead weft-wg: nothing serves it, so it counts as absent
             // and CreateDevice starts weft-wg again.
@@ -190,6 +235,28 @@ impl WgDriver {
             }
         }
         Ok(state)
+    }
+}
+
+/// `request` on the userspace device's control socket (blocking).
+fn userspace_request(uapi: &Uapi, request: Request) -> Result<Reply, UapiError> {
+    match request {
+        Request::Get => uapi.get().map(Some),
+        Request::SetKey(key) => uapi.set_key(&key).map(|_| None),
+        Request::SetPort(port) => uapi.set_port(port).map(|_| None),
+        Request::AddPeer(key, peer) => uapi.add_peer(&key, &peer).map(|_| None),
+        Request::RemovePeer(key) => uapi.remove_peer(&key).map(|_| None),
+    }
+}
+
+/// `request` over the kernel's generic netlink.
+async fn kernel_request(kernel: &mut KernelControl, request: Request) -> Result<Reply, KernelError> {
+    match request {
+        Request::Get => kernel.get().await.map(Some),
+        Request::SetKey(key) => kernel.set_key(&key).await.map(|_| None),
+        Request::SetPort(port) => kernel.set_port(port).await.map(|_| None),
+        Request::AddPeer(key, peer) => kernel.add_peer(&key, &peer).await.map(|_| None),
+        Request::RemovePeer(key) => kernel.remove_peer(&key).await.map(|_| None),
     }
 }
 
@@ -253,6 +320,10 @@ impl Driver<WireGuard> for WgDriver {
     /// Resolves once the control socket stops accepting connections (`weft-wg` died), checked
     /// every [`LIVENESS_PERIOD`] with a bare connect.
     async fn drifted(&mut self) {
+        if self.implementation == Implementation::Kernel {
+            // A kernel device does not die on its own; a deletion shows at the next resync.
+            return std::future::pending().await;
+        }
         let path = self.uapi.path.clone();
         loop {
             tokio::time::sleep(LIVENESS_PERIOD).await;

@@ -29,6 +29,7 @@
 
 mod diff;
 pub mod driver;
+pub mod kernel;
 pub mod keys;
 mod ops;
 mod state;
@@ -96,41 +97,38 @@ pub enum SetupError {
     Kernel(String),
 }
 
-/// Where the kernel implementation stands on this machine: `Ok` if its module is there, else why
-/// not. The module shows in `/sys/module/wireguard` whether loaded or built in.
-pub fn kernel_support() -> Result<(), String> {
-    if std::path::Path::new("/sys/module/wireguard").exists() {
-        Ok(())
-    } else {
-        Err("this kernel has no wireguard module (/sys/module/wireguard is missing)".to_string())
-    }
-}
-
-/// The implementation for `choice`, and the reason for the log. weft drives WireGuard through the
-/// control socket only, which the kernel module does not serve, so the kernel is never chosen by
-/// `auto` and `kernel` is refused with the reason.
-pub fn choose(choice: WgImplChoice) -> Result<(Implementation, String), SetupError> {
-    let kernel = kernel_support();
+/// The implementation for `choice`, given whether this kernel speaks WireGuard (`kernel`: `Ok`, or
+/// why not), and the reason for the log.
+pub fn choose(
+    choice: WgImplChoice,
+    kernel: Result<(), String>,
+) -> Result<(Implementation, String), SetupError> {
     match (choice, kernel) {
         (WgImplChoice::Userspace, _) => Ok((Implementation::Userspace, "asked for".to_string())),
-        (WgImplChoice::Auto, Err(why)) => Ok((Implementation::Userspace, why)),
-        (WgImplChoice::Auto, Ok(())) => Ok((
-            Implementation::Userspace,
-            "the kernel module is present, but weft's kernel driver is not built yet".to_string(),
-        )),
+        (WgImplChoice::Kernel, Ok(())) => Ok((Implementation::Kernel, "asked for".to_string())),
         (WgImplChoice::Kernel, Err(why)) => Err(SetupError::Kernel(why)),
-        (WgImplChoice::Kernel, Ok(())) => Err(SetupError::Kernel(
-            "weft's kernel driver is not built yet; use --wireguard-impl userspace".to_string(),
+        (WgImplChoice::Auto, Ok(())) => Ok((
+            Implementation::Kernel,
+            "the kernel has WireGuard".to_string(),
         )),
+        (WgImplChoice::Auto, Err(why)) => Ok((Implementation::Userspace, why)),
     }
 }
 
 impl WireGuard {
     /// The backend as configured: its key read from (or made at) `key_path`, its implementation
     /// chosen (see [`choose`]).
-    pub fn from_config(config: &WireGuardConfig, key_path: &std::path::Path, run_dir: &std::path::Path) -> Result<(WireGuard, String), SetupError> {
+    pub async fn from_config(
+        config: &WireGuardConfig,
+        key_path: &std::path::Path,
+        run_dir: &std::path::Path,
+    ) -> Result<(WireGuard, String), SetupError> {
         let key = keys::load_or_create(key_path)?;
-        let (implementation, reason) = choose(config.implementation)?;
+        let kernel = match config.implementation {
+            WgImplChoice::Userspace => Err("not asked".to_string()),
+            _ => kernel::supported().await,
+        };
+        let (implementation, reason) = choose(config.implementation, kernel)?;
         let backend = WireGuard {
             device: config.device.clone(),
             keepalive: config.keepalive,

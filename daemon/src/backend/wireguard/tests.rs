@@ -1,5 +1,6 @@
 //! The WireGuard plan: identity claims, desired state, diff and the peer-change model.
 
+use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use weft_proto::lease::{Backend as BackendKind, BackendData, Lease, PodCidrs, PublicIps, WgPublicKey};
@@ -274,4 +275,77 @@ fn a_key_file_is_made_once_with_mode_0600_and_read_back() {
     let error = keys::load_or_create(&path).unwrap_err().to_string();
     assert!(error.contains("not a WireGuard private key"), "{error}");
     assert!(!format!("{made:?}").contains(&made.hex()), "Debug never shows the key");
+}
+
+mod kernel_messages {
+    use netlink_packet_generic::GenlHeader;
+    use netlink_packet_core::{Emitable, ParseableParametrized};
+    use netlink_packet_wireguard::{
+        WireguardAttribute, WireguardCmd, WireguardMessage, WireguardPeerAttribute,
+        WireguardPeerFlags,
+    };
+
+    use super::super::kernel::{device_info, peer_to_add, peer_to_remove, set_message};
+    use super::*;
+
+    /// Emitted as the kernel would receive it, then parsed back.
+    fn round_trip(message: &WireguardMessage) -> WireguardMessage {
+        let mut buffer = vec![0; message.buffer_len()];
+        message.emit(&mut buffer);
+        let header = GenlHeader {
+            cmd: u8::from(message.cmd),
+            version: 1,
+        };
+        WireguardMessage::parse_with_param(&buffer[..], header).unwrap()
+    }
+
+    #[test]
+    fn an_added_peer_replaces_its_allowed_ips_and_a_removed_one_says_remove_me() {
+        let peer = WgPeer {
+            endpoint: "192.0.2.2:51820".parse().unwrap(),
+            allowed_ips: ["10.0.2.0/24".parse().unwrap(), "fd00:10:0:2::/64".parse().unwrap()]
+                .into(),
+            keepalive: Some(25),
+        };
+        let add = set_message("weft.wg", vec![WireguardAttribute::Peers(vec![peer_to_add(&key(2), &peer)])]);
+        let parsed = round_trip(&add);
+        assert_eq!(parsed.cmd, WireguardCmd::SetDevice);
+        assert_eq!(parsed.attributes[0], WireguardAttribute::IfName("weft.wg".into()));
+        let WireguardAttribute::Peers(peers) = &parsed.attributes[1] else {
+            panic!("{parsed:?}");
+        };
+        assert!(peers[0]
+            .0
+            .contains(&WireguardPeerAttribute::Flags(WireguardPeerFlags::ReplaceAllowedIps)));
+        // The kernel's own reply format: the same attributes read back into the device.
+        let reply = WireguardMessage {
+            cmd: WireguardCmd::GetDevice,
+            attributes: vec![
+                WireguardAttribute::ListenPort(51820),
+                WireguardAttribute::Peers(peers.clone()),
+            ],
+        };
+        let device = device_info(&[round_trip(&reply)]);
+        assert_eq!(device.listen_port, 51820);
+        let info = &device.peers[0];
+        assert_eq!(info.public_key, key(2));
+        assert_eq!(info.endpoint, Some(peer.endpoint));
+        assert_eq!(info.allowed_ips.iter().copied().collect::<BTreeSet<_>>(), peer.allowed_ips);
+        assert_eq!(info.keepalive, Some(25));
+
+        let remove = peer_to_remove(&key(2));
+        assert!(remove.0.contains(&WireguardPeerAttribute::Flags(WireguardPeerFlags::RemoveMe)));
+        assert_eq!(remove.0.len(), 2, "nothing but the key and the flag");
+    }
+
+    #[test]
+    fn the_kernel_is_chosen_only_where_it_speaks_wireguard() {
+        use crate::config::WgImplChoice;
+        let missing = || Err("no module".to_string());
+        assert_eq!(choose(WgImplChoice::Auto, Ok(())).unwrap().0, Implementation::Kernel);
+        let (implementation, reason) = choose(WgImplChoice::Auto, missing()).unwrap();
+        assert_eq!((implementation, reason.as_str()), (Implementation::Userspace, "no module"));
+        assert!(choose(WgImplChoice::Kernel, missing()).unwrap_err().to_string().contains("no module"));
+        assert_eq!(choose(WgImplChoice::Userspace, Ok(())).unwrap().0, Implementation::Userspace);
+    }
 }
