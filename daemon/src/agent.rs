@@ -62,9 +62,7 @@ pub fn backend_data(config: &Config) -> anyhow::Result<BackendData> {
 
 /// `STATE_DIR/wireguard.key`.
 pub fn wireguard_key_path(config: &Config) -> std::path::PathBuf {
-    config
-        .state_dir
-        .join(keys::KEY_FILE)
+    config.state_dir.join(keys::KEY_FILE)
 }
 
 /// What this node asks the store for; fails only when the WireGuard key cannot be read or made.

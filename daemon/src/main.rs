@@ -105,7 +105,10 @@ async fn rotate_key(config: &Config) -> anyhow::Result<()> {
     use weftd::backend::wireguard::keys;
     let current = keys::load_or_create(&agent::wireguard_key_path(config))?.public_key();
     let next = keys::write_next(&config.state_dir)?.public_key();
-    println!("next key {next} left in {}; waiting for weftd to switch from {current}", config.state_dir.display());
+    println!(
+        "next key {next} left in {}; waiting for weftd to switch from {current}",
+        config.state_dir.display()
+    );
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while std::time::Instant::now() < deadline {
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;

@@ -23,7 +23,9 @@ pub struct TcpFlow {
 impl TcpFlow {
     /// Listen on `target` in `server`, connect from `client`, start writing.
     pub fn start(client: &NetnsGuard, server: &NetnsGuard, target: SocketAddr) -> Result<TcpFlow> {
-        let listener = server.tcp_listen(target).map_err(crate::error::LabError::io("listen"))?;
+        let listener = server
+            .tcp_listen(target)
+            .map_err(crate::error::LabError::io("listen"))?;
         let received = Arc::new(AtomicU64::new(0));
         let counter = received.clone();
         let server = std::thread::spawn(move || -> std::io::Result<()> {

@@ -387,7 +387,12 @@ impl Lab {
                 .arg(self.dir.join("store")),
         };
         if self.config.backend == LabBackend::WireGuard {
-            command.args(["--backend", "wireguard", "--wireguard-device", &node.wg_device()]);
+            command.args([
+                "--backend",
+                "wireguard",
+                "--wireguard-device",
+                &node.wg_device(),
+            ]);
         }
         command.args(&self.config.weftd_args);
         command
@@ -715,7 +720,9 @@ fn delete_namespaces(prefix: &str) -> Vec<LabError> {
 /// [`LabNode::wg_device`]), left behind by the `weft-wg`s its namespaces' deletion killed.
 fn remove_wireguard_sockets(prefix: &str) {
     let start = format!("wg{prefix}n");
-    let entries = std::fs::read_dir("/var/run/wireguard").into_iter().flatten();
+    let entries = std::fs::read_dir("/var/run/wireguard")
+        .into_iter()
+        .flatten();
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
         if name.starts_with(&start) && name.ends_with(".sock") {

@@ -162,7 +162,10 @@ impl Drop for NetnsGuard {
 /// delete the namespace; the error of the deletion.
 pub fn delete(name: &str) -> Result<()> {
     let pids = run(&["ip", "netns", "pids", name]).unwrap_or_default();
-    for pid in pids.split_whitespace().filter_map(|p| p.parse::<i32>().ok()) {
+    for pid in pids
+        .split_whitespace()
+        .filter_map(|p| p.parse::<i32>().ok())
+    {
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(pid),
             nix::sys::signal::Signal::SIGKILL,

@@ -127,7 +127,11 @@ async fn scenario(implementation: Implementation, device: &str) {
     let mut driver = backend.driver(weftd::datapath::netns::connect_here().unwrap(), &[]);
     let ops = converge(&backend, &mut driver, &desired).await;
     assert!(matches!(ops[0], Op::CreateDevice(_)), "{ops:?}");
-    assert_eq!(driver.observe().await.unwrap(), desired, "read back as planned");
+    assert_eq!(
+        driver.observe().await.unwrap(),
+        desired,
+        "read back as planned"
+    );
 
     let mut restarted = backend.driver(weftd::datapath::netns::connect_here().unwrap(), &[]);
     let again = converge(&backend, &mut restarted, &desired).await;

@@ -159,7 +159,10 @@ fn the_wireguard_variant_adds_weft_wg_beside_weftd_and_applies() {
     check_daemonset(pod);
     let weftd = named(&pod["containers"], "weftd");
     assert_eq!(named(&weftd["env"], "WEFT_BACKEND")["value"], "wireguard");
-    assert_eq!(named(&weftd["env"], "WEFT_WIREGUARD_SPAWN")["value"], "false");
+    assert_eq!(
+        named(&weftd["env"], "WEFT_WIREGUARD_SPAWN")["value"],
+        "false"
+    );
     let weft_wg = named(&pod["containers"], "weft-wg");
     assert_eq!(weft_wg["command"][0], "/usr/local/bin/weft-wg");
     assert_eq!(weft_wg["command"][1], "weft.wg");

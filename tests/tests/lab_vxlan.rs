@@ -210,7 +210,11 @@ fn a_tcp_stream_survives_weftd_restarts_on_both_ends() {
         "bytes kept flowing after the restarts"
     );
     let (sent, received) = flow.finish(Duration::from_secs(2));
-    assert_eq!(received, sent.expect("the stream never broke"), "every byte sent arrived");
+    assert_eq!(
+        received,
+        sent.expect("the stream never broke"),
+        "every byte sent arrived"
+    );
     for node in &lab.nodes {
         let log = node.log();
         assert!(

@@ -70,20 +70,35 @@ fn three_nodes_dual_stack_encrypted_and_wg_show_lists_every_peer() {
             .find(|s| s.contains(&format!("peer: {key}")))
             .unwrap_or_else(|| panic!("node-{} is a peer of node-1:\n{shown}", peer + 1));
         let underlay = lab.nodes[peer].underlay_v4.to_string();
-        assert!(section.contains(&format!("endpoint: {underlay}:51820")), "{section}");
+        assert!(
+            section.contains(&format!("endpoint: {underlay}:51820")),
+            "{section}"
+        );
         for pod in lab.pods.iter().filter(|p| p.node == peer) {
             let v4 = pod.v4.unwrap().to_string();
             let cidr_v4 = format!("{}.0/24", v4.rsplit_once('.').unwrap().0);
-            assert!(section.contains(&cidr_v4), "allowed IPs hold {cidr_v4}:\n{section}");
+            assert!(
+                section.contains(&cidr_v4),
+                "allowed IPs hold {cidr_v4}:\n{section}"
+            );
         }
-        assert!(section.contains("fd00:10:244:"), "IPv6 allowed IPs:\n{section}");
-        assert!(section.contains("latest handshake"), "a handshake happened:\n{section}");
+        assert!(
+            section.contains("fd00:10:244:"),
+            "IPv6 allowed IPs:\n{section}"
+        );
+        assert!(
+            section.contains("latest handshake"),
+            "a handshake happened:\n{section}"
+        );
     }
     let link = lab.nodes[0]
         .netns
         .exec(&["ip", "-d", "link", "show", &lab.nodes[0].wg_device()])
         .unwrap();
-    assert!(link.contains("mtu 1440"), "1500 − 60 over IPv4 endpoints:\n{link}");
+    assert!(
+        link.contains("mtu 1440"),
+        "1500 − 60 over IPv4 endpoints:\n{link}"
+    );
 }
 
 #[test]
@@ -119,7 +134,10 @@ fn the_underlay_carries_only_wireguard_between_nodes_never_the_payload() {
             stream.write_all(marker.as_bytes()).unwrap();
         }
         drop(stream);
-        assert!(reader.join().unwrap().contains(marker), "{address}: delivered");
+        assert!(
+            reader.join().unwrap().contains(marker),
+            "{address}: delivered"
+        );
     }
     std::thread::sleep(Duration::from_millis(500));
     let _ = nix::sys::signal::kill(
@@ -145,7 +163,10 @@ fn the_underlay_carries_only_wireguard_between_nodes_never_the_payload() {
         .filter(|l| !l.contains("ARP") && !l.contains("ICMP6"))
         .filter(|l| endpoints(l).is_some_and(|(a, b)| nodes.contains(&a) && nodes.contains(&b)))
         .collect();
-    assert!(between_nodes.len() >= 10, "the capture saw the tunnel:\n{packets}");
+    assert!(
+        between_nodes.len() >= 10,
+        "the capture saw the tunnel:\n{packets}"
+    );
     for line in &between_nodes {
         assert!(
             line.contains(".51820 > ") && line.contains("UDP"),
@@ -159,7 +180,10 @@ fn endpoints(line: &str) -> Option<(String, String)> {
     let rest = line.split_once(" IP6 ").or(line.split_once(" IP "))?.1;
     let (src, rest) = rest.split_once(" > ")?;
     let dst = rest.split_once(':').map(|(d, _)| d)?;
-    let strip = |a: &str| a.rsplit_once('.').map_or(a.to_string(), |(ip, _)| ip.to_string());
+    let strip = |a: &str| {
+        a.rsplit_once('.')
+            .map_or(a.to_string(), |(ip, _)| ip.to_string())
+    };
     Some((strip(src), strip(dst)))
 }
 
@@ -180,16 +204,27 @@ fn weftd_sigkilled_keeps_the_stream_and_weft_wg_sigkilled_is_brought_back() {
         "bytes flow after weftd restarted"
     );
     std::thread::sleep(Duration::from_secs(1));
-    assert_eq!(lab.nodes[0].weft_wg_pid(), Some(wg_pid), "the restarted weftd adopted weft-wg");
+    assert_eq!(
+        lab.nodes[0].weft_wg_pid(),
+        Some(wg_pid),
+        "the restarted weftd adopted weft-wg"
+    );
     let after = transfer(&lab, 0);
     for ((key, rx0, tx0), (key1, rx1, tx1)) in before.iter().zip(&after) {
         assert_eq!(key, key1);
-        assert!(rx1 >= rx0 && tx1 > tx0, "counters kept: the peer was never re-added");
+        assert!(
+            rx1 >= rx0 && tx1 > tx0,
+            "counters kept: the peer was never re-added"
+        );
     }
     let log = lab.nodes[0].log();
     assert_eq!(log.matches("lease acquired").count(), 2, "{log}");
     assert!(!log.contains(" remove"), "no peer removed:\n{log}");
-    assert_eq!(log.matches("op=ip link add").count(), 1, "the device was made once:\n{log}");
+    assert_eq!(
+        log.matches("op=ip link add").count(),
+        1,
+        "the device was made once:\n{log}"
+    );
 
     // weft-wg killed on the server's node: weftd starts it again and programs it.
     let killed = lab.nodes[1].weft_wg_pid().expect("weft-wg runs for node-2");
@@ -200,11 +235,18 @@ fn weftd_sigkilled_keeps_the_stream_and_weft_wg_sigkilled_is_brought_back() {
     .unwrap();
     let gap = flow.time_to_progress(Duration::from_secs(20));
     eprintln!("traffic resumed {gap:?} after weft-wg was killed");
-    assert!(gap.is_some_and(|g| g < Duration::from_secs(10)), "resumed: {gap:?}");
+    assert!(
+        gap.is_some_and(|g| g < Duration::from_secs(10)),
+        "resumed: {gap:?}"
+    );
     let restarted = lab.nodes[1].weft_wg_pid().expect("weft-wg is back");
     assert_ne!(restarted, killed);
     let (sent, received) = flow.finish(Duration::from_secs(10));
-    assert_eq!(received, sent.expect("the stream never broke"), "every byte arrived");
+    assert_eq!(
+        received,
+        sent.expect("the stream never broke"),
+        "every byte arrived"
+    );
 }
 
 #[test]
@@ -219,7 +261,9 @@ fn a_peer_whose_underlay_address_changes_is_followed_without_a_restart() {
         node2.exec(args).unwrap();
     }
     let followed = wait_for(Duration::from_secs(15), || {
-        wg(&lab, 0, &["endpoints"]).contains("192.0.2.42:51820").then_some(())
+        wg(&lab, 0, &["endpoints"])
+            .contains("192.0.2.42:51820")
+            .then_some(())
     });
     assert!(followed.is_some(), "{}", wg(&lab, 0, &[]));
     let probes = lab.wait_converged(Duration::from_secs(10));
@@ -253,10 +297,17 @@ fn hostile_wireguard_records_are_refused_and_the_honest_peer_is_unaffected() {
 
     let log = lab.nodes[0].log();
     assert!(log.contains("peer copies-key refused"), "{log}");
-    assert!(log.contains("bad-key.json") && log.contains("wireguard-public-key"), "{log}");
+    assert!(
+        log.contains("bad-key.json") && log.contains("wireguard-public-key"),
+        "{log}"
+    );
     assert!(log.contains("peer overlaps refused"), "{log}");
     let peers = wg(&lab, 0, &["peers"]);
-    assert_eq!(peers.trim(), node2_key, "only the honest peer is programmed");
+    assert_eq!(
+        peers.trim(),
+        node2_key,
+        "only the honest peer is programmed"
+    );
     let probes = lab.probes();
     assert!(probes.iter().all(|p| p.ok), "\n{}", render_matrix(&probes));
 }
@@ -265,7 +316,11 @@ fn hostile_wireguard_records_are_refused_and_the_honest_peer_is_unaffected() {
 fn a_key_rotated_live_is_taken_by_peers_and_a_ping_recovers_within_five_seconds() {
     let lab = wg_lab(2, 1, false);
     let old = public_key(&lab, 0);
-    let pids: Vec<u32> = lab.nodes.iter().map(|n| n.daemon.as_ref().unwrap().pid()).collect();
+    let pids: Vec<u32> = lab
+        .nodes
+        .iter()
+        .map(|n| n.daemon.as_ref().unwrap().pid())
+        .collect();
     let target = lab.pods[1].v4.unwrap().to_string();
     let ping = lab.pods[0]
         .netns
@@ -277,7 +332,12 @@ fn a_key_rotated_live_is_taken_by_peers_and_a_ping_recovers_within_five_seconds(
     std::thread::sleep(Duration::from_secs(2));
     let started = Instant::now();
     let rotated = Command::new(bin_path("weftd"))
-        .args(["rotate-key", "--cluster-cidr", "10.244.0.0/16,fd00:10:244::/48", "--state-dir"])
+        .args([
+            "rotate-key",
+            "--cluster-cidr",
+            "10.244.0.0/16,fd00:10:244::/48",
+            "--state-dir",
+        ])
         .arg(lab.nodes[0].dir.join("state"))
         .output()
         .unwrap();
@@ -290,8 +350,15 @@ fn a_key_rotated_live_is_taken_by_peers_and_a_ping_recovers_within_five_seconds(
     let seen = wait_for(Duration::from_secs(5), || {
         wg(&lab, 1, &["peers"]).contains(&new).then_some(())
     });
-    assert!(seen.is_some(), "node-2 programs the new key:\n{}", wg(&lab, 1, &[]));
-    assert!(!wg(&lab, 1, &["peers"]).contains(&old), "and dropped the old one");
+    assert!(
+        seen.is_some(),
+        "node-2 programs the new key:\n{}",
+        wg(&lab, 1, &[])
+    );
+    assert!(
+        !wg(&lab, 1, &["peers"]).contains(&old),
+        "and dropped the old one"
+    );
 
     let output = ping.wait_with_output().unwrap();
     let times: Vec<f64> = String::from_utf8_lossy(&output.stdout)
@@ -301,9 +368,19 @@ fn a_key_rotated_live_is_taken_by_peers_and_a_ping_recovers_within_five_seconds(
         .collect();
     let gap = times.windows(2).map(|w| w[1] - w[0]).fold(0.0, f64::max);
     let last = times.last().copied().unwrap_or_default();
-    eprintln!("longest gap between ping replies across the rotation: {gap:.2} s ({} replies)", times.len());
+    eprintln!(
+        "longest gap between ping replies across the rotation: {gap:.2} s ({} replies)",
+        times.len()
+    );
     assert!(gap < 5.0, "recovered within 5 s (longest gap {gap:.2} s)");
-    assert!(times.len() > 40, "pings answered after the rotation too (last at {last})");
-    let now: Vec<u32> = lab.nodes.iter().map(|n| n.daemon.as_ref().unwrap().pid()).collect();
+    assert!(
+        times.len() > 40,
+        "pings answered after the rotation too (last at {last})"
+    );
+    let now: Vec<u32> = lab
+        .nodes
+        .iter()
+        .map(|n| n.daemon.as_ref().unwrap().pid())
+        .collect();
     assert_eq!(now, pids, "no daemon restarted");
 }

@@ -141,7 +141,10 @@ pub async fn delete_link(handle: &Handle, name: &str) -> Result<(), rtnetlink::E
 }
 
 /// Treat the listed errnos (e.g. "already gone") as success.
-pub fn ignore(result: Result<(), rtnetlink::Error>, errnos: &[Errno]) -> Result<(), rtnetlink::Error> {
+pub fn ignore(
+    result: Result<(), rtnetlink::Error>,
+    errnos: &[Errno],
+) -> Result<(), rtnetlink::Error> {
     match result {
         Err(e) if is_errno(&e, errnos) => Ok(()),
         other => other,
@@ -150,7 +153,11 @@ pub fn ignore(result: Result<(), rtnetlink::Error>, errnos: &[Errno]) -> Result<
 
 /// `ip addr replace NET dev INDEX` (IPv6 without duplicate address detection: the address is
 /// weft's own, on a tunnel device).
-pub async fn replace_address(handle: &Handle, index: u32, net: IpNet) -> Result<(), rtnetlink::Error> {
+pub async fn replace_address(
+    handle: &Handle,
+    index: u32,
+    net: IpNet,
+) -> Result<(), rtnetlink::Error> {
     let mut add = handle
         .address()
         .add(index, net.addr(), net.prefix_len())
@@ -165,7 +172,11 @@ pub async fn replace_address(handle: &Handle, index: u32, net: IpNet) -> Result<
 }
 
 /// `ip addr del NET dev INDEX`; an address already gone is success.
-pub async fn delete_address(handle: &Handle, index: u32, net: IpNet) -> Result<(), rtnetlink::Error> {
+pub async fn delete_address(
+    handle: &Handle,
+    index: u32,
+    net: IpNet,
+) -> Result<(), rtnetlink::Error> {
     for message in addresses_of(handle, index).await? {
         let matches = message.header.prefix_len == net.prefix_len()
             && message
@@ -181,7 +192,10 @@ pub async fn delete_address(handle: &Handle, index: u32, net: IpNet) -> Result<(
 }
 
 /// The address messages of the link `index`.
-pub async fn addresses_of(handle: &Handle, index: u32) -> Result<Vec<AddressMessage>, rtnetlink::Error> {
+pub async fn addresses_of(
+    handle: &Handle,
+    index: u32,
+) -> Result<Vec<AddressMessage>, rtnetlink::Error> {
     handle
         .address()
         .get()

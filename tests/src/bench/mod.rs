@@ -8,8 +8,8 @@ pub mod cni;
 pub mod memory;
 pub mod overlay;
 pub mod program;
-pub mod wireguard;
 mod weftd_internals;
+pub mod wireguard;
 
 use std::time::Duration;
 

@@ -101,6 +101,8 @@ pub fn iperf3_run(
             .as_f64()
             .context("iperf3 reported no throughput")?,
         retransmits: end["sum_sent"]["retransmits"].as_u64().unwrap_or(0),
-        seconds: end["sum_received"]["seconds"].as_f64().unwrap_or(f64::from(seconds)),
+        seconds: end["sum_received"]["seconds"]
+            .as_f64()
+            .unwrap_or(f64::from(seconds)),
     })
 }

@@ -35,7 +35,13 @@ pub fn wireguard_throughput(seconds: u32) -> anyhow::Result<String> {
                 table += &row("underlay, node to node", streams, &run, None);
                 let pod = lab.pods[1].v4.context("IPv4 pod")?.to_string();
                 let run = measured(&pids, || {
-                    iperf3_run(&lab.pods[0].netns, &lab.pods[1].netns, &pod, streams, seconds)
+                    iperf3_run(
+                        &lab.pods[0].netns,
+                        &lab.pods[1].netns,
+                        &pod,
+                        streams,
+                        seconds,
+                    )
                 })?;
                 table += &row("weft-wg 1 thread, pod to pod", streams, &run.0, Some(run.1));
             }
@@ -62,7 +68,11 @@ fn wg_lab(threads: usize) -> anyhow::Result<Lab> {
         weftd_args: vec!["--wireguard-threads".into(), threads.to_string()],
         ..Default::default()
     })?;
-    if !lab.wait_converged(Duration::from_secs(15)).iter().all(|p| p.ok) {
+    if !lab
+        .wait_converged(Duration::from_secs(15))
+        .iter()
+        .all(|p| p.ok)
+    {
         bail!("the WireGuard lab did not converge");
     }
     Ok(lab)
@@ -88,7 +98,10 @@ fn row(path: &str, streams: u32, run: &Iperf, cpu_seconds: Option<f64>) -> Strin
 }
 
 /// Run `f` and the CPU seconds (user + system) the processes `pids` spent meanwhile.
-fn measured(pids: &[i32], f: impl FnOnce() -> anyhow::Result<Iperf>) -> anyhow::Result<(Iperf, f64)> {
+fn measured(
+    pids: &[i32],
+    f: impl FnOnce() -> anyhow::Result<Iperf>,
+) -> anyhow::Result<(Iperf, f64)> {
     let before: f64 = pids.iter().map(|p| cpu_seconds(*p)).sum();
     let run = f()?;
     let after: f64 = pids.iter().map(|p| cpu_seconds(*p)).sum();
@@ -98,7 +111,10 @@ fn measured(pids: &[i32], f: impl FnOnce() -> anyhow::Result<Iperf>) -> anyhow::
 /// utime + stime of `pid`, seconds (fields 14 and 15 of /proc/PID/stat, in clock ticks).
 fn cpu_seconds(pid: i32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after_name = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or_default();
+    let after_name = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .unwrap_or_default();
     let fields: Vec<&str> = after_name.split_whitespace().collect();
     let ticks: f64 = [11, 12]
         .iter()
@@ -124,9 +140,20 @@ fn wireguard_go_rows(lab: &Lab, seconds: u32) -> anyhow::Result<String> {
         let mut rows = String::new();
         for streams in [1, 4] {
             let run = measured(&pids, || {
-                iperf3_run(&lab.nodes[0].netns, &lab.nodes[1].netns, WGO_NET[1], streams, seconds)
+                iperf3_run(
+                    &lab.nodes[0].netns,
+                    &lab.nodes[1].netns,
+                    WGO_NET[1],
+                    streams,
+                    seconds,
+                )
             })?;
-            rows += &row("wireguard-go (Debian), node to node", streams, &run.0, Some(run.1));
+            rows += &row(
+                "wireguard-go (Debian), node to node",
+                streams,
+                &run.0,
+                Some(run.1),
+            );
         }
         Ok(rows)
     })();
@@ -174,8 +201,26 @@ fn configure_pair(lab: &Lab, devices: &[String]) -> anyhow::Result<()> {
         let key_path = key_file.to_str().context("utf-8 path")?;
         let address = format!("{}/24", WGO_NET[i]);
         let ns = &node.netns;
-        ns.exec(&["wg", "set", device, "private-key", key_path, "listen-port", WGO_PORT])?;
-        ns.exec(&["wg", "set", device, "peer", &keys[other].1, "endpoint", &endpoint, "allowed-ips", &allowed])?;
+        ns.exec(&[
+            "wg",
+            "set",
+            device,
+            "private-key",
+            key_path,
+            "listen-port",
+            WGO_PORT,
+        ])?;
+        ns.exec(&[
+            "wg",
+            "set",
+            device,
+            "peer",
+            &keys[other].1,
+            "endpoint",
+            &endpoint,
+            "allowed-ips",
+            &allowed,
+        ])?;
         ns.exec(&["ip", "addr", "add", &address, "dev", device])?;
         ns.exec(&["ip", "link", "set", device, "mtu", "1440", "up"])?;
     }
@@ -190,7 +235,11 @@ fn pipe(command: &str, input: &str) -> anyhow::Result<String> {
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()?;
-    child.stdin.take().context("stdin")?.write_all(input.as_bytes())?;
+    child
+        .stdin
+        .take()
+        .context("stdin")?
+        .write_all(input.as_bytes())?;
     let output = child.wait_with_output()?;
     Ok(String::from_utf8_lossy(&output.stdout).trim().to_string())
 }
@@ -207,7 +256,13 @@ fn vxlan_rows(seconds: u32) -> anyhow::Result<String> {
     let pod = lab.pods[1].v4.context("IPv4 pod")?.to_string();
     let mut rows = String::new();
     for streams in [1, 4] {
-        let run = iperf3_run(&lab.pods[0].netns, &lab.pods[1].netns, &pod, streams, seconds)?;
+        let run = iperf3_run(
+            &lab.pods[0].netns,
+            &lab.pods[1].netns,
+            &pod,
+            streams,
+            seconds,
+        )?;
         rows += &row("VXLAN, pod to pod (not encrypted)", streams, &run, None);
     }
     Ok(rows)

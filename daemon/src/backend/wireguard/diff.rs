@@ -66,7 +66,10 @@ fn device_changes(desired: &WgDevice, observed: &WgDevice) -> Vec<Op> {
     if desired.up && !observed.up {
         ops.push(Op::SetUp(dev.clone()));
     }
-    if let Some(key) = desired.public_key.filter(|k| observed.public_key != Some(*k)) {
+    if let Some(key) = desired
+        .public_key
+        .filter(|k| observed.public_key != Some(*k))
+    {
         ops.push(Op::SetKey {
             dev: dev.clone(),
             public_key: key,

@@ -121,10 +121,11 @@ impl WgDriver {
     async fn start_weft_wg(&mut self, name: &IfName) -> Result<(), DriverError> {
         let (name, launcher) = (name.clone(), self.launcher.clone());
         let device = name.clone();
-        let started = tokio::task::spawn_blocking(move || userspace::ensure_running(&name, &launcher))
-            .await
-            .map_err(|e| DriverError::Invalid(format!("starting weft-wg panicked: {e}")))?
-            .map_err(|e| DriverError::Device(e.to_string()))?;
+        let started =
+            tokio::task::spawn_blocking(move || userspace::ensure_running(&name, &launcher))
+                .await
+                .map_err(|e| DriverError::Invalid(format!("starting weft-wg panicked: {e}")))?
+                .map_err(|e| DriverError::Device(e.to_string()))?;
         if let Some(pid) = started {
             tracing::info!(%device, pid, "started weft-wg");
         }
@@ -250,7 +251,10 @@ fn userspace_request(uapi: &Uapi, request: Request) -> Result<Reply, UapiError> 
 }
 
 /// `request` over the kernel's generic netlink.
-async fn kernel_request(kernel: &mut KernelControl, request: Request) -> Result<Reply, KernelError> {
+async fn kernel_request(
+    kernel: &mut KernelControl,
+    request: Request,
+) -> Result<Reply, KernelError> {
     match request {
         Request::Get => kernel.get().await.map(Some),
         Request::SetKey(key) => kernel.set_key(&key).await.map(|_| None),
@@ -276,7 +280,11 @@ fn poke(dst: IpNet) {
 }
 
 /// The device and peers as `link` and the control socket report them.
-fn state_of(name: &IfName, link: &netlink_packet_route::link::LinkMessage, info: DeviceInfo) -> WgState {
+fn state_of(
+    name: &IfName,
+    link: &netlink_packet_route::link::LinkMessage,
+    info: DeviceInfo,
+) -> WgState {
     let device = WgDevice {
         name: name.clone(),
         mtu: nl::link_mtu(link).unwrap_or(0),

@@ -85,7 +85,9 @@ impl KernelControl {
 
     async fn set(&mut self, attributes: Vec<WireguardAttribute>) -> Result<(), KernelError> {
         let request = set_message(&self.device, attributes);
-        self.send(request, NLM_F_REQUEST | NLM_F_ACK).await.map(|_| ())
+        self.send(request, NLM_F_REQUEST | NLM_F_ACK)
+            .await
+            .map(|_| ())
     }
 
     /// Send one request; its replies, or the kernel's error.
@@ -96,7 +98,11 @@ impl KernelControl {
     ) -> Result<Vec<WireguardMessage>, KernelError> {
         let mut request = NetlinkMessage::from(GenlMessage::from_payload(message));
         request.header.flags = flags;
-        let mut stream = self.handle.request(request).await.map_err(|e| self.error(e))?;
+        let mut stream = self
+            .handle
+            .request(request)
+            .await
+            .map_err(|e| self.error(e))?;
         let mut replies = Vec::new();
         while let Some(reply) = stream.next().await {
             match reply.map_err(|e| self.error(e))?.payload {
@@ -208,14 +214,18 @@ fn peer_info(peer: &WireguardPeer) -> Option<PeerInfo> {
                 keyed = true;
             }
             WireguardPeerAttribute::Endpoint(endpoint) => info.endpoint = Some(*endpoint),
-            WireguardPeerAttribute::PersistentKeepalive(s) => info.keepalive = Some(*s).filter(|s| *s != 0),
+            WireguardPeerAttribute::PersistentKeepalive(s) => {
+                info.keepalive = Some(*s).filter(|s| *s != 0)
+            }
             WireguardPeerAttribute::LastHandshake(t) if t.seconds > 0 => {
                 let nanos = u32::try_from(t.nano_seconds).unwrap_or(0);
                 info.last_handshake = Some(Duration::new(t.seconds as u64, nanos));
             }
             WireguardPeerAttribute::RxBytes(n) => info.rx_bytes = *n,
             WireguardPeerAttribute::TxBytes(n) => info.tx_bytes = *n,
-            WireguardPeerAttribute::AllowedIps(ips) => info.allowed_ips.extend(ips.iter().filter_map(allowed_net)),
+            WireguardPeerAttribute::AllowedIps(ips) => {
+                info.allowed_ips.extend(ips.iter().filter_map(allowed_net))
+            }
             _ => {}
         }
     }

@@ -67,7 +67,10 @@ impl PrivateKey {
 
     /// The public key: X25519 of this key and the base point.
     pub fn public_key(&self) -> WgPublicKey {
-        WgPublicKey(x25519_dalek::x25519(self.0, x25519_dalek::X25519_BASEPOINT_BYTES))
+        WgPublicKey(x25519_dalek::x25519(
+            self.0,
+            x25519_dalek::X25519_BASEPOINT_BYTES,
+        ))
     }
 
     fn base64(&self) -> String {
@@ -118,14 +121,14 @@ pub fn pending_next(state_dir: &Path) -> Option<Result<PrivateKey, KeyError>> {
 /// The rotation is done: the next key becomes the key (one rename).
 pub fn promote_next(state_dir: &Path) -> Result<(), KeyError> {
     let from = state_dir.join(NEXT_KEY_FILE);
-    std::fs::rename(&from, state_dir.join(KEY_FILE)).map_err(|source| KeyError::Io {
-        path: from,
-        source,
-    })
+    std::fs::rename(&from, state_dir.join(KEY_FILE))
+        .map_err(|source| KeyError::Io { path: from, source })
 }
 
 fn parse(text: &str) -> Option<PrivateKey> {
-    let bytes = base64::engine::general_purpose::STANDARD.decode(text).ok()?;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .ok()?;
     Some(PrivateKey::from_bytes(bytes.try_into().ok()?))
 }
 
@@ -193,7 +196,10 @@ impl Keyring {
             pending_next(dir).and_then(Result::ok),
             parse(std::fs::read_to_string(dir.join(KEY_FILE)).ok()?.trim()),
         ];
-        let found = on_disk.into_iter().flatten().find(|k| k.public_key() == *public)?;
+        let found = on_disk
+            .into_iter()
+            .flatten()
+            .find(|k| k.public_key() == *public)?;
         self.insert(found.clone());
         Some(found)
     }

@@ -26,7 +26,10 @@ pub enum Op {
     /// Set the device administratively up.
     SetUp(IfName),
     /// Give the device the private key whose public key this is (the driver holds the keys).
-    SetKey { dev: IfName, public_key: WgPublicKey },
+    SetKey {
+        dev: IfName,
+        public_key: WgPublicKey,
+    },
     /// Change the UDP listen port.
     SetPort { dev: IfName, port: u16 },
     /// Add an address to the device (`ip addr replace`).
@@ -40,7 +43,10 @@ pub enum Op {
         peer: WgPeer,
     },
     /// Remove a peer (its allowed IPs go with it).
-    RemovePeer { dev: IfName, public_key: WgPublicKey },
+    RemovePeer {
+        dev: IfName,
+        public_key: WgPublicKey,
+    },
     /// Add or replace the route to a peer pod CIDR through the device.
     ReplaceRoute { dev: IfName, dst: IpNet },
     /// Delete a stale route.

@@ -51,7 +51,11 @@ pub struct WgState {
 impl WgState {
     /// The peer whose allowed IPs overlap `allowed`, other than `except`: WireGuard would move
     /// the overlap to the newer peer silently (cryptokey routing keeps one peer per prefix).
-    pub fn overlapping(&self, allowed: &BTreeSet<IpNet>, except: &WgPublicKey) -> Option<WgPublicKey> {
+    pub fn overlapping(
+        &self,
+        allowed: &BTreeSet<IpNet>,
+        except: &WgPublicKey,
+    ) -> Option<WgPublicKey> {
         self.peers
             .iter()
             .filter(|(key, _)| *key != except)

@@ -3,7 +3,9 @@
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use weft_proto::lease::{Backend as BackendKind, BackendData, Lease, PodCidrs, PublicIps, WgPublicKey};
+use weft_proto::lease::{
+    Backend as BackendKind, BackendData, Lease, PodCidrs, PublicIps, WgPublicKey,
+};
 use weft_proto::names::{IfName, NodeName};
 
 use super::keys::{Keyring, PrivateKey};
@@ -95,16 +97,29 @@ fn model_random_peer_changes_converge_with_few_operations() {
 fn a_peer_is_its_pod_cidrs_at_its_endpoint_with_a_route_each() {
     let own = node(1, 1, 1);
     let peer = node(2, 2, 2);
-    let planned = plan(&backend(), &own, [&peer], &big_config(), &Incumbents::default()).unwrap();
+    let planned = plan(
+        &backend(),
+        &own,
+        [&peer],
+        &big_config(),
+        &Incumbents::default(),
+    )
+    .unwrap();
     let state = planned.datapath;
     let device = state.device.as_ref().unwrap();
     assert_eq!(device.mtu, 1500 - 60);
     assert_eq!(device.public_key, Some(key(1)));
     assert_eq!(device.port, 51820);
     let wg_peer = &state.peers[&key(2)];
-    assert_eq!(wg_peer.endpoint, SocketAddr::new(IpAddr::V4(underlay_v4(2)), 51820));
+    assert_eq!(
+        wg_peer.endpoint,
+        SocketAddr::new(IpAddr::V4(underlay_v4(2)), 51820)
+    );
     let cidrs: Vec<_> = peer.pod_cidrs.iter().collect();
-    assert_eq!(wg_peer.allowed_ips.iter().copied().collect::<Vec<_>>(), cidrs);
+    assert_eq!(
+        wg_peer.allowed_ips.iter().copied().collect::<Vec<_>>(),
+        cidrs
+    );
     assert_eq!(state.routes.iter().copied().collect::<Vec<_>>(), cidrs);
     let addresses: Vec<String> = state.addresses.iter().map(|a| a.to_string()).collect();
     assert_eq!(addresses, ["10.0.1.0/32", "fd00:10:0:1::/128"]);
@@ -146,7 +161,10 @@ fn hostile_keys_are_refused_and_the_honest_peer_kept() {
     assert!(refused[0].1.contains("this node's own"), "{refused:?}");
     assert!(refused[1].1.contains("all zeros"), "{refused:?}");
     assert!(refused[2].1.contains("10.0.2.0/24"), "{refused:?}");
-    assert_eq!(second.datapath, first.datapath, "the honest peer is unaffected");
+    assert_eq!(
+        second.datapath, first.datapath,
+        "the honest peer is unaffected"
+    );
 }
 
 #[test]
@@ -154,7 +172,14 @@ fn two_peers_with_one_key_are_both_refused_at_start() {
     let own = node(1, 1, 1);
     let a = node(2, 2, 7);
     let b = node(3, 3, 7);
-    let planned = plan(&backend(), &own, [&a, &b], &big_config(), &Incumbents::default()).unwrap();
+    let planned = plan(
+        &backend(),
+        &own,
+        [&a, &b],
+        &big_config(),
+        &Incumbents::default(),
+    )
+    .unwrap();
     assert!(planned.datapath.peers.is_empty());
     assert_eq!(planned.refused.len(), 2);
 }
@@ -228,7 +253,10 @@ fn a_get_reply_parses_into_key_port_and_peers() {
     assert_eq!(device.listen_port, 51820);
     let p = &device.peers[0];
     assert_eq!(p.public_key, peer);
-    assert_eq!(p.endpoint, Some(SocketAddr::from((Ipv4Addr::new(192, 0, 2, 2), 51820))));
+    assert_eq!(
+        p.endpoint,
+        Some(SocketAddr::from((Ipv4Addr::new(192, 0, 2, 2), 51820)))
+    );
     assert_eq!(p.allowed_ips.len(), 2);
     assert_eq!(p.keepalive, None);
     assert_eq!(p.last_handshake.unwrap().as_secs(), 1_700_000_000);
@@ -246,8 +274,14 @@ fn an_added_peer_replaces_its_allowed_ips() {
     };
     let body = add_peer_body(&key(2), &peer);
     assert!(body.contains("endpoint=[2001:db8::2]:51820\n"), "{body}");
-    assert!(body.contains("persistent_keepalive_interval=25\n"), "{body}");
-    assert!(body.ends_with("replace_allowed_ips=true\nallowed_ip=10.0.2.0/24\n"), "{body}");
+    assert!(
+        body.contains("persistent_keepalive_interval=25\n"),
+        "{body}"
+    );
+    assert!(
+        body.ends_with("replace_allowed_ips=true\nallowed_ip=10.0.2.0/24\n"),
+        "{body}"
+    );
 }
 
 #[test]
@@ -274,12 +308,15 @@ fn a_key_file_is_made_once_with_mode_0600_and_read_back() {
     std::fs::write(&path, "not a key\n").unwrap();
     let error = keys::load_or_create(&path).unwrap_err().to_string();
     assert!(error.contains("not a WireGuard private key"), "{error}");
-    assert!(!format!("{made:?}").contains(&made.hex()), "Debug never shows the key");
+    assert!(
+        !format!("{made:?}").contains(&made.hex()),
+        "Debug never shows the key"
+    );
 }
 
 mod kernel_messages {
-    use netlink_packet_generic::GenlHeader;
     use netlink_packet_core::{Emitable, ParseableParametrized};
+    use netlink_packet_generic::GenlHeader;
     use netlink_packet_wireguard::{
         WireguardAttribute, WireguardCmd, WireguardMessage, WireguardPeerAttribute,
         WireguardPeerFlags,
@@ -303,20 +340,29 @@ mod kernel_messages {
     fn an_added_peer_replaces_its_allowed_ips_and_a_removed_one_says_remove_me() {
         let peer = WgPeer {
             endpoint: "192.0.2.2:51820".parse().unwrap(),
-            allowed_ips: ["10.0.2.0/24".parse().unwrap(), "fd00:10:0:2::/64".parse().unwrap()]
-                .into(),
+            allowed_ips: [
+                "10.0.2.0/24".parse().unwrap(),
+                "fd00:10:0:2::/64".parse().unwrap(),
+            ]
+            .into(),
             keepalive: Some(25),
         };
-        let add = set_message("weft.wg", vec![WireguardAttribute::Peers(vec![peer_to_add(&key(2), &peer)])]);
+        let add = set_message(
+            "weft.wg",
+            vec![WireguardAttribute::Peers(vec![peer_to_add(&key(2), &peer)])],
+        );
         let parsed = round_trip(&add);
         assert_eq!(parsed.cmd, WireguardCmd::SetDevice);
-        assert_eq!(parsed.attributes[0], WireguardAttribute::IfName("weft.wg".into()));
+        assert_eq!(
+            parsed.attributes[0],
+            WireguardAttribute::IfName("weft.wg".into())
+        );
         let WireguardAttribute::Peers(peers) = &parsed.attributes[1] else {
             panic!("{parsed:?}");
         };
-        assert!(peers[0]
-            .0
-            .contains(&WireguardPeerAttribute::Flags(WireguardPeerFlags::ReplaceAllowedIps)));
+        assert!(peers[0].0.contains(&WireguardPeerAttribute::Flags(
+            WireguardPeerFlags::ReplaceAllowedIps
+        )));
         // The kernel's own reply format: the same attributes read back into the device.
         let reply = WireguardMessage {
             cmd: WireguardCmd::GetDevice,
@@ -330,11 +376,16 @@ mod kernel_messages {
         let info = &device.peers[0];
         assert_eq!(info.public_key, key(2));
         assert_eq!(info.endpoint, Some(peer.endpoint));
-        assert_eq!(info.allowed_ips.iter().copied().collect::<BTreeSet<_>>(), peer.allowed_ips);
+        assert_eq!(
+            info.allowed_ips.iter().copied().collect::<BTreeSet<_>>(),
+            peer.allowed_ips
+        );
         assert_eq!(info.keepalive, Some(25));
 
         let remove = peer_to_remove(&key(2));
-        assert!(remove.0.contains(&WireguardPeerAttribute::Flags(WireguardPeerFlags::RemoveMe)));
+        assert!(remove
+            .0
+            .contains(&WireguardPeerAttribute::Flags(WireguardPeerFlags::RemoveMe)));
         assert_eq!(remove.0.len(), 2, "nothing but the key and the flag");
     }
 
@@ -342,10 +393,22 @@ mod kernel_messages {
     fn the_kernel_is_chosen_only_where_it_speaks_wireguard() {
         use crate::config::WgImplChoice;
         let missing = || Err("no module".to_string());
-        assert_eq!(choose(WgImplChoice::Auto, Ok(())).unwrap().0, Implementation::Kernel);
+        assert_eq!(
+            choose(WgImplChoice::Auto, Ok(())).unwrap().0,
+            Implementation::Kernel
+        );
         let (implementation, reason) = choose(WgImplChoice::Auto, missing()).unwrap();
-        assert_eq!((implementation, reason.as_str()), (Implementation::Userspace, "no module"));
-        assert!(choose(WgImplChoice::Kernel, missing()).unwrap_err().to_string().contains("no module"));
-        assert_eq!(choose(WgImplChoice::Userspace, Ok(())).unwrap().0, Implementation::Userspace);
+        assert_eq!(
+            (implementation, reason.as_str()),
+            (Implementation::Userspace, "no module")
+        );
+        assert!(choose(WgImplChoice::Kernel, missing())
+            .unwrap_err()
+            .to_string()
+            .contains("no module"));
+        assert_eq!(
+            choose(WgImplChoice::Userspace, Ok(())).unwrap().0,
+            Implementation::Userspace
+        );
     }
 }

@@ -234,7 +234,9 @@ fn peer_line(peer: &mut PeerInfo, key: &str, value: &str) -> Option<()> {
         }
         "last_handshake_time_nsec" => {
             let nanos: u32 = value.parse().ok()?;
-            peer.last_handshake = peer.last_handshake.map(|t| t + Duration::from_nanos(nanos.into()));
+            peer.last_handshake = peer
+                .last_handshake
+                .map(|t| t + Duration::from_nanos(nanos.into()));
         }
         "rx_bytes" => peer.rx_bytes = value.parse().ok()?,
         "tx_bytes" => peer.tx_bytes = value.parse().ok()?,
