@@ -8,7 +8,7 @@
 //! (which repairs drift); in between, the result of the last apply stands for it, so one peer
 //! change costs its handful of netlink operations and no dump.
 //!
-//! The kernel settings weft depends on ([`sysctl`](super::sysctl): forwarding) are read at start
+//! The kernel settings weft depends on ([`super::sysctl`]: forwarding) are read at start
 //! and at every resync too; any that drifted is restored and named in a warning.
 
 use std::collections::BTreeSet;
