@@ -262,19 +262,39 @@ impl<S: LeaseStore> Keeper<S> {
         let BackendData::WireGuard { public_key, port } = self.lease.backend else {
             return;
         };
+        if public_key == next.public_key() {
+            // Published and switched already; only the files were not settled.
+            self.settle_rotation(&next);
+            return;
+        }
         let backend = BackendData::WireGuard {
             public_key: next.public_key(),
             port,
         };
         info!(old = %public_key, new = %next.public_key(), "WireGuard key rotation: publishing the new public key");
-        self.lease.backend = backend;
-        self.request.backend = backend;
-        if let Err(e) = self.store.renew(&self.lease).await {
-            warn!(error = %e, "cannot publish the new public key yet; it goes with the next renewal");
+        let published = Lease {
+            backend,
+            ..self.lease.clone()
+        };
+        match self.store.renew(&published).await {
+            Ok(renewed) => self.lease = renewed,
+            Err(e) => {
+                // Nothing changed: the device keeps the old key, the next key stays waiting.
+                warn!(error = %e, retry_in = ?ROTATION_RETRY, "cannot publish the new public key; the rotation waits");
+                tokio::time::sleep(ROTATION_RETRY).await;
+                return;
+            }
         }
+        self.request.backend = backend;
         tokio::time::sleep(ROTATION_SETTLE).await;
         self.lease_tx.send_replace(Some(self.lease.clone()));
-        match keys::promote_next(&self.config.state_dir) {
+        self.settle_rotation(&next);
+    }
+
+    /// The device uses `next` now: keep it as the key, and drop the next-key file if it still
+    /// holds `next` (a newer `rotate-key` may have left another one meanwhile).
+    fn settle_rotation(&self, next: &PrivateKey) {
+        match keys::promote(&self.config.state_dir, next) {
             Ok(()) => info!(public_key = %next.public_key(), "WireGuard key rotated"),
             Err(e) => error!(error = %e, "the device uses the new key but it could not be saved"),
         }
@@ -306,6 +326,9 @@ impl<S: LeaseStore> Keeper<S> {
         Ok(())
     }
 }
+
+/// How long a rotation whose new key could not be published waits before trying again.
+pub const ROTATION_RETRY: Duration = Duration::from_secs(5);
 
 /// How long peers get to take a newly published WireGuard public key before this node's device
 /// switches to it: the store's watch latency (the file store polls every 200 ms) with margin.

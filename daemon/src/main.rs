@@ -41,8 +41,9 @@ enum Command {
     /// state directory; the running weftd publishes it, switches its device and keeps it. Waits
     /// (up to 30 s) until it did.
     RotateKey(Settings),
-    /// Remove everything weft made on this node: VXLAN devices, routes, neighbour and FDB entries,
-    /// the nftables table `inet weft`, pod veths.
+    /// Remove everything weft made on this node: VXLAN and WireGuard devices (stopping a
+    /// `weft-wg` it started), routes, neighbour and FDB entries, the nftables table `inet weft`,
+    /// pod veths. The WireGuard key in the state directory is kept.
     Cleanup,
 }
 
@@ -103,6 +104,12 @@ async fn leave(config: &Config) -> anyhow::Result<()> {
 
 async fn rotate_key(config: &Config) -> anyhow::Result<()> {
     use weftd::backend::wireguard::keys;
+    if config.backend != weft_proto::lease::Backend::WireGuard {
+        anyhow::bail!(
+            "rotate-key is for the WireGuard backend; this node's settings say --backend {}",
+            config.backend
+        );
+    }
     let current = keys::load_or_create(&agent::wireguard_key_path(config))?.public_key();
     let next = keys::write_next(&config.state_dir)?.public_key();
     println!(

@@ -147,8 +147,19 @@ fn the_wireguard_variant_adds_weft_wg_beside_weftd_and_applies() {
     server
         .kubectl(&["create", "namespace", NAMESPACE])
         .expect("namespace");
-    let dir = deploy_dir().join("wireguard");
-    let dir = dir.to_str().unwrap();
+    // An operator's overlay beside deploy/ (kustomize takes relative paths only): deploy/ plus
+    // the WireGuard component.
+    let work = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(
+        deploy_dir().canonicalize().unwrap(),
+        work.path().join("deploy"),
+    )
+    .unwrap();
+    let overlay = work.path().join("my-weft");
+    std::fs::create_dir(&overlay).unwrap();
+    let kustomization = "resources: [../deploy]\ncomponents: [../deploy/wireguard]\n";
+    std::fs::write(overlay.join("kustomization.yaml"), kustomization).unwrap();
+    let dir = overlay.to_str().unwrap();
     let dry = server
         .kubectl(&["apply", "--dry-run=server", "-k", dir])
         .unwrap_or_else(|e| panic!("{e}"));

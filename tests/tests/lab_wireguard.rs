@@ -334,6 +334,8 @@ fn a_key_rotated_live_is_taken_by_peers_and_a_ping_recovers_within_five_seconds(
     let rotated = Command::new(bin_path("weftd"))
         .args([
             "rotate-key",
+            "--backend",
+            "wireguard",
             "--cluster-cidr",
             "10.244.0.0/16,fd00:10:244::/48",
             "--state-dir",

@@ -409,3 +409,154 @@ async fn a_record_whose_cidr_is_claimed_by_another_node_is_no_peer() {
         peers.len()
     );
 }
+
+/// A TCP proxy to etcd that can be cut (every connection closed, new ones dropped at once) and
+/// healed: a network partition between one node and etcd, with etcd itself running on.
+struct Partition {
+    addr: std::net::SocketAddr,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    connections: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Partition {
+    async fn start(etcd: &EtcdServer) -> Partition {
+        let target: std::net::SocketAddr = etcd
+            .endpoint()
+            .trim_start_matches("http://")
+            .parse()
+            .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let cut = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let connections = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (cutting, list) = (cut.clone(), connections.clone());
+        let accept = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if cutting.load(std::sync::atomic::Ordering::SeqCst) {
+                    continue; // dropped: the connection is refused in effect
+                }
+                let task = tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                list.lock().unwrap().push(task);
+            }
+        });
+        Partition {
+            addr,
+            cut,
+            connections,
+            accept,
+        }
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn cut(&self) {
+        self.cut.store(true, std::sync::atomic::Ordering::SeqCst);
+        for task in self.connections.lock().unwrap().drain(..) {
+            task.abort();
+        }
+    }
+
+    fn heal(&self) {
+        self.cut.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for Partition {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.cut();
+    }
+}
+
+/// Renew until the outcome is not transient (at most `tries`, 500 ms apart).
+async fn renew_until_settled(
+    store: &mut EtcdStore,
+    lease: &Lease,
+    tries: usize,
+) -> Result<Lease, StoreError> {
+    let mut last = None;
+    for _ in 0..tries {
+        match store.renew(lease).await {
+            Err(e) if e.is_transient() => last = Some(e),
+            other => return other,
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    Err(last.expect("at least one try"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_longer_than_the_ttl_is_a_lost_lease_and_the_node_rejoins_with_its_subnets() {
+    let etcd = EtcdServer::start().expect("start etcd");
+    let partition = Partition::start(&etcd).await;
+    let mut node = EtcdStore::new(
+        vec![partition.endpoint()],
+        PREFIX.into(),
+        Duration::from_secs(3),
+    );
+    let lease = node.acquire(&request("cut-off")).await.unwrap();
+    node.renew(&lease).await.expect("renews while connected");
+
+    partition.cut();
+    let during = node.renew(&lease).await.expect_err("etcd is out of reach");
+    assert!(
+        during.is_transient(),
+        "a partition is transient at first: {during}"
+    );
+    tokio::time::sleep(Duration::from_secs(5)).await; // longer than the 3 s TTL
+    partition.heal();
+
+    let after = renew_until_settled(&mut node, &lease, 20).await;
+    assert!(
+        matches!(after, Err(StoreError::LeaseLost { .. })),
+        "the expired lease is reported lost, not retried forever: {after:?}"
+    );
+    let again = LeaseRequest {
+        preferred: lease.pod_cidrs,
+        ..request("cut-off")
+    };
+    let back = node.acquire(&again).await.expect("acquires again");
+    assert_eq!(
+        back.pod_cidrs, lease.pod_cidrs,
+        "the same subnets, still free"
+    );
+    node.renew(&back)
+        .await
+        .expect("and renews under the new etcd lease");
+
+    // A short partition (within the TTL) is ridden out with the same etcd lease.
+    partition.cut();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    partition.heal();
+    let renewed = renew_until_settled(&mut node, &back, 10).await;
+    assert!(renewed.is_ok(), "{renewed:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_restored_empty_is_a_lost_lease_and_the_node_claims_again() {
+    let mut etcd = EtcdServer::start().expect("start etcd");
+    let mut node = store(&etcd, 10);
+    let lease = node.acquire(&request("restored")).await.unwrap();
+    etcd.stop();
+    std::fs::remove_dir_all(etcd.data_dir().join("data")).unwrap();
+    etcd.restart().expect("etcd starts again, empty");
+    let after = renew_until_settled(&mut node, &lease, 20).await;
+    assert!(
+        matches!(after, Err(StoreError::LeaseLost { .. })),
+        "{after:?}"
+    );
+    let again = LeaseRequest {
+        preferred: lease.pod_cidrs,
+        ..request("restored")
+    };
+    let back = node.acquire(&again).await.expect("claims again");
+    assert_eq!(back.pod_cidrs, lease.pod_cidrs);
+    node.renew(&back).await.expect("renews");
+}

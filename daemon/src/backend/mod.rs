@@ -31,6 +31,9 @@ pub enum DriverError {
     /// The operation's device is not there (it could not be created, or someone deleted it).
     #[error("device {0} does not exist")]
     NoDevice(IfName),
+    /// Nothing serves the device's control channel (WireGuard: no `weft-wg` behind its socket).
+    #[error("{0}")]
+    Absent(String),
     /// A device's own control channel failed (WireGuard's control socket, starting `weft-wg`).
     #[error("{0}")]
     Device(String),

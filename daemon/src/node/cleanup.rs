@@ -14,6 +14,12 @@ use crate::firewall::{self, nft};
 pub async fn cleanup() -> anyhow::Result<()> {
     let host = netns::connect_here().context("open a netlink connection")?;
     let mut failures = Vec::new();
+    // A userspace WireGuard device goes with its process: weft-wg exits within a second of its
+    // control socket being removed, and the TUN device with it.
+    let socket = backend::wireguard::uapi::socket_path(backend::wireguard::DEFAULT_DEVICE);
+    if std::fs::remove_file(&socket).is_ok() {
+        tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    }
     for name in backend::all_device_names() {
         if let Err(e) = nl::delete_link(&host, name.as_str()).await {
             failures.push(format!("delete {name}: {e}"));

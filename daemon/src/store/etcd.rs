@@ -61,6 +61,21 @@ async fn call<T, E: std::fmt::Display>(
     }
 }
 
+/// `error` as a lost lease when etcd says the lease it names is gone ("requested lease not found":
+/// it expired while this node could not reach etcd, or etcd was restored without it); otherwise as
+/// it is. Retrying such a call can never succeed, so it must not count as transient.
+fn lost_if_lease_gone(error: StoreError, node: &NodeName, lease_id: i64) -> StoreError {
+    match error {
+        StoreError::Unavailable(reason) if reason.contains("lease not found") => {
+            StoreError::LeaseLost {
+                node: node.clone(),
+                reason: format!("etcd lease {lease_id:x} is gone ({reason})"),
+            }
+        }
+        other => other,
+    }
+}
+
 impl EtcdStore {
     pub fn new(endpoints: Vec<String>, prefix: String, ttl: Duration) -> EtcdStore {
         EtcdStore {
@@ -196,6 +211,12 @@ impl EtcdStore {
     }
 
     async fn keep_alive_once(&mut self, lease_id: i64, node: &NodeName) -> Result<(), StoreError> {
+        self.keep_alive_call(lease_id, node)
+            .await
+            .map_err(|e| lost_if_lease_gone(e, node, lease_id))
+    }
+
+    async fn keep_alive_call(&mut self, lease_id: i64, node: &NodeName) -> Result<(), StoreError> {
         if self.keeper.is_none() {
             let mut client = self.client().await?;
             let pair = call("keep-alive stream", client.lease_keep_alive(lease_id)).await?;
@@ -319,7 +340,8 @@ impl LeaseStore for EtcdStore {
             "renew",
             client.txn(Txn::new().when(compares).and_then([put])),
         )
-        .await?;
+        .await
+        .map_err(|e| lost_if_lease_gone(e, &lease.node, lease_id))?;
         if !resp.succeeded() {
             return Err(lost(
                 "its subnet claims are gone or held under another etcd lease",

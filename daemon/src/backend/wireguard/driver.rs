@@ -36,6 +36,8 @@ pub struct WgDriver {
     keys: Keyring,
     launcher: Launcher,
     requests: usize,
+    /// Whether the control socket accepted a connection at the last liveness check.
+    alive: bool,
 }
 
 /// One request on the device's control channel, for either implementation.
@@ -61,6 +63,7 @@ impl WgDriver {
             keys: backend.keys.clone(),
             launcher: backend.launcher.clone(),
             requests: 0,
+            alive: false,
         }
     }
 
@@ -73,7 +76,10 @@ impl WgDriver {
                 tokio::task::spawn_blocking(move || userspace_request(&uapi, request))
                     .await
                     .map_err(|e| DriverError::Invalid(format!("control call panicked: {e}")))?
-                    .map_err(|e| DriverError::Device(e.to_string()))
+                    .map_err(|e| match e {
+                        UapiError::Connect { .. } => DriverError::Absent(e.to_string()),
+                        other => DriverError::Device(other.to_string()),
+                    })
             }
             Implementation::Kernel => {
                 if self.kernel.is_none() {
@@ -82,9 +88,11 @@ impl WgDriver {
                     self.kernel = Some(connected);
                 }
                 let kernel = self.kernel.as_mut().expect("connected above");
-                kernel_request(kernel, request)
-                    .await
-                    .map_err(|e| DriverError::Device(e.to_string()))
+                let result = kernel_request(kernel, request).await;
+                if result.is_err() {
+                    self.kernel = None; // reconnect at the next request
+                }
+                result.map_err(|e| DriverError::Device(e.to_string()))
             }
         }
     }
@@ -211,8 +219,11 @@ impl WgDriver {
         let info = match self.get().await {
             Ok(info) => info,
             // A TUN device left behind by a dead weft-wg: nothing serves it, so it counts as absent
-            // and CreateDevice starts weft-wg again.
-            Err(_) => return Ok(WgState::default()),
+            // and CreateDevice starts weft-wg again. Any other failure (a timeout, a reply that
+            // does not parse) is an error: planning from "empty" would re-add every peer the
+            // device holds, which boringtun refuses by aborting.
+            Err(DriverError::Absent(_)) => return Ok(WgState::default()),
+            Err(e) => return Err(e),
         };
         let mut state = state_of(&self.device, &link, info);
         for message in nl::addresses_of(&self.handle, index).await? {
@@ -325,8 +336,10 @@ impl Driver<WireGuard> for WgDriver {
         self.requests
     }
 
-    /// Resolves once the control socket stops accepting connections (`weft-wg` died), checked
-    /// every [`LIVENESS_PERIOD`] with a bare connect.
+    /// Resolves when the control socket, which accepted connections, stops accepting them
+    /// (`weft-wg` died), checked every [`LIVENESS_PERIOD`] with a bare connect. A socket that was
+    /// never up (weft-wg not started yet, or its container still coming) is the reconcile loop's
+    /// retry to handle, not drift.
     async fn drifted(&mut self) {
         if self.implementation == Implementation::Kernel {
             // A kernel device does not die on its own; a deletion shows at the next resync.
@@ -335,7 +348,9 @@ impl Driver<WireGuard> for WgDriver {
         let path = self.uapi.path.clone();
         loop {
             tokio::time::sleep(LIVENESS_PERIOD).await;
-            if tokio::net::UnixStream::connect(&path).await.is_err() {
+            let alive = tokio::net::UnixStream::connect(&path).await.is_ok();
+            let was_alive = std::mem::replace(&mut self.alive, alive);
+            if was_alive && !alive {
                 return;
             }
         }

@@ -118,11 +118,24 @@ pub fn pending_next(state_dir: &Path) -> Option<Result<PrivateKey, KeyError>> {
     }
 }
 
-/// The rotation is done: the next key becomes the key (one rename).
-pub fn promote_next(state_dir: &Path) -> Result<(), KeyError> {
-    let from = state_dir.join(NEXT_KEY_FILE);
-    std::fs::rename(&from, state_dir.join(KEY_FILE))
-        .map_err(|source| KeyError::Io { path: from, source })
+/// The rotation to `next` is done: `next` becomes the key (written, then renamed over
+/// [`KEY_FILE`]), and the next-key file goes if it still holds `next`.
+pub fn promote(state_dir: &Path, next: &PrivateKey) -> Result<(), KeyError> {
+    let path = state_dir.join(KEY_FILE);
+    write(&path, next).map_err(|source| KeyError::Io {
+        path: path.clone(),
+        source,
+    })?;
+    if let Some(Ok(waiting)) = pending_next(state_dir) {
+        if waiting == *next {
+            let next_path = state_dir.join(NEXT_KEY_FILE);
+            std::fs::remove_file(&next_path).map_err(|source| KeyError::Io {
+                path: next_path,
+                source,
+            })?;
+        }
+    }
+    Ok(())
 }
 
 fn parse(text: &str) -> Option<PrivateKey> {

@@ -30,6 +30,12 @@ pub fn socket_path(device: &str) -> PathBuf {
 /// Why a control request failed.
 #[derive(Debug, thiserror::Error)]
 pub enum UapiError {
+    /// Nothing listens: no socket file, or no process behind it.
+    #[error("{path}: {source}")]
+    Connect {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -89,7 +95,7 @@ impl Uapi {
         let lines = self.request("get=1\n\n")?;
         parse_get(&lines).map_err(|line| UapiError::Malformed {
             path: self.path.clone(),
-            line,
+            line: redact(line),
         })
     }
 
@@ -121,7 +127,10 @@ impl Uapi {
             path: self.path.clone(),
             source,
         };
-        let mut stream = UnixStream::connect(&self.path).map_err(io)?;
+        let mut stream = UnixStream::connect(&self.path).map_err(|source| UapiError::Connect {
+            path: self.path.clone(),
+            source,
+        })?;
         stream.set_read_timeout(Some(TIMEOUT)).map_err(io)?;
         stream.set_write_timeout(Some(TIMEOUT)).map_err(io)?;
         stream.write_all(request.as_bytes()).map_err(io)?;
@@ -161,6 +170,14 @@ pub fn add_peer_body(key: &WgPublicKey, peer: &WgPeer) -> String {
         body.push_str(&format!("allowed_ip={net}\n"));
     }
     body
+}
+
+/// `line` with the value of a `private_key` line blanked: nothing secret goes into an error.
+fn redact(line: String) -> String {
+    match line.split_once('=') {
+        Some(("private_key", _)) => "private_key=(hidden)".to_string(),
+        _ => line,
+    }
 }
 
 /// Lowercase hex of `bytes`.

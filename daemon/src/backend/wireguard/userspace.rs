@@ -70,6 +70,11 @@ pub fn ensure_running(device: &IfName, launcher: &Launcher) -> Result<Option<u32
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+    // Never leave a silent copy holding the device name for the next attempt.
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    );
     Err(UserspaceError::NoAnswer {
         program: launcher.program.clone(),
         device: device.clone(),
