@@ -1098,4 +1098,80 @@ mod tests {
             assert!(!err.contains("unknown field"), "{key}: {err}");
         }
     }
+
+    mod under_random_input {
+        use proptest::prelude::*;
+
+        use super::super::RawSettings;
+
+        /// A TOML file whose keys are often weftd's and values often nearly right.
+        fn settings_file() -> impl Strategy<Value = String> {
+            let key = prop_oneof![
+                prop::sample::select(vec![
+                    "cluster-cidr",
+                    "node-prefix-v4",
+                    "node-prefix-v6",
+                    "service-cidr",
+                    "backend",
+                    "store",
+                    "store-dir",
+                    "etcd-endpoints",
+                    "lease-ttl",
+                    "resync-interval",
+                    "mtu",
+                    "iface",
+                    "iface-regex",
+                    "iface-can-reach",
+                    "public-ip",
+                    "release-on-exit",
+                    "datapath",
+                    "http-addr",
+                    "wireguard-port",
+                    "wireguard-impl",
+                    "wireguard-keepalive",
+                    "wireguard-device",
+                    "wireguard-threads",
+                    "wireguard-spawn",
+                    "node-name",
+                ])
+                .prop_map(String::from),
+                "[a-z-]{1,12}",
+            ];
+            let value = prop_oneof![
+                any::<i64>().prop_map(|n| n.to_string()),
+                any::<bool>().prop_map(|b| b.to_string()),
+                any::<String>().prop_map(|s| format!("{s:?}")),
+                "\\[[0-9, ]{0,10}\\]",
+                Just("\"10.244.0.0/16,fd00:10:244::/48\"".to_string()),
+                Just("\"wireguard\"".to_string()),
+                Just("= =".to_string()),
+            ];
+            prop::collection::vec((key, value), 0..8)
+                .prop_map(|pairs| pairs.iter().map(|(k, v)| format!("{k} = {v}\n")).collect())
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+            /// Every file is read or refused with one line naming the file; what is read is
+            /// validated or refused with one line; nothing panics.
+            #[test]
+            fn a_settings_file_is_read_or_refused_in_one_line(text in settings_file()) {
+                let dir = tempfile::tempdir().unwrap();
+                let path = dir.path().join("weftd.toml");
+                std::fs::write(&path, &text).unwrap();
+                match RawSettings::from_file(&path) {
+                    Ok(settings) => {
+                        if let Err(e) = settings.validate() {
+                            prop_assert!(!e.to_string().contains('\n'), "{}", e);
+                        }
+                    }
+                    Err(e) => {
+                        let line = e.to_string();
+                        prop_assert!(line.contains("weftd.toml"), "{}", line);
+                    }
+                }
+            }
+        }
+    }
 }

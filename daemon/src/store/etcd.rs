@@ -641,4 +641,26 @@ mod tests {
             PeerChange::Delete(NodeName::new("ghost").unwrap())
         );
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 2000, ..Default::default() })]
+
+        /// Claim keys read back from etcd (anyone with write access can put one) parse or are
+        /// skipped, and what a node writes parses back to its subnet.
+        #[test]
+        fn claim_keys_parse_or_are_skipped(rest in "(v4|v6|[a-z0-9]{0,3})/[0-9a-f.:]{0,40}-[0-9]{0,4}") {
+            let _ = parse_claim_key(&rest);
+        }
+
+        #[test]
+        fn a_written_claim_key_reads_back(a in 0u8.., b in 0u8.., n in 0u16..) {
+            let v4: IpNet = format!("10.{a}.{b}.0/24").parse().unwrap();
+            let v6: IpNet = format!("fd00:10:244:{n:x}::/64").parse().unwrap();
+            for net in [v4, v6] {
+                let family = if net.addr().is_ipv4() { "v4" } else { "v6" };
+                let key = format!("{family}/{}-{}", net.addr(), net.prefix_len());
+                proptest::prop_assert_eq!(parse_claim_key(&key), Some(net));
+            }
+        }
+    }
 }
