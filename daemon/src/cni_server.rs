@@ -146,7 +146,7 @@ impl CniService {
         let lease = self.lease.borrow().clone().ok_or_else(not_ready)?;
         let (allocation, fresh) = {
             let mut ipam = self.ipam.lock().await;
-            ipam.set_cidrs(lease.pod_cidrs);
+            report_outside(&ipam.set_cidrs(lease.pod_cidrs), lease.pod_cidrs);
             let existed = ipam.get(&key).is_some();
             // Absent `ipMasq` means masquerade.
             let masquerade = conf.ip_masq.unwrap_or(true);
@@ -217,15 +217,28 @@ impl CniService {
     ) -> Result<(), CniError> {
         let (key, ifname) = attachment(env)?;
         let netns = pod_netns(env, netns)?;
-        let allocation = self.ipam.lock().await.get(&key).ok_or_else(|| {
-            CniError::new(
-                CniError::UNKNOWN_CONTAINER,
+        let (allocation, holds, cidrs) = {
+            let ipam = self.ipam.lock().await;
+            let allocation = ipam.get(&key).ok_or_else(|| {
+                CniError::new(
+                    CniError::UNKNOWN_CONTAINER,
+                    format!(
+                        "no addresses are allocated to {}/{}",
+                        key.container_id, key.ifname
+                    ),
+                )
+            })?;
+            (allocation, ipam.holds(&allocation), ipam.cidrs())
+        };
+        if !holds {
+            return Err(CniError::new(
+                CODE_CHECK_FAILED,
                 format!(
-                    "no addresses are allocated to {}/{}",
-                    key.container_id, key.ifname
+                    "the pod's addresses {:?} are outside this node's pod CIDRs {cidrs}: the node came back with other CIDRs, and another node may give the same addresses to its pods; recreate the pod",
+                    allocation.addresses().collect::<Vec<_>>()
                 ),
-            )
-        })?;
+            ));
+        }
         if let Some(prev) = conf.prev_result()? {
             let ours: BTreeSet<IpAddr> = allocation.addresses().collect();
             let theirs: BTreeSet<IpAddr> = prev.ips.iter().map(|ip| ip.address.addr()).collect();
@@ -371,6 +384,19 @@ fn ipam_error(e: IpamError) -> CniError {
     match e {
         IpamError::Exhausted { .. } => CniError::new(CODE_POOL_EXHAUSTED, e.to_string()),
         other => CniError::new(CniError::IO_FAILURE, other.to_string()),
+    }
+}
+
+/// One error line per pod interface whose addresses lie outside the node's pod CIDRs `cidrs`.
+pub fn report_outside(pods: &[(AttachmentKey, Allocation)], cidrs: weft_proto::lease::PodCidrs) {
+    for (key, allocation) in pods {
+        tracing::error!(
+            container = %key.container_id,
+            ifname = %key.ifname,
+            ips = ?allocation.addresses().collect::<Vec<_>>(),
+            %cidrs,
+            "pod holds addresses outside this node's pod CIDRs (the node came back with other CIDRs): another node may give them to its pods; its CNI CHECK fails so the runtime recreates it"
+        );
     }
 }
 

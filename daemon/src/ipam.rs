@@ -220,9 +220,36 @@ impl Ipam {
     }
 
     /// The node's CIDRs changed (a lease lost and re-acquired elsewhere): new pods get addresses
-    /// from the new CIDRs; existing allocations stay until their pods go.
-    pub fn set_cidrs(&mut self, cidrs: PodCidrs) {
+    /// from the new CIDRs; existing allocations stay until their pods go, and each one now
+    /// outside them is reported (see [`Ipam::outside`]). Returns those, only when the CIDRs changed.
+    pub fn set_cidrs(&mut self, cidrs: PodCidrs) -> Vec<(AttachmentKey, Allocation)> {
+        if self.cidrs == cidrs {
+            return Vec::new();
+        }
         self.cidrs = cidrs;
+        self.outside()
+    }
+
+    /// The pod interfaces holding an address outside the node's current pod CIDRs: after the node
+    /// came back with other CIDRs, another node may hand the same address to one of its pods.
+    /// Their CNI CHECK fails, so the runtime recreates them.
+    pub fn outside(&self) -> Vec<(AttachmentKey, Allocation)> {
+        self.allocations
+            .iter()
+            .filter(|(_, a)| !self.holds(a))
+            .map(|(k, a)| (k.clone(), *a))
+            .collect()
+    }
+
+    /// Whether every address of `allocation` is inside the node's current pod CIDRs.
+    pub fn holds(&self, allocation: &Allocation) -> bool {
+        let inside = |ip: &IpAddr| self.cidrs.iter().any(|net| net.contains(ip));
+        allocation.addresses().all(|ip| inside(&ip))
+    }
+
+    /// The node's current pod CIDRs.
+    pub fn cidrs(&self) -> PodCidrs {
+        self.cidrs
     }
 
     pub fn get(&self, key: &AttachmentKey) -> Option<Allocation> {
@@ -458,6 +485,33 @@ mod tests {
         .unwrap();
         assert_eq!(reopened.get(&key(1)), Some(a));
         assert_eq!(reopened.len(), 2);
+    }
+
+    #[test]
+    fn pods_outside_new_cidrs_are_named_once_and_new_pods_use_the_new_cidrs() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = cidrs("10.244.1.0/24", "fd00:10:244:1::/64");
+        let mut ipam = Ipam::open(dir.path(), old, false).unwrap();
+        let a = ipam.allocate(&key(1), true).unwrap();
+        assert!(ipam.outside().is_empty());
+        let new = cidrs("10.244.7.0/24", "fd00:10:244:7::/64");
+        assert_eq!(
+            ipam.set_cidrs(new),
+            vec![(key(1), a)],
+            "named when the CIDRs change"
+        );
+        assert!(ipam.set_cidrs(new).is_empty(), "and only then");
+        assert!(!ipam.holds(&a));
+        let b = ipam.allocate(&key(2), true).unwrap();
+        assert!(ipam.holds(&b), "{b:?} is in the new CIDRs");
+        let reopened = Ipam::open(dir.path(), new, false).unwrap();
+        assert_eq!(
+            reopened.outside(),
+            vec![(key(1), a)],
+            "a restart names it too"
+        );
+        ipam.release(&key(1)).unwrap();
+        assert!(ipam.outside().is_empty());
     }
 
     #[test]

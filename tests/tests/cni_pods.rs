@@ -886,3 +886,57 @@ fn call_in_node(
         conf,
     )
 }
+
+/// Issue "Faults and hostile input", case 4: a node that comes back with other pod CIDRs (its old
+/// ones taken by another node meanwhile) names every pod it still holds outside them, one error line
+/// each, and fails their CHECK, so the runtime recreates them instead of two pods sharing an address.
+#[test]
+fn a_node_back_with_other_cidrs_reports_its_old_pods_and_fails_their_check() {
+    let mut lab = Lab::up(LabConfig {
+        nodes: 1,
+        pods_per_node: 1,
+        ..Default::default()
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    let pod_v4 = lab.pods[0].v4.unwrap();
+    lab.stop_daemon(0, true);
+    // Past its TTL another node took the CIDR: node-1's record now belongs to "newcomer".
+    let nodes = lab.dir.join("store").join("nodes");
+    let record = std::fs::read_to_string(nodes.join("node-1.json")).unwrap();
+    let mut record: serde_json::Value = serde_json::from_str(&record).unwrap();
+    record["name"] = "newcomer".into();
+    record["expires"] = 4_000_000_000u64.into();
+    std::fs::write(nodes.join("newcomer.json"), record.to_string()).unwrap();
+    std::fs::remove_file(nodes.join("node-1.json")).unwrap();
+    lab.start_daemon(0).unwrap();
+
+    let log = lab.nodes[0].log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("outside this node's pod CIDRs") && l.contains(&pod_v4.to_string()))
+        .unwrap_or_else(|| panic!("the old pod is named:\n{log}"));
+    assert!(line.contains("ERROR"), "{line}");
+    let pod = &lab.pods[0];
+    let out = lab.cni(
+        "CHECK",
+        &pod.container_id,
+        Some(&pod.netns.path()),
+        "eth0",
+        &lab.netconf(0),
+    );
+    assert!(!out.success, "CHECK must fail: {}", out.stdout);
+    assert_eq!(out.code(), Some(101), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("outside this node's pod CIDRs"),
+        "{}",
+        out.stdout
+    );
+    // A new pod gets an address of the node's new CIDR.
+    let index = lab.add_pod(0).unwrap();
+    let fresh = lab.pods[index].v4.unwrap();
+    assert_ne!(
+        fresh.octets()[2],
+        pod_v4.octets()[2],
+        "{fresh} is in the new CIDR"
+    );
+}

@@ -148,6 +148,7 @@ async fn serve_cni(
         .any(pod::is_weft_veth);
     let ipam = Ipam::open(&config.state_dir, lease.pod_cidrs, !pods_wired)
         .context("open the IPAM state")?;
+    cni_server::report_outside(&ipam.outside(), lease.pod_cidrs);
     let socket = config.run_dir.join("cni.sock");
     let listener = cni_server::bind(&socket)
         .with_context(|| format!("bind the CNI socket {}", socket.display()))?;
