@@ -940,3 +940,55 @@ fn a_node_back_with_other_cidrs_reports_its_old_pods_and_fails_their_check() {
         "{fresh} is in the new CIDR"
     );
 }
+
+/// Issue "Faults and hostile input", case 6: a second weft interface in one pod keeps its routes
+/// to itself: ADD of `eth1` leaves `eth0`'s default routes, DEL of `eth1` leaves `eth0` working.
+#[test]
+fn a_second_interface_in_a_pod_leaves_the_first_ones_routes_alone() {
+    let lab = Lab::up(LabConfig {
+        nodes: 1,
+        pods_per_node: 2,
+        ..Default::default()
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    let (pod, other) = (&lab.pods[0], &lab.pods[1]);
+    let conf = lab.netconf(0);
+    let call = |command: &str, ifname: &str| {
+        lab.cni(
+            command,
+            &pod.container_id,
+            Some(&pod.netns.path()),
+            ifname,
+            &conf,
+        )
+    };
+    let defaults = |family: &str| {
+        pod.netns
+            .exec(&["ip", family, "route", "show", "default"])
+            .unwrap()
+    };
+    let before = (defaults("-4"), defaults("-6"));
+    let added = call("ADD", "eth1");
+    assert!(added.success, "ADD eth1: {}", added.stdout);
+    assert_eq!(
+        (defaults("-4"), defaults("-6")),
+        before,
+        "eth0 keeps the default routes"
+    );
+    assert!(
+        call("CHECK", "eth0").success,
+        "eth0 passes CHECK beside eth1"
+    );
+    assert!(call("CHECK", "eth1").success, "and so does eth1");
+    let deleted = call("DEL", "eth1");
+    assert!(deleted.success, "DEL eth1: {}", deleted.stdout);
+    assert_eq!(
+        (defaults("-4"), defaults("-6")),
+        before,
+        "DEL eth1 leaves eth0's routes"
+    );
+    let check = call("CHECK", "eth0");
+    assert!(check.success, "CHECK eth0 after DEL eth1: {}", check.stdout);
+    let target = other.v4.unwrap().to_string();
+    assert!(pod.netns.ping(&target, 2), "eth0 still carries traffic");
+}

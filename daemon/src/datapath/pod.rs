@@ -211,7 +211,10 @@ struct Ends<'a> {
 impl Ends<'_> {
     /// Give the pod `ip` (DAD off for IPv6), a default route via the link-local gateway of its
     /// family (resolved by a permanent neighbour entry to the host end), and the node a host
-    /// route to it through the veth.
+    /// route to it through the veth. A pod that already has a default route of that family
+    /// through another interface (this is a second weft interface, `eth1` beside `eth0`) keeps
+    /// it: this interface gets its address and neighbour entry only, so adding or removing it
+    /// leaves the other interface's routes as they were.
     async fn route_address(&self, ip: IpAddr) -> Result<(), PodError> {
         let family = Family::of(&ip);
         let len = host_prefix(ip).prefix_len();
@@ -227,6 +230,9 @@ impl Ends<'_> {
             .map_err(netlink(format!("add the pod's {family} address")))?;
         let gateway = gateway_for(&ip);
         gateway_neighbour(self.pod, self.pod_index, gateway, &self.host_mac).await?;
+        if self.default_elsewhere(&ip).await? {
+            return self.route_to_pod(ip).await;
+        }
         if ip.is_ipv4() {
             // An IPv4 gateway outside every prefix on the interface needs a link route to it;
             // IPv6's link-local one is on-link by definition.
@@ -242,6 +248,11 @@ impl Ends<'_> {
             .build();
         let what = format!("add the pod's {family} default route");
         replace_route(self.pod, default, &what).await?;
+        self.route_to_pod(ip).await
+    }
+
+    /// The node's host route to `ip` through the veth.
+    async fn route_to_pod(&self, ip: IpAddr) -> Result<(), PodError> {
         let scope = if ip.is_ipv4() {
             RouteScope::Link
         } else {
@@ -249,6 +260,21 @@ impl Ends<'_> {
         };
         let to_pod = route_to(ip, self.host_index, scope)?;
         replace_route(self.host, to_pod, "add the node's route to the pod").await
+    }
+
+    /// Whether the pod has a default route of `ip`'s family through an interface other than
+    /// this one.
+    async fn default_elsewhere(&self, ip: &IpAddr) -> Result<bool, PodError> {
+        let family = match ip {
+            IpAddr::V4(_) => AddressFamily::Inet,
+            IpAddr::V6(_) => AddressFamily::Inet6,
+        };
+        let routes = nl::main_routes(self.pod, family)
+            .await
+            .map_err(netlink("list the pod's routes"))?;
+        Ok(routes
+            .iter()
+            .any(|r| r.dst.prefix_len() == 0 && r.oif.is_some_and(|i| i != self.pod_index)))
     }
 }
 
