@@ -128,7 +128,7 @@ impl CniService {
             CniCommand::Add => self.add(env, conf, netns).await,
             // DEL releases everything from the node's side: a descriptor (of a namespace that may
             // be gone, or none at all) is closed unused.
-            CniCommand::Del => self.del(env).await.map(|()| Value::Null),
+            CniCommand::Del => self.del(env, conf).await.map(|()| Value::Null),
             CniCommand::Check => self.check(env, conf, netns).await.map(|()| Value::Null),
             CniCommand::Status => self.status().await.map(|()| Value::Null),
             CniCommand::Gc => self.gc(conf).await.map(|()| Value::Null),
@@ -141,7 +141,7 @@ impl CniService {
         conf: &NetConf,
         netns: Option<OwnedFd>,
     ) -> Result<Value, CniError> {
-        let (key, ifname) = attachment(env)?;
+        let (key, ifname) = attachment(env, conf)?;
         let netns = pod_netns(env, netns)?;
         let lease = self.lease.borrow().clone().ok_or_else(not_ready)?;
         let (allocation, fresh) = {
@@ -189,8 +189,13 @@ impl CniService {
         Ok(result.to_json(&conf.cni_version))
     }
 
-    async fn del(&self, env: &CniEnv) -> Result<(), CniError> {
-        let (key, _) = attachment(env)?;
+    async fn del(&self, env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
+        let (key, _) = attachment(env, conf)?;
+        if self.ipam.lock().await.held_by_another_network(&key) {
+            // The interface is another weft network's (a DEL of a network it was never added
+            // to): nothing of this network to remove.
+            return Ok(());
+        }
         pod::teardown(
             &self.host,
             &pod::host_veth_name(&key.container_id, &key.ifname),
@@ -215,7 +220,7 @@ impl CniService {
         conf: &NetConf,
         netns: Option<OwnedFd>,
     ) -> Result<(), CniError> {
-        let (key, ifname) = attachment(env)?;
+        let (key, ifname) = attachment(env, conf)?;
         let netns = pod_netns(env, netns)?;
         let (allocation, holds, cidrs) = {
             let ipam = self.ipam.lock().await;
@@ -295,12 +300,15 @@ impl CniService {
         let Some(valid) = conf.gc_attachments() else {
             return Ok(());
         };
+        let network = &conf.name;
         let valid: BTreeSet<AttachmentKey> = valid
             .iter()
             .map(|a| AttachmentKey::new(a.container_id.clone(), a.ifname.clone()))
+            .map(|key| key.in_network(network.clone()))
             .collect();
         let mut ipam = self.ipam.lock().await;
-        let released = ipam.retain(|key| valid.contains(key));
+        // Only this network's attachments are judged: another network's GC lists its own.
+        let released = ipam.retain(|key| &key.network != network || valid.contains(key));
         self.publish_unmasqueraded(&ipam);
         let released = released.map_err(ipam_error)?;
         let keep: BTreeSet<String> = ipam
@@ -344,7 +352,8 @@ impl CniService {
     }
 }
 
-fn attachment(env: &CniEnv) -> Result<(AttachmentKey, IfName), CniError> {
+/// The attachment a call names: the network (`conf.name`), `CNI_CONTAINERID`, `CNI_IFNAME`.
+fn attachment(env: &CniEnv, conf: &NetConf) -> Result<(AttachmentKey, IfName), CniError> {
     let container_id = env
         .container_id
         .clone()
@@ -353,7 +362,8 @@ fn attachment(env: &CniEnv) -> Result<(AttachmentKey, IfName), CniError> {
         .ifname
         .clone()
         .ok_or_else(|| CniError::invalid_env("CNI_IFNAME is required"))?;
-    Ok((AttachmentKey::new(container_id, ifname.to_string()), ifname))
+    let key = AttachmentKey::new(container_id, ifname.to_string()).in_network(conf.name.clone());
+    Ok((key, ifname))
 }
 
 /// The pod's namespace: the descriptor the shim sent, checked; the `CNI_NETNS` path, opened here,

@@ -46,43 +46,73 @@ pub enum IpamError {
         #[source]
         source: std::io::Error,
     },
-    #[error("container ID {0:?} cannot name an IPAM record")]
+    #[error("network/container ID {0:?} cannot name an IPAM record")]
     BadKey(String),
 }
 
-/// One pod interface: the runtime's container ID and the interface name inside the pod.
+/// The network of records written before records named their network, and the name of the
+/// shipped conflist (`deploy/10-weft.conflist`): its records keep the plain `CONTAINER_ID@IFNAME`
+/// file name, so existing state reads the same.
+pub const DEFAULT_NETWORK: &str = "weft";
+
+/// One pod interface, as the CNI spec keys an attachment: the network's name (the conflist's
+/// `name`), the runtime's container ID and the interface name inside the pod. Two weft networks in
+/// one pod (Multus) are two keys, and a DEL or GC of one never touches the other's.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct AttachmentKey {
+    pub network: String,
     pub container_id: String,
     pub ifname: String,
 }
 
 impl AttachmentKey {
+    /// An attachment of [`DEFAULT_NETWORK`].
     pub fn new(container_id: impl Into<String>, ifname: impl Into<String>) -> Self {
         AttachmentKey {
+            network: DEFAULT_NETWORK.to_string(),
             container_id: container_id.into(),
             ifname: ifname.into(),
         }
     }
 
-    /// The record's file name: `CONTAINER_ID@IFNAME`. Container IDs are CNI identifiers (letters,
-    /// digits, `_`, `-`, `.`), so the first `@` separates the two; anything that could escape the
-    /// directory or hide the file is refused.
+    /// The same attachment on the network `name`.
+    pub fn in_network(self, name: impl Into<String>) -> Self {
+        AttachmentKey {
+            network: name.into(),
+            ..self
+        }
+    }
+
+    /// The record's file name: `CONTAINER_ID@IFNAME` on [`DEFAULT_NETWORK`], else
+    /// `NETWORK#CONTAINER_ID@IFNAME`. Container IDs and network names are CNI identifiers
+    /// (letters, digits, `_`, `-`, `.`), so `#` and the first `@` separate the parts; anything that
+    /// could escape the directory or hide the file is refused.
     fn file_name(&self) -> Result<String, IpamError> {
         let cid = &self.container_id;
+        let net = &self.network;
         let bad = cid.is_empty()
             || cid.starts_with('.')
-            || cid.contains(['/', '@', '\0'])
-            || self.ifname.contains('/');
+            || cid.contains(['/', '@', '#', '\0'])
+            || self.ifname.contains('/')
+            || net.is_empty()
+            || net.starts_with('.')
+            || net.contains(['/', '@', '#', '\0']);
         if bad {
-            return Err(IpamError::BadKey(cid.clone()));
+            return Err(IpamError::BadKey(format!("{net}/{cid}")));
         }
-        Ok(format!("{cid}@{}", self.ifname))
+        Ok(match net == DEFAULT_NETWORK {
+            true => format!("{cid}@{}", self.ifname),
+            false => format!("{net}#{cid}@{}", self.ifname),
+        })
     }
 
     fn from_file_name(name: &str) -> Option<AttachmentKey> {
-        let (cid, ifname) = name.split_once('@')?;
-        Some(AttachmentKey::new(cid, ifname))
+        let (network, rest) = match name.split_once('#') {
+            Some((network, rest)) => (network, rest),
+            None => (DEFAULT_NETWORK, name),
+        };
+        let (cid, ifname) = rest.split_once('@')?;
+        Some(AttachmentKey::new(cid, ifname).in_network(network))
     }
 }
 
@@ -245,6 +275,14 @@ impl Ipam {
     pub fn holds(&self, allocation: &Allocation) -> bool {
         let inside = |ip: &IpAddr| self.cidrs.iter().any(|net| net.contains(ip));
         allocation.addresses().all(|ip| inside(&ip))
+    }
+
+    /// Whether the pod interface of `key` (container and interface name) holds addresses of
+    /// another network than `key`'s.
+    pub fn held_by_another_network(&self, key: &AttachmentKey) -> bool {
+        self.allocations.keys().any(|k| {
+            k.container_id == key.container_id && k.ifname == key.ifname && k.network != key.network
+        })
     }
 
     /// The node's current pod CIDRs.
@@ -512,6 +550,32 @@ mod tests {
         );
         ipam.release(&key(1)).unwrap();
         assert!(ipam.outside().is_empty());
+    }
+
+    #[test]
+    fn records_are_keyed_by_network_and_the_default_network_keeps_its_file_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ipam = Ipam::open(dir.path(), cidrs("10.0.0.0/24", ""), false).unwrap();
+        let other = key(1).in_network("second");
+        let a = ipam.allocate(&key(1), true).unwrap();
+        let b = ipam.allocate(&other, true).unwrap();
+        assert_ne!(a, b, "two networks, two attachments");
+        let mut files: Vec<String> = std::fs::read_dir(dir.path().join("ipam"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        files.sort();
+        assert_eq!(files, ["container-1@eth0", "second#container-1@eth0"]);
+        let reopened = Ipam::open(dir.path(), cidrs("10.0.0.0/24", ""), false).unwrap();
+        assert_eq!(
+            (reopened.get(&key(1)), reopened.get(&other)),
+            (Some(a), Some(b))
+        );
+        assert!(ipam.held_by_another_network(&key(1).in_network("third")));
+        assert!(matches!(
+            ipam.allocate(&key(2).in_network("a#b"), true),
+            Err(IpamError::BadKey(_))
+        ));
     }
 
     #[test]

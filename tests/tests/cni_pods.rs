@@ -992,3 +992,57 @@ fn a_second_interface_in_a_pod_leaves_the_first_ones_routes_alone() {
     let target = other.v4.unwrap().to_string();
     assert!(pod.netns.ping(&target, 2), "eth0 still carries traffic");
 }
+
+/// Issue "Faults and hostile input", case 8: attachments are keyed by network too. A second weft
+/// network (another conflist, as Multus sets up) gives a pod `eth1`; a GC of that network, listing
+/// only its own attachments, releases nothing of the first network, and a DEL of `eth1` leaves
+/// `eth0` as it was.
+#[test]
+fn gc_and_del_of_one_network_leave_another_networks_pods_alone() {
+    let lab = lab(2, &[]);
+    let first = lab.netconf(0);
+    let mut second = first.clone();
+    second["name"] = "second".into();
+    let pod = &lab.pods[0];
+    let netns = pod.netns.path();
+    let added = lab.cni("ADD", &pod.container_id, Some(&netns), "eth1", &second);
+    assert!(
+        added.success,
+        "ADD eth1 on the second network: {}",
+        added.stdout
+    );
+    let before: BTreeSet<String> = allocations(&lab).into_iter().map(|(k, _)| k).collect();
+    assert_eq!(
+        before.len(),
+        3,
+        "two pods on the first network, one interface on the second"
+    );
+
+    let mut gc = second.clone();
+    gc["cni.dev/valid-attachments"] = json!([{"containerID": pod.container_id, "ifname": "eth1"}]);
+    let out = lab.cni("GC", "", None, "", &gc);
+    assert!(out.success, "GC: {}", out.stdout);
+    let after: BTreeSet<String> = allocations(&lab).into_iter().map(|(k, _)| k).collect();
+    assert_eq!(
+        after, before,
+        "the second network's GC released nothing of the first"
+    );
+    assert_eq!(weft_veths(&lab).len(), 3, "and removed no veth");
+
+    // A DEL on the second network of an interface it never had touches nothing.
+    let stray = lab.cni("DEL", &lab.pods[1].container_id, None, "eth0", &second);
+    assert!(stray.success, "{}", stray.stdout);
+    let deleted = lab.cni("DEL", &pod.container_id, Some(&netns), "eth1", &second);
+    assert!(deleted.success, "{}", deleted.stdout);
+    assert_eq!(allocations(&lab).len(), 2, "only eth1 was released");
+    for p in &lab.pods {
+        let check = lab.cni(
+            "CHECK",
+            &p.container_id,
+            Some(&p.netns.path()),
+            "eth0",
+            &first,
+        );
+        assert!(check.success, "CHECK {}: {}", p.name, check.stdout);
+    }
+}
