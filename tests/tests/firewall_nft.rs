@@ -31,7 +31,7 @@ fn node_firewall(unmasqueraded: &[&str]) -> Firewall {
     ];
     let unmasqueraded: BTreeSet<IpAddr> =
         unmasqueraded.iter().map(|a| a.parse().unwrap()).collect();
-    firewall::desired(&own, &cluster, &unmasqueraded)
+    firewall::desired(&own, &cluster, &unmasqueraded, None)
 }
 
 /// Observe, diff, apply what the diff says; the operation applied, if any.
@@ -152,6 +152,7 @@ fn forward_drop_chains_of_other_tables_are_named() {
                     cluster: "fd00:10:244::/48".parse().unwrap(),
                 }],
                 unmasqueraded: BTreeSet::new(),
+                tunnel: None,
             },
             drift: Drift::Missing,
         })
@@ -165,5 +166,72 @@ fn forward_drop_chains_of_other_tables_are_named() {
             None,
             "a refused batch changes nothing"
         );
+    });
+}
+
+/// Issue "Faults and hostile input", case 5: with a tunnel to guard, only current peers may send
+/// to its port. Applied, read back without drift, a peer change is a refill of the sets alone, and
+/// a real packet from a stranger to the port is dropped while a peer's is not (counted by the
+/// input chain's counters, in the test's own namespace over a veth pair).
+#[test]
+fn the_tunnel_port_takes_only_peers_and_a_peer_change_refills_the_sets() {
+    in_fresh_netns(|| {
+        for line in [
+            "ip link add t0 type veth peer name t1",
+            "ip addr add 192.0.2.1/24 dev t0",
+            "ip addr add 192.0.2.2/24 dev t1",
+            "ip addr add 192.0.2.3/24 dev t1",
+            "ip link set t0 up",
+            "ip link set t1 up",
+            "ip link set lo up",
+        ] {
+            weft_lab::netns::run(&line.split_whitespace().collect::<Vec<_>>()).unwrap();
+        }
+        let guarded = |peers: &[&str]| {
+            let mut desired = node_firewall(&[]);
+            desired.tunnel = Some(firewall::TunnelGuard {
+                port: 8472,
+                peers: peers.iter().map(|a| a.parse().unwrap()).collect(),
+            });
+            desired
+        };
+        let desired = guarded(&["192.0.2.2"]);
+        converge(&desired).unwrap().expect("a table to make");
+        assert_eq!(firewall::diff(&desired, &nft::observe().unwrap()), None);
+        let listing = nft_cli(&["list", "table", "inet", "weft"]);
+        for line in [
+            "udp dport 8472 ip saddr != @peers4 drop",
+            "udp dport 8472 ip6 saddr != @peers6 drop",
+            "ip saddr 10.244.0.0/16 udp dport 8472 drop",
+            "elements = { 192.0.2.2 }",
+        ] {
+            assert!(listing.contains(line), "no {line:?} in\n{listing}");
+        }
+        // The peer set follows the peers without replacing the table.
+        let moved = guarded(&["192.0.2.2", "192.0.2.9"]);
+        let op = converge(&moved).unwrap().expect("a refill");
+        assert!(matches!(op, FirewallOp::Refill(_)), "{op:?}");
+
+        // Packets to 192.0.2.1:8472 from a peer (192.0.2.2) and a stranger (192.0.2.3): only
+        // the stranger's is dropped. A listener on the port counts what gets through.
+        let listener = std::net::UdpSocket::bind("192.0.2.1:8472").unwrap();
+        listener
+            .set_read_timeout(Some(std::time::Duration::from_millis(300)))
+            .unwrap();
+        let got = |from: &str| {
+            let sender = std::net::UdpSocket::bind(format!("{from}:0")).unwrap();
+            sender.send_to(from.as_bytes(), "192.0.2.1:8472").unwrap();
+            let mut buf = [0u8; 64];
+            match listener.recv_from(&mut buf) {
+                Ok((n, _)) => String::from_utf8_lossy(&buf[..n]).into_owned(),
+                Err(_) => String::new(),
+            }
+        };
+        assert_eq!(
+            got("192.0.2.2"),
+            "192.0.2.2",
+            "a peer reaches the tunnel port"
+        );
+        assert_eq!(got("192.0.2.3"), "", "a stranger does not");
     });
 }

@@ -645,3 +645,106 @@ fn weftd_exits_within_half_a_second_of_sigterm_and_a_restart_finds_its_lease_and
     );
     assert!(!log.contains("op=ip link del"), "{log}");
 }
+
+/// A VXLAN frame for VNI 1 carrying an IPv4/UDP packet from `inner_src` to `inner_dst`, for the
+/// device whose MAC is `dst_mac`: what an attacker hand-builds to inject into the overlay.
+fn forged_vxlan(dst_mac: [u8; 6], inner_src: [u8; 4], inner_dst: [u8; 4]) -> Vec<u8> {
+    let mut frame = vec![0x08, 0, 0, 0, 0, 0, 1, 0]; // flags: VNI valid; VNI 1
+    frame.extend_from_slice(&dst_mac);
+    frame.extend_from_slice(&[0x02, 0, 0, 0, 0x99, 0x99, 0x08, 0x00]);
+    let payload = b"forged";
+    let total = (20 + 8 + payload.len()) as u16;
+    let mut ip = vec![
+        0x45,
+        0,
+        (total >> 8) as u8,
+        total as u8,
+        0,
+        0,
+        0,
+        0,
+        64,
+        17,
+        0,
+        0,
+    ];
+    ip.extend_from_slice(&inner_src);
+    ip.extend_from_slice(&inner_dst);
+    let sum = ip
+        .chunks(2)
+        .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
+        .sum::<u32>();
+    let folded = !(((sum & 0xffff) + (sum >> 16)) as u16);
+    ip[10..12].copy_from_slice(&folded.to_be_bytes());
+    frame.extend_from_slice(&ip);
+    let udp_len = (8 + payload.len()) as u16;
+    frame.extend_from_slice(&[0x30, 0x39, 0, 9, (udp_len >> 8) as u8, udp_len as u8, 0, 0]);
+    frame.extend_from_slice(payload);
+    frame
+}
+
+/// Packets the node's `weft.vxlan` device has received (decapsulated).
+fn vxlan_rx_packets(lab: &Lab, node: usize) -> u64 {
+    let out = node_exec(lab, node, &["ip", "-s", "-j", "link", "show", "weft.vxlan"]);
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+    json[0]["stats64"]["rx"]["packets"].as_u64().unwrap()
+}
+
+/// Issue "Faults and hostile input", case 5: a VXLAN packet built by hand, sent to a node's UDP
+/// 8472 from outside the cluster or from a pod, is dropped before the VXLAN device sees it; the
+/// peers' own tunnel traffic still flows.
+#[test]
+fn only_peers_may_send_into_the_vxlan_tunnel() {
+    let lab = lab(2, 1);
+    let probes = lab.wait_converged(Duration::from_secs(10));
+    assert!(probes.iter().all(|p| p.ok), "{}", render_matrix(&probes));
+    let link = node_exec(&lab, 0, &["ip", "-j", "link", "show", "weft.vxlan"]);
+    let link: serde_json::Value = serde_json::from_str(&link).unwrap();
+    let mac: Vec<u8> = link[0]["address"]
+        .as_str()
+        .unwrap()
+        .split(':')
+        .map(|h| u8::from_str_radix(h, 16).unwrap())
+        .collect();
+    let pod_v4 = lab.pods[0].v4.unwrap().octets();
+    let frame = forged_vxlan(mac.try_into().unwrap(), [10, 244, 99, 9], pod_v4);
+    let send = |netns: &weft_lab::netns::NetnsGuard, target: &str| {
+        let (frame, target) = (frame.clone(), target.to_string());
+        netns
+            .within(move || {
+                let socket = std::net::UdpSocket::bind("0.0.0.0:0")?;
+                for _ in 0..5 {
+                    socket.send_to(&frame, (target.as_str(), 8472))?;
+                }
+                Ok(())
+            })
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    let before = vxlan_rx_packets(&lab, 0);
+    send(&lab.outside, "192.0.2.11");
+    assert_eq!(
+        vxlan_rx_packets(&lab, 0),
+        before,
+        "a host outside the cluster got in"
+    );
+    // From a pod on node-2, to node-1's tunnel port (forwarded by node-2, which drops it).
+    send(&lab.pods[1].netns, "192.0.2.11");
+    assert_eq!(
+        vxlan_rx_packets(&lab, 0),
+        before,
+        "a pod got into the tunnel"
+    );
+    let table = node_exec(&lab, 0, &["nft", "list", "set", "inet", "weft", "peers4"]);
+    assert!(table.contains("192.0.2.12"), "node-2 is a peer:\n{table}");
+    let probes = lab.probes();
+    assert!(
+        probes.iter().all(|p| p.ok),
+        "peers still talk:\n{}",
+        render_matrix(&probes)
+    );
+    assert!(
+        vxlan_rx_packets(&lab, 0) > before,
+        "and their packets are decapsulated"
+    );
+}

@@ -71,6 +71,12 @@ pub const FORWARD: &str = "forward";
 pub const NOMASQ_V4: &str = "nomasq4";
 /// The set of IPv6 pod addresses that are not masqueraded.
 pub const NOMASQ_V6: &str = "nomasq6";
+/// The filter chain on the input hook (priority filter = 0), present with a tunnel to guard.
+pub const INPUT: &str = "input";
+/// The set of the current peers' IPv4 underlay addresses: the only sources let in to the tunnel port.
+pub const PEERS_V4: &str = "peers4";
+/// The same for IPv6 underlay addresses.
+pub const PEERS_V6: &str = "peers6";
 /// What the comment of each chain's first rule starts with; the ruleset's fingerprint follows.
 const FINGERPRINT_PREFIX: &str = "weft:";
 
@@ -95,11 +101,40 @@ pub struct Firewall {
     pub forward: Vec<IpNet>,
     /// Pod addresses whose traffic is never masqueraded (their network says `"ipMasq": false`).
     pub unmasqueraded: BTreeSet<IpAddr>,
+    /// The tunnel port only current peers may send to (VXLAN; WireGuard authenticates every
+    /// packet itself), `None` for none.
+    pub tunnel: Option<TunnelGuard>,
+}
+
+/// The tunnel's UDP port and who may send to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TunnelGuard {
+    /// UDP destination port of the tunnel (8472 for VXLAN).
+    pub port: u16,
+    /// The current peers' underlay addresses.
+    pub peers: BTreeSet<IpAddr>,
 }
 
 /// The firewall of a node holding `own` inside the cluster CIDRs `cluster` (at most one per
 /// family), where the pods at `unmasqueraded` keep their own source address leaving the cluster.
-pub fn desired(own: &PodCidrs, cluster: &[IpNet], unmasqueraded: &BTreeSet<IpAddr>) -> Firewall {
+///
+/// With a `tunnel`, the input chain drops packets to its port from any address but a current
+/// peer's, and the forward chain drops pods' packets to that port of any node:
+///
+/// ```text
+///   chain input { type filter hook input priority filter; policy accept;
+///     udp dport 8472 ip saddr != @peers4 drop
+///     udp dport 8472 ip6 saddr != @peers6 drop
+///   }
+///   chain forward { …
+///     ip saddr <cluster CIDR> udp dport 8472 drop       # before the accepts; IPv6 the same
+/// ```
+pub fn desired(
+    own: &PodCidrs,
+    cluster: &[IpNet],
+    unmasqueraded: &BTreeSet<IpAddr>,
+    tunnel: Option<TunnelGuard>,
+) -> Firewall {
     let masquerade = own
         .iter()
         .flat_map(|pods| {
@@ -113,6 +148,7 @@ pub fn desired(own: &PodCidrs, cluster: &[IpNet], unmasqueraded: &BTreeSet<IpAdd
         masquerade,
         forward: cluster.to_vec(),
         unmasqueraded: unmasqueraded.clone(),
+        tunnel,
     }
 }
 
@@ -145,6 +181,13 @@ impl Family {
         match self {
             Family::V4 => NOMASQ_V4,
             Family::V6 => NOMASQ_V6,
+        }
+    }
+
+    fn peers_set(self) -> &'static str {
+        match self {
+            Family::V4 => PEERS_V4,
+            Family::V6 => PEERS_V6,
         }
     }
 
@@ -210,6 +253,20 @@ fn matches(
     })
 }
 
+/// `udp dport <port>`.
+fn udp_dport(port: u16) -> Statement<'static> {
+    Statement::Match(Match {
+        left: Expression::Named(NamedExpression::Payload(Payload::PayloadField(
+            PayloadField {
+                protocol: "udp".into(),
+                field: "dport".into(),
+            },
+        ))),
+        right: Expression::Number(u32::from(port)),
+        op: Operator::EQ,
+    })
+}
+
 fn prefix(net: &IpNet) -> Expression<'static> {
     Expression::Named(NamedExpression::Prefix(Prefix {
         addr: Box::new(Expression::String(net.network().to_string().into())),
@@ -259,9 +316,20 @@ impl Firewall {
         rules
     }
 
-    /// The forward rules, in order.
+    /// The forward rules, in order: pods' packets to the tunnel port dropped, then the accepts.
     fn forward_rules(&self) -> Vec<Rule<'static>> {
         let mut rules = Vec::new();
+        for net in self.forward.iter().filter(|_| self.tunnel.is_some()) {
+            let port = self.tunnel.as_ref().map_or(0, |t| t.port);
+            rules.push(rule(
+                FORWARD,
+                vec![
+                    matches(Family::of(net), "saddr", Operator::EQ, prefix(net)),
+                    udp_dport(port),
+                    Statement::Drop(None),
+                ],
+            ));
+        }
         for net in &self.forward {
             for field in ["saddr", "daddr"] {
                 rules.push(rule(
@@ -276,29 +344,65 @@ impl Firewall {
         rules
     }
 
-    /// The no-masquerade addresses of `family`, as set elements (`None` when there are none: nft
-    /// refuses an empty element list).
-    fn elements(&self, family: Family) -> Option<Cow<'static, [Expression<'static>]>> {
-        let elements: Vec<Expression<'static>> = self
-            .unmasqueraded
-            .iter()
-            .filter(|ip| family.holds(ip))
-            .map(address)
+    /// The input rules, in order: the tunnel port closed to all but the peers, per family.
+    fn input_rules(&self) -> Vec<Rule<'static>> {
+        let Some(tunnel) = &self.tunnel else {
+            return Vec::new();
+        };
+        Family::BOTH
+            .into_iter()
+            .map(|family| {
+                let set = Expression::String(format!("@{}", family.peers_set()).into());
+                rule(
+                    INPUT,
+                    vec![
+                        udp_dport(tunnel.port),
+                        matches(family, "saddr", Operator::NEQ, set),
+                        Statement::Drop(None),
+                    ],
+                )
+            })
+            .collect()
+    }
+
+    /// The sets: the no-masquerade ones, and the peer sets with a tunnel to guard; each with its
+    /// family and its addresses.
+    fn sets(&self) -> Vec<(&'static str, Family, BTreeSet<IpAddr>)> {
+        let of = |addresses: &BTreeSet<IpAddr>, family: Family| -> BTreeSet<IpAddr> {
+            addresses
+                .iter()
+                .filter(|ip| family.holds(ip))
+                .copied()
+                .collect()
+        };
+        let mut sets: Vec<_> = Family::BOTH
+            .into_iter()
+            .map(|f| (f.set_name(), f, of(&self.unmasqueraded, f)))
             .collect();
+        if let Some(tunnel) = &self.tunnel {
+            sets.extend(Family::BOTH.map(|f| (f.peers_set(), f, of(&tunnel.peers, f))));
+        }
+        sets
+    }
+
+    /// A set's addresses as set elements (`None` when there are none: nft refuses an empty
+    /// element list).
+    fn elements(addresses: &BTreeSet<IpAddr>) -> Option<Cow<'static, [Expression<'static>]>> {
+        let elements: Vec<Expression<'static>> = addresses.iter().map(address).collect();
         (!elements.is_empty()).then(|| elements.into())
     }
 
-    fn set(&self, family: Family, elements: bool) -> Set<'static> {
+    fn set(
+        name: &'static str,
+        family: Family,
+        addresses: Option<&BTreeSet<IpAddr>>,
+    ) -> Set<'static> {
         Set {
             family: NfFamily::INet,
             table: TABLE.into(),
-            name: family.set_name().into(),
+            name: name.into(),
             set_type: SetTypeValue::Single(family.set_type()),
-            elem: if elements {
-                self.elements(family)
-            } else {
-                None
-            },
+            elem: addresses.and_then(Firewall::elements),
             ..Set::default()
         }
     }
@@ -307,9 +411,13 @@ impl Firewall {
     /// elements, this is the ruleset's shape, which the fingerprint hashes; with it, the first
     /// rule of each chain carries it as its comment.
     fn contents(&self, fingerprint: Option<&str>, elements: bool) -> Vec<NfListObject<'static>> {
-        let mut objects: Vec<NfListObject<'static>> = Family::BOTH
-            .into_iter()
-            .map(|f| NfListObject::Set(Box::new(self.set(f, elements))))
+        let mut objects: Vec<NfListObject<'static>> = self
+            .sets()
+            .iter()
+            .map(|(name, family, addresses)| {
+                let addresses = elements.then_some(addresses);
+                NfListObject::Set(Box::new(Firewall::set(name, *family, addresses)))
+            })
             .collect();
         objects.push(NfListObject::Chain(base_chain(
             POSTROUTING,
@@ -323,7 +431,19 @@ impl Firewall {
             NfHook::Forward,
             0,
         )));
-        for mut rules in [self.postrouting_rules(), self.forward_rules()] {
+        if self.tunnel.is_some() {
+            objects.push(NfListObject::Chain(base_chain(
+                INPUT,
+                NfChainType::Filter,
+                NfHook::Input,
+                0,
+            )));
+        }
+        for mut rules in [
+            self.postrouting_rules(),
+            self.forward_rules(),
+            self.input_rules(),
+        ] {
             if let (Some(first), Some(fingerprint)) = (rules.first_mut(), fingerprint) {
                 first.comment = Some(format!("{FINGERPRINT_PREFIX}{fingerprint}").into());
             }
@@ -357,18 +477,18 @@ impl Firewall {
         batch.to_nftables()
     }
 
-    /// The batch that empties both no-masquerade sets and fills them with this firewall's
-    /// addresses, in one transaction.
+    /// The batch that empties every set and fills it with this firewall's addresses, in one
+    /// transaction (a peer come or gone, a pod without masquerade added or deleted).
     pub fn refill(&self) -> Nftables<'static> {
         let mut batch = Batch::new();
-        for family in Family::BOTH {
-            let set = self.set(family, false);
+        for (name, family, addresses) in self.sets() {
+            let set = Firewall::set(name, family, None);
             batch.add_cmd(NfCmd::Flush(FlushObject::Set(Box::new(set))));
-            if let Some(elem) = self.elements(family) {
+            if let Some(elem) = Firewall::elements(&addresses) {
                 batch.add(NfListObject::Element(Element {
                     family: NfFamily::INet,
                     table: TABLE.into(),
-                    name: family.set_name().into(),
+                    name: name.into(),
                     elem,
                 }));
             }
@@ -384,26 +504,28 @@ impl Firewall {
             policy: Some(NfChainPolicy::Accept),
             comment: (rules > 0).then(|| comment.clone()),
         };
-        let set = |family: Family| SetSummary {
-            elements: self
-                .unmasqueraded
-                .iter()
-                .filter(|ip| family.holds(ip))
-                .copied()
-                .collect(),
-            unreadable: 0,
-        };
+        let mut chains = BTreeMap::from([
+            (
+                POSTROUTING.to_string(),
+                chain(self.postrouting_rules().len()),
+            ),
+            (FORWARD.to_string(), chain(self.forward_rules().len())),
+        ]);
+        if self.tunnel.is_some() {
+            chains.insert(INPUT.to_string(), chain(self.input_rules().len()));
+        }
         TableSummary {
-            chains: BTreeMap::from([
-                (
-                    POSTROUTING.to_string(),
-                    chain(self.postrouting_rules().len()),
-                ),
-                (FORWARD.to_string(), chain(self.forward_rules().len())),
-            ]),
-            sets: Family::BOTH
+            chains,
+            sets: self
+                .sets()
                 .into_iter()
-                .map(|f| (f.set_name().to_string(), set(f)))
+                .map(|(name, _, elements)| {
+                    let summary = SetSummary {
+                        elements,
+                        unreadable: 0,
+                    };
+                    (name.to_string(), summary)
+                })
                 .collect(),
         }
     }

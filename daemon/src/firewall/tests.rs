@@ -122,7 +122,7 @@ fn rendered(firewall: &Firewall) -> Value {
 
 #[test]
 fn dual_stack_ruleset_is_the_documented_one() {
-    let firewall = desired(&dual_stack(), &cluster_dual(), &BTreeSet::new());
+    let firewall = desired(&dual_stack(), &cluster_dual(), &BTreeSet::new(), None);
     assert_eq!(
         firewall,
         Firewall {
@@ -138,6 +138,7 @@ fn dual_stack_ruleset_is_the_documented_one() {
             ],
             forward: cluster_dual(),
             unmasqueraded: BTreeSet::new(),
+            tunnel: None,
         }
     );
     let fingerprint = firewall.fingerprint();
@@ -153,7 +154,7 @@ fn single_stack_ruleset_has_no_rule_of_the_other_family() {
         v6: None,
     };
     let cluster: Vec<IpNet> = vec!["10.244.0.0/16".parse().unwrap()];
-    let firewall = desired(&own, &cluster, &BTreeSet::new());
+    let firewall = desired(&own, &cluster, &BTreeSet::new(), None);
     let fingerprint = firewall.fingerprint();
     let mut expected = head(&[], &[]);
     expected.extend([
@@ -169,7 +170,7 @@ fn single_stack_ruleset_has_no_rule_of_the_other_family() {
 #[test]
 fn unmasqueraded_pods_fill_the_set_of_their_family() {
     let unmasqueraded = addresses(&["10.244.1.7", "fd00:10:244:1::7", "10.244.1.3"]);
-    let firewall = desired(&dual_stack(), &cluster_dual(), &unmasqueraded);
+    let firewall = desired(&dual_stack(), &cluster_dual(), &unmasqueraded, None);
     let mut expected = head(&["10.244.1.3", "10.244.1.7"], &["fd00:10:244:1::7"]);
     expected.extend(dual_stack_rules(&firewall.fingerprint()));
     assert_eq!(rendered(&firewall), json!({ "nftables": expected }));
@@ -195,14 +196,20 @@ fn unmasqueraded_pods_fill_the_set_of_their_family() {
 
 #[test]
 fn the_fingerprint_follows_the_shape_not_the_set_elements() {
-    let base = desired(&dual_stack(), &cluster_dual(), &BTreeSet::new());
-    let with_pods = desired(&dual_stack(), &cluster_dual(), &addresses(&["10.244.1.9"]));
+    let base = desired(&dual_stack(), &cluster_dual(), &BTreeSet::new(), None);
+    let with_pods = desired(
+        &dual_stack(),
+        &cluster_dual(),
+        &addresses(&["10.244.1.9"]),
+        None,
+    );
     assert_eq!(base.fingerprint(), with_pods.fingerprint());
     assert_eq!(base.fingerprint().len(), 16);
     let other_cluster = desired(
         &dual_stack(),
         &["10.240.0.0/12".parse().unwrap(), cluster_dual()[1]],
         &BTreeSet::new(),
+        None,
     );
     assert_ne!(base.fingerprint(), other_cluster.fingerprint());
     let removal = serde_json::to_value(removal()).unwrap();
@@ -226,7 +233,12 @@ fn observed(listing: &str) -> Observed {
 }
 
 fn with_pod() -> Firewall {
-    desired(&dual_stack(), &cluster_dual(), &addresses(&["10.244.1.9"]))
+    desired(
+        &dual_stack(),
+        &cluster_dual(),
+        &addresses(&["10.244.1.9"]),
+        None,
+    )
 }
 
 fn listing_of(firewall: &Firewall) -> String {
@@ -388,9 +400,10 @@ fn changed_set_elements_are_refilled_not_replaced() {
         &dual_stack(),
         &cluster_dual(),
         &addresses(&["10.244.1.9", "fd00:10:244:1::9"]),
+        None,
     );
     assert_eq!(diff(&more, &seen), Some(FirewallOp::Refill(more.clone())));
-    let none = desired(&dual_stack(), &cluster_dual(), &BTreeSet::new());
+    let none = desired(&dual_stack(), &cluster_dual(), &BTreeSet::new(), None);
     let op = diff(&none, &seen).unwrap();
     assert_eq!(op, FirewallOp::Refill(none.clone()));
     assert_eq!(

@@ -47,9 +47,14 @@ impl FirewallKeeper {
     /// Bring weft's table to the desired one: read it from the kernel when unknown (at start, at
     /// every resync, after a failure), diff, and apply the difference if there is one. `false`
     /// when that failed (retry soon).
-    pub async fn converge(&mut self, own: &Lease, cluster_cidrs: &[IpNet]) -> bool {
+    pub async fn converge(
+        &mut self,
+        own: &Lease,
+        cluster_cidrs: &[IpNet],
+        tunnel: Option<firewall::TunnelGuard>,
+    ) -> bool {
         let unmasqueraded = self.unmasqueraded.borrow_and_update().clone();
-        let desired = firewall::desired(&own.pod_cidrs, cluster_cidrs, &unmasqueraded);
+        let desired = firewall::desired(&own.pod_cidrs, cluster_cidrs, &unmasqueraded, tunnel);
         let observed = match self.observed.take() {
             Some(observed) => observed,
             None => {

@@ -24,6 +24,7 @@ use super::firewall::FirewallKeeper;
 use super::sysctl::{self, Setting};
 use crate::agent::AgentView;
 use crate::backend::{Backend, Driver, DriverError};
+use crate::firewall::TunnelGuard;
 use crate::plan::admission::{Incumbents, Refusal};
 use crate::plan::{self, PlanConfig};
 use crate::store::unix_now;
@@ -165,9 +166,13 @@ impl<B: Backend> Reconciler<B> {
         self.incumbents = plan.accepted.clone();
         self.report_refusals(&plan.refused);
         let mut done = self.converge(plan.datapath).await;
+        let tunnel = self.backend.guarded_port().map(|port| TunnelGuard {
+            port,
+            peers: plan.accepted.underlays(),
+        });
         if let Some(firewall) = &mut self.firewall {
             if !firewall
-                .converge(own, &self.plan_config.cluster_cidrs)
+                .converge(own, &self.plan_config.cluster_cidrs, tunnel)
                 .await
             {
                 self.schedule_retry();

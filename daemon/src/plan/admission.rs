@@ -152,6 +152,12 @@ struct Held {
 }
 
 impl Incumbents {
+    /// The underlay addresses of the peers held: the only sources a tunnel should take packets
+    /// from.
+    pub fn underlays(&self) -> std::collections::BTreeSet<IpAddr> {
+        self.held.values().map(|h| h.underlay).collect()
+    }
+
     /// Whether no peer holds anything.
     pub fn is_empty(&self) -> bool {
         self.held.is_empty()

@@ -199,6 +199,13 @@ pub trait BackendPlan: IdentityRule + Send + Sync + 'static {
     /// What `op` does to `state`, as a model: the reference meaning of each operation for the
     /// driver that applies them, refusing what the kernel would refuse.
     fn model_apply(&self, state: &mut Self::State, op: &Self::Op) -> Result<(), ModelError>;
+
+    /// The UDP port of a tunnel that takes any packet that reaches it (VXLAN: 8472), which the
+    /// firewall then opens to current peers only; `None` where the tunnel authenticates every
+    /// packet itself (WireGuard) or there is none.
+    fn guarded_port(&self) -> Option<u16> {
+        None
+    }
 }
 
 /// An operation the kernel would refuse, as a backend's model says.

@@ -227,6 +227,11 @@ impl BackendPlan for Vxlan {
     fn model_apply(&self, state: &mut Datapath, op: &Op) -> Result<(), ModelError> {
         state.apply(op)
     }
+
+    /// VXLAN decapsulates whatever reaches UDP 8472: only peers may send there.
+    fn guarded_port(&self) -> Option<u16> {
+        Some(VXLAN_PORT)
+    }
 }
 
 /// One of this node's devices: its family, this node's pod CIDR of that family, its VTEP MAC.
