@@ -74,6 +74,7 @@ pub fn lease_request(config: &Config, public_ips: PublicIps) -> anyhow::Result<L
         preferred: state::load_previous_cidrs(&config.state_dir),
         public_ips,
         backend: backend_data(config)?,
+        machine: Some(state::machine_id(&config.state_dir).context("the machine id")?),
     })
 }
 

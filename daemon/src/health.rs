@@ -137,6 +137,7 @@ mod tests {
                 vtep_mac_v6: None,
             },
             expires: None,
+            machine: None,
         });
         Probes {
             lease: watch::channel(lease).1,

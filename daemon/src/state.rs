@@ -19,6 +19,25 @@ struct LeaseState {
     pod_cidrs: Vec<IpNet>,
 }
 
+/// This machine's identity: `STATE_DIR/machine-id`, 32 hex digits made from the kernel's random
+/// source on first use and kept. Per state directory rather than `/etc/machine-id`, so the lab's
+/// nodes on one host are distinct machines; cloned VMs must not clone the state directory.
+pub fn machine_id(state_dir: &Path) -> std::io::Result<String> {
+    let path = state_dir.join("machine-id");
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        let id = text.trim();
+        if id.len() == 32 && id.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Ok(id.to_string());
+        }
+    }
+    let mut bytes = [0u8; 16];
+    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut bytes)?;
+    let id: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    std::fs::create_dir_all(state_dir)?;
+    atomic_write(&path, format!("{id}\n").as_bytes())?;
+    Ok(id)
+}
+
 fn lease_path(state_dir: &Path) -> PathBuf {
     state_dir.join("lease.json")
 }

@@ -18,6 +18,9 @@ pub const PUBLIC_IP_OVERWRITE: &str = "weft.dev/public-ip-overwrite";
 pub const VTEP_MAC: &str = "weft.dev/vtep-mac";
 pub const VTEP_MAC_V6: &str = "weft.dev/vtep-mac-v6";
 pub const WIREGUARD_PUBLIC_KEY: &str = "weft.dev/wireguard-public-key";
+/// The identity of the machine holding the node's lease (`STATE_DIR/machine-id`), so a second
+/// machine started with the same node name is refused instead of sharing the lease.
+pub const MACHINE_ID: &str = "weft.dev/machine-id";
 pub const WIREGUARD_PORT: &str = "weft.dev/wireguard-port";
 
 /// Longest value accepted for any weft annotation (the longest legitimate one, an IPv6 address, is 45).

@@ -249,6 +249,10 @@ pub struct Lease {
     /// Unix time (seconds) after which the lease is void, for stores that expire leases themselves
     /// (the file store); `None` where the store enforces expiry (an etcd lease, a Node object).
     pub expires: Option<u64>,
+    /// The identity of the machine holding the lease (`weft.dev/machine-id`): a second machine
+    /// started with the same node name is refused while this lease lives. `None` in records
+    /// from before it was published.
+    pub machine: Option<String>,
 }
 
 /// The wire form every store keeps for a node: the node's name, its pod CIDRs (as a Node's
@@ -286,6 +290,7 @@ pub(crate) mod tests {
                 vtep_mac_v6: Some(MacAddr::stable_local("node-a/v6")),
             },
             expires: Some(1_800_000_000),
+            machine: None,
         }
     }
 

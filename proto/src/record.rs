@@ -35,9 +35,18 @@ impl Lease {
         NodeRecord {
             name: self.node.to_string(),
             pod_cidrs: self.pod_cidrs.iter().map(|n| n.to_string()).collect(),
-            annotations: annotations::encode(&self.public_ips, &self.backend),
+            annotations: self.annotations(),
             expires: self.expires,
         }
+    }
+
+    /// The `weft.dev/` annotations of this lease: [`annotations::encode`] and the machine id.
+    pub fn annotations(&self) -> std::collections::BTreeMap<String, String> {
+        let mut annotations = annotations::encode(&self.public_ips, &self.backend);
+        if let Some(machine) = &self.machine {
+            annotations.insert(annotations::MACHINE_ID.to_string(), machine.clone());
+        }
+        annotations
     }
 
     /// Decode a store record strictly: every problem is an error naming the field and the value.
@@ -57,6 +66,7 @@ impl Lease {
             public_ips,
             backend,
             expires: record.expires,
+            machine: record.annotations.get(annotations::MACHINE_ID).cloned(),
         })
     }
 }

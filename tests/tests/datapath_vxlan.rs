@@ -95,6 +95,7 @@ fn node(i: u8, underlay_v4: &str) -> Lease {
             vtep_mac_v6: Some(mac(i, Family::V6)),
         },
         expires: None,
+        machine: None,
     }
 }
 

@@ -44,6 +44,7 @@ fn node(i: u8, key: &PrivateKey) -> Lease {
             port: 51820,
         },
         expires: None,
+        machine: None,
     }
 }
 

@@ -748,3 +748,51 @@ fn only_peers_may_send_into_the_vxlan_tunnel() {
         "and their packets are decapsulated"
     );
 }
+
+/// Issue "Faults and hostile input", case 3: a second weftd started with node-1's name from
+/// another machine (node-2's namespace, its own state directory) is refused with one line and
+/// exits; node-1 keeps its lease, its published address and its traffic.
+#[test]
+fn a_second_machine_with_a_nodes_name_is_refused_and_the_first_keeps_working() {
+    let lab = lab(2, 1);
+    assert!(lab
+        .wait_converged(Duration::from_secs(10))
+        .iter()
+        .all(|p| p.ok));
+    let work = tempfile::tempdir().unwrap();
+    let output = lab.nodes[1]
+        .netns
+        .command(weft_lab::procs::bin_path("weftd").to_str().unwrap())
+        .args(["run", "--node-name", "node-1", "--public-ip", "192.0.2.12"])
+        .args([
+            "--cluster-cidr",
+            "10.244.0.0/16,fd00:10:244::/48",
+            "--store",
+            "file",
+        ])
+        .arg("--store-dir")
+        .arg(lab.dir.join("store"))
+        .arg("--state-dir")
+        .arg(work.path().join("state"))
+        .arg("--run-dir")
+        .arg(work.path().join("run"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "the clone must stop:\n{stderr}");
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("held by another machine"))
+        .unwrap_or_else(|| panic!("one clear line:\n{stderr}"));
+    assert!(
+        line.contains("node-1") && line.contains("--node-name"),
+        "{line}"
+    );
+    let record = std::fs::read_to_string(lab.dir.join("store/nodes/node-1.json")).unwrap();
+    assert!(
+        record.contains("192.0.2.11") && !record.contains("192.0.2.12"),
+        "{record}"
+    );
+    let probes = lab.probes();
+    assert!(probes.iter().all(|p| p.ok), "{}", render_matrix(&probes));
+}

@@ -34,6 +34,7 @@ fn request(name: &str) -> LeaseRequest {
             vtep_mac: Some(MacAddr::stable_local(&format!("{name}/v4"))),
             vtep_mac_v6: Some(MacAddr::stable_local(&format!("{name}/v6"))),
         },
+        machine: Some(format!("machine-of-{name}")),
     }
 }
 
@@ -559,4 +560,27 @@ async fn etcd_restored_empty_is_a_lost_lease_and_the_node_claims_again() {
     let back = node.acquire(&again).await.expect("claims again");
     assert_eq!(back.pod_cidrs, lease.pod_cidrs);
     node.renew(&back).await.expect("renews");
+}
+
+/// Issue "Faults and hostile input", case 3, on etcd: a second machine with the same node name is
+/// refused while the first one's record lives; the first keeps renewing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_machine_with_the_same_node_name_is_refused_on_etcd() {
+    let etcd = EtcdServer::start().expect("start etcd");
+    let mut first = store(&etcd, 10);
+    let lease = first.acquire(&request("twin")).await.unwrap();
+    let clone = LeaseRequest {
+        machine: Some("cloned-vm".into()),
+        ..request("twin")
+    };
+    let refused = store(&etcd, 10).acquire(&clone).await.unwrap_err();
+    assert!(
+        matches!(refused, StoreError::HeldElsewhere { .. }),
+        "{refused}"
+    );
+    let renewed = first
+        .renew(&lease)
+        .await
+        .expect("the holder keeps its lease");
+    assert_eq!(renewed.machine.as_deref(), Some("machine-of-twin"));
 }

@@ -122,6 +122,7 @@ mod tests {
                     vtep_mac_v6: Some(MacAddr([2, 0, 0, 0, 0, 6])),
                 },
                 expires: None,
+                machine: None,
             }
         }
 

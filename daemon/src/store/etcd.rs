@@ -147,6 +147,20 @@ impl EtcdStore {
         Ok(claims)
     }
 
+    /// Refuse when this node's record (alive: records live under an etcd lease) names another
+    /// machine.
+    async fn check_not_held_elsewhere(&mut self, request: &LeaseRequest) -> Result<(), StoreError> {
+        let (key, nodes_prefix) = (self.node_key(&request.node), self.nodes_prefix());
+        let mut client = self.client().await?;
+        let resp = call("read this node's record", client.get(key, None)).await?;
+        for kv in resp.kvs() {
+            if let Some(current) = decode_node(kv, &nodes_prefix) {
+                request.check_machine(&current)?;
+            }
+        }
+        Ok(())
+    }
+
     async fn grant(&mut self) -> Result<i64, StoreError> {
         let mut client = self.client().await?;
         let ttl = self.ttl.as_secs().max(2) as i64;
@@ -291,6 +305,7 @@ impl LeaseStore for EtcdStore {
     type Watcher = EtcdWatcher;
 
     async fn acquire(&mut self, request: &LeaseRequest) -> Result<Lease, StoreError> {
+        self.check_not_held_elsewhere(request).await?;
         let lease_id = self.grant().await?;
         for attempt in 1..=MAX_CLAIM_ATTEMPTS {
             if let Some(lease) = self.try_claim(request, lease_id).await? {
@@ -610,6 +625,7 @@ mod tests {
                 vtep_mac_v6: None,
             },
             expires: None,
+            machine: None,
         }
     }
 

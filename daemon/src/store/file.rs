@@ -76,6 +76,9 @@ impl FileStore {
         let now = (self.clock)();
         let records = read_records(&self.nodes_dir())?;
         let own_previous = records.iter().find(|l| l.node == request.node);
+        if let Some(current) = own_previous.filter(|l| is_live(l, now)) {
+            request.check_machine(current)?;
+        }
         let taken: BTreeSet<IpNet> = records
             .iter()
             .filter(|l| l.node != request.node && is_live(l, now))
@@ -278,6 +281,7 @@ mod tests {
                 vtep_mac: Some(MacAddr::stable_local(name)),
                 vtep_mac_v6: Some(MacAddr::stable_local(name)),
             },
+            machine: Some(format!("machine-of-{name}")),
         }
     }
 
@@ -384,5 +388,44 @@ mod tests {
         assert!(watcher.live_peers().unwrap().is_empty(), "gone after it");
         let b = store.acquire(&request("b", "10.244.0.0/24")).await.unwrap();
         assert_eq!(b.pod_cidrs.v4, a.pod_cidrs.v4, "its subnet is free again");
+    }
+
+    /// Issue "Faults and hostile input", case 3: a second machine started with a node name whose
+    /// lease lives is refused, naming both machines; the holder keeps renewing; once the lease has
+    /// expired, the name is free for the other machine.
+    #[tokio::test]
+    async fn a_second_machine_with_the_same_node_name_is_refused_while_the_lease_lives() {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        let dir = tempfile::tempdir().unwrap();
+        let now = Arc::new(AtomicU64::new(1_000));
+        let time = now.clone();
+        let clock: Clock = Arc::new(move || time.load(Ordering::SeqCst));
+        let mut store = FileStore::with_clock(dir.path(), Duration::from_secs(10), clock);
+        let first = store.acquire(&request("a", "10.244.0.0/24")).await.unwrap();
+        let clone = LeaseRequest {
+            machine: Some("cloned-vm".into()),
+            ..request("a", "10.244.0.0/24")
+        };
+        let refused = store.acquire(&clone).await.unwrap_err();
+        assert!(
+            matches!(refused, StoreError::HeldElsewhere { .. }),
+            "{refused}"
+        );
+        let line = refused.to_string();
+        assert!(
+            line.contains("machine-of-a") && line.contains("cloned-vm"),
+            "{line}"
+        );
+        assert!(!refused.is_transient());
+        let renewed = store.renew(&first).await.unwrap();
+        assert_eq!(
+            renewed.pod_cidrs, first.pod_cidrs,
+            "the holder keeps its lease"
+        );
+        // The same machine restarting is no clone.
+        assert!(store.acquire(&request("a", "10.244.0.0/24")).await.is_ok());
+        now.store(2_000, Ordering::SeqCst);
+        let taken = store.acquire(&clone).await.unwrap();
+        assert_eq!(taken.machine.as_deref(), Some("cloned-vm"), "after expiry");
     }
 }

@@ -565,6 +565,7 @@ mod tests {
                 vtep_mac: None,
                 vtep_mac_v6: None,
             },
+            machine: None,
         }
     }
 

@@ -40,9 +40,24 @@ pub struct LeaseRequest {
     pub preferred: PodCidrs,
     pub public_ips: PublicIps,
     pub backend: BackendData,
+    /// This machine's identity (`STATE_DIR/machine-id`); see [`Lease::machine`].
+    pub machine: Option<String>,
 }
 
 impl LeaseRequest {
+    /// Refuse when `current`, this node's live record, names another machine than this request.
+    /// A record without a machine id (from an older weft) is taken over.
+    pub fn check_machine(&self, current: &Lease) -> Result<(), StoreError> {
+        match (&current.machine, &self.machine) {
+            (Some(holder), Some(ours)) if holder != ours => Err(StoreError::HeldElsewhere {
+                node: self.node.clone(),
+                holder: holder.clone(),
+                ours: ours.clone(),
+            }),
+            _ => Ok(()),
+        }
+    }
+
     /// The pod CIDRs to claim, per family this node runs: the one the store already gives this
     /// node (`held`), else the one it remembers (`preferred`) if free, else the first free one.
     /// `taken` holds every other node's subnets. The one place this choice is made, for every
@@ -76,6 +91,7 @@ impl LeaseRequest {
             public_ips: self.public_ips,
             backend: self.backend,
             expires,
+            machine: self.machine.clone(),
         }
     }
 }
@@ -87,6 +103,14 @@ pub enum StoreError {
     /// The store cannot be reached right now; retrying later may succeed.
     #[error("store unavailable: {0}")]
     Unavailable(String),
+    /// A live lease of this node name is held from another machine (two machines started with one
+    /// node name, say cloned VMs): refused, so the holder keeps working.
+    #[error("node {node} is held by another machine (machine-id {holder}; this one is {ours}): give this machine its own --node-name, or stop the other weftd and wait for its lease to expire")]
+    HeldElsewhere {
+        node: NodeName,
+        holder: String,
+        ours: String,
+    },
     /// The lease expired or was taken over; the node must acquire again.
     #[error("lease of node {node} is lost: {reason}")]
     LeaseLost { node: NodeName, reason: String },

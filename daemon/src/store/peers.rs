@@ -119,6 +119,7 @@ mod tests {
                 vtep_mac_v6: None,
             },
             expires: Some(100),
+            machine: None,
         }
     }
 

@@ -71,5 +71,6 @@ pub fn simulated_lease(i: usize) -> Lease {
             vtep_mac_v6: Some(MacAddr::stable_local(&format!("{name}/v6"))),
         },
         expires: None,
+        machine: None,
     }
 }

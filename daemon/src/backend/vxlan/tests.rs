@@ -49,6 +49,7 @@ fn node(n: &str, i: u8) -> Lease {
             vtep_mac_v6: Some(mac(i, 6)),
         },
         expires: None,
+        machine: None,
     }
 }
 
@@ -1461,6 +1462,7 @@ fn big_node(k: u32, ip: u32, mac_serial: u32) -> Lease {
             vtep_mac_v6: Some(MacAddr([0x02, x, y, z, 0, 6])),
         },
         expires: None,
+        machine: None,
     }
 }
 

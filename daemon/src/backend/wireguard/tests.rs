@@ -55,6 +55,7 @@ fn node(k: u32, ip: u32, serial: u32) -> Lease {
             port: DEFAULT_PORT,
         },
         expires: None,
+        machine: None,
     }
 }
 
