@@ -139,7 +139,8 @@ fn the_underlay_carries_only_wireguard_between_nodes_never_the_payload() {
             "{address}: delivered"
         );
     }
-    std::thread::sleep(Duration::from_millis(500));
+    // Let tcpdump write out what it holds (it is slow to under a loaded CI machine).
+    std::thread::sleep(Duration::from_millis(1500));
     let _ = nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(tcpdump.id() as i32),
         nix::sys::signal::Signal::SIGINT,
@@ -164,8 +165,20 @@ fn the_underlay_carries_only_wireguard_between_nodes_never_the_payload() {
         .filter(|l| endpoints(l).is_some_and(|(a, b)| nodes.contains(&a) && nodes.contains(&b)))
         .collect();
     assert!(
-        between_nodes.len() >= 10,
+        between_nodes.len() >= 4,
         "the capture saw the tunnel:\n{packets}"
+    );
+    // The data packets (50 markers, 1300 bytes) were captured, encrypted: the check above is not
+    // vacuous.
+    let length = |l: &str| -> usize {
+        l.rsplit("length ")
+            .next()
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    assert!(
+        between_nodes.iter().any(|l| length(l) >= 1000),
+        "a data packet was captured:\n{packets}"
     );
     for line in &between_nodes {
         assert!(
