@@ -197,15 +197,7 @@ pub fn device_info(replies: &[WireguardMessage]) -> DeviceInfo {
 }
 
 fn peer_info(peer: &WireguardPeer) -> Option<PeerInfo> {
-    let mut info = PeerInfo {
-        public_key: WgPublicKey([0; 32]),
-        endpoint: None,
-        allowed_ips: Vec::new(),
-        keepalive: None,
-        last_handshake: None,
-        rx_bytes: 0,
-        tx_bytes: 0,
-    };
+    let mut info = PeerInfo::new(WgPublicKey([0; 32]));
     let mut keyed = false;
     for attribute in &peer.0 {
         match attribute {

@@ -63,6 +63,21 @@ pub struct PeerInfo {
     pub tx_bytes: u64,
 }
 
+impl PeerInfo {
+    /// A peer known by its key only, before its other attributes are read.
+    pub fn new(public_key: WgPublicKey) -> PeerInfo {
+        PeerInfo {
+            public_key,
+            endpoint: None,
+            allowed_ips: Vec::new(),
+            keepalive: None,
+            last_handshake: None,
+            rx_bytes: 0,
+            tx_bytes: 0,
+        }
+    }
+}
+
 /// The device as `get=1` reports it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DeviceInfo {
@@ -205,15 +220,7 @@ pub fn parse_get(lines: &[String]) -> Result<DeviceInfo, String> {
         let bad = || line.clone();
         if key == "public_key" {
             let public_key = WgPublicKey(unhex(value).ok_or_else(bad)?);
-            device.peers.push(PeerInfo {
-                public_key,
-                endpoint: None,
-                allowed_ips: Vec::new(),
-                keepalive: None,
-                last_handshake: None,
-                rx_bytes: 0,
-                tx_bytes: 0,
-            });
+            device.peers.push(PeerInfo::new(public_key));
             continue;
         }
         match device.peers.last_mut() {
