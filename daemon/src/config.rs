@@ -106,6 +106,30 @@ pub struct RawSettings {
     #[arg(long, env = "WEFT_ETCD_PREFIX")]
     #[serde(deserialize_with = "text")]
     pub etcd_prefix: Option<String>,
+    /// etcd over TLS: the CA bundle (PEM) that signed etcd's server certificate [default: the
+    /// system's trusted roots, for `https://` endpoints].
+    #[arg(long, env = "WEFT_ETCD_CAFILE")]
+    #[serde(deserialize_with = "text")]
+    pub etcd_cafile: Option<PathBuf>,
+    /// etcd over TLS: this node's client certificate (PEM), for etcd's `--client-cert-auth`;
+    /// goes with `--etcd-keyfile`.
+    #[arg(long, env = "WEFT_ETCD_CERTFILE")]
+    #[serde(deserialize_with = "text")]
+    pub etcd_certfile: Option<PathBuf>,
+    /// etcd over TLS: the private key (PEM) of `--etcd-certfile`.
+    #[arg(long, env = "WEFT_ETCD_KEYFILE")]
+    #[serde(deserialize_with = "text")]
+    pub etcd_keyfile: Option<PathBuf>,
+    /// etcd authentication: the user; its password comes from `--etcd-password-file` or the
+    /// variable `WEFT_ETCD_PASSWORD`, never from a flag.
+    #[arg(long, env = "WEFT_ETCD_USERNAME")]
+    #[serde(deserialize_with = "text")]
+    pub etcd_username: Option<String>,
+    /// etcd authentication: a file holding the password of `--etcd-username` (one line; a
+    /// trailing newline is ignored).
+    #[arg(long, env = "WEFT_ETCD_PASSWORD_FILE")]
+    #[serde(deserialize_with = "text")]
+    pub etcd_password_file: Option<PathBuf>,
     /// Lease time-to-live in seconds; a node silent for this long loses its lease [default: 60].
     #[arg(long, env = "WEFT_LEASE_TTL")]
     #[serde(deserialize_with = "text")]
@@ -297,11 +321,116 @@ impl RawSettings {
                         "must start with '/' and not end with '/'",
                     ));
                 }
-                Ok(StoreConfig::Etcd { endpoints, prefix })
+                let access = self.etcd_access(&endpoints)?;
+                Ok(StoreConfig::Etcd {
+                    endpoints,
+                    prefix,
+                    access,
+                })
             }
             StoreKind::Kube => Ok(StoreConfig::Kube {
                 kubeconfig: self.kubeconfig.clone(),
             }),
+        }
+    }
+
+    /// TLS and authentication for etcd; reads the password variable `WEFT_ETCD_PASSWORD`.
+    fn etcd_access(&self, endpoints: &[String]) -> Result<EtcdAccess, ConfigError> {
+        self.etcd_access_with(endpoints, std::env::var(ETCD_PASSWORD_VAR).ok())
+    }
+
+    /// [`RawSettings::etcd_access`] with the variable's value given: TLS exactly when the
+    /// endpoints are `https://` (all or none), a client certificate with its key, a user with
+    /// exactly one source of password.
+    fn etcd_access_with(
+        &self,
+        endpoints: &[String],
+        env_password: Option<String>,
+    ) -> Result<EtcdAccess, ConfigError> {
+        let secure = endpoints
+            .iter()
+            .filter(|e| e.starts_with("https://"))
+            .count();
+        if secure != 0 && secure != endpoints.len() {
+            let value = endpoints.join(",");
+            return Err(invalid(
+                "etcd-endpoints",
+                &value,
+                "all https:// or all http://",
+            ));
+        }
+        let tls = match secure {
+            0 => {
+                let given = [
+                    ("etcd-cafile", &self.etcd_cafile),
+                    ("etcd-certfile", &self.etcd_certfile),
+                    ("etcd-keyfile", &self.etcd_keyfile),
+                ];
+                if let Some((setting, Some(path))) = given.into_iter().find(|(_, p)| p.is_some()) {
+                    let value = path.display().to_string();
+                    return Err(invalid(
+                        setting,
+                        &value,
+                        "TLS needs https:// etcd endpoints",
+                    ));
+                }
+                None
+            }
+            _ => Some(self.etcd_tls()?),
+        };
+        let user = self.etcd_user(env_password.filter(|p| !p.is_empty()))?;
+        Ok(EtcdAccess { tls, user })
+    }
+
+    fn etcd_tls(&self) -> Result<EtcdTls, ConfigError> {
+        let identity = match (&self.etcd_certfile, &self.etcd_keyfile) {
+            (Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(ConfigError::Missing {
+                    setting: "etcd-keyfile",
+                    reason: "--etcd-certfile needs the key of its certificate",
+                })
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::Missing {
+                    setting: "etcd-certfile",
+                    reason: "--etcd-keyfile needs the certificate it belongs to",
+                })
+            }
+        };
+        Ok(EtcdTls {
+            ca_file: self.etcd_cafile.clone(),
+            identity,
+        })
+    }
+
+    fn etcd_user(&self, env_password: Option<String>) -> Result<Option<EtcdUser>, ConfigError> {
+        let password = match (&self.etcd_password_file, env_password) {
+            (Some(path), Some(_)) => {
+                let value = path.display().to_string();
+                let why = format!("give the password once: this file or {ETCD_PASSWORD_VAR}");
+                return Err(invalid("etcd-password-file", &value, why));
+            }
+            (Some(path), None) => Some(Password::File(path.clone())),
+            (None, Some(text)) => Some(Password::Given(text)),
+            (None, None) => None,
+        };
+        match (&self.etcd_username, password) {
+            (Some(name), _) if name.is_empty() => Err(invalid("etcd-username", name, "is empty")),
+            (Some(name), Some(password)) => Ok(Some(EtcdUser {
+                name: name.clone(),
+                password,
+            })),
+            (Some(_), None) => Err(ConfigError::Missing {
+                setting: "etcd-password-file",
+                reason: "--etcd-username needs a password: a file, or WEFT_ETCD_PASSWORD",
+            }),
+            (None, Some(_)) => Err(ConfigError::Missing {
+                setting: "etcd-username",
+                reason: "an etcd password is given without the user it belongs to",
+            }),
+            (None, None) => Ok(None),
         }
     }
 
@@ -674,11 +803,81 @@ pub enum StoreConfig {
     Etcd {
         endpoints: Vec<String>,
         prefix: String,
+        access: EtcdAccess,
     },
     /// The Kubernetes API: the kubeconfig given, else in-cluster or `$KUBECONFIG`.
     Kube {
         kubeconfig: Option<PathBuf>,
     },
+}
+
+/// The variable that may hold the etcd password (there is no flag: a command line is readable by
+/// every user of the host).
+pub const ETCD_PASSWORD_VAR: &str = "WEFT_ETCD_PASSWORD";
+
+/// How weftd reaches a secured etcd, as flannel's `--etcd-cafile`, `--etcd-certfile`,
+/// `--etcd-keyfile`, `--etcd-username` and `--etcd-password`. Files are read when the client
+/// connects, so renewed certificates are used from the next connection on.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EtcdAccess {
+    /// TLS, present exactly when the endpoints are `https://`.
+    pub tls: Option<EtcdTls>,
+    /// etcd's user authentication (`etcdctl auth enable`).
+    pub user: Option<EtcdUser>,
+}
+
+/// TLS to etcd: the CA that signed its server certificate (else the system's roots) and this
+/// node's client certificate and key (PEM paths), if etcd asks for one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdTls {
+    pub ca_file: Option<PathBuf>,
+    /// Certificate and private key.
+    pub identity: Option<(PathBuf, PathBuf)>,
+}
+
+/// An etcd user and where its password comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdUser {
+    pub name: String,
+    pub password: Password,
+}
+
+/// A password, by source. Its `Debug` never shows the text, so configurations and errors can be
+/// logged whole.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Password {
+    /// Read from this file at each connect; a trailing newline is not part of it.
+    File(PathBuf),
+    /// Given in the environment.
+    Given(String),
+}
+
+impl fmt::Debug for Password {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Password::File(path) => write!(f, "Password::File({path:?})"),
+            Password::Given(_) => f.write_str("Password::Given(<redacted>)"),
+        }
+    }
+}
+
+impl Password {
+    /// The password's text.
+    ///
+    /// # Errors
+    /// The file cannot be read, or holds an empty password.
+    pub fn reveal(&self) -> std::io::Result<String> {
+        let text = match self {
+            Password::Given(text) => return Ok(text.clone()),
+            Password::File(path) => std::fs::read_to_string(path)?,
+        };
+        let text = text.strip_suffix('\n').unwrap_or(&text);
+        let text = text.strip_suffix('\r').unwrap_or(text);
+        match text.is_empty() {
+            true => Err(std::io::Error::other("the password file is empty")),
+            false => Ok(text.to_string()),
+        }
+    }
 }
 
 /// `weft-wg` beside the running weftd if it is there, else `weft-wg` on PATH.
@@ -895,6 +1094,50 @@ mod tests {
     }
 
     #[test]
+    fn etcd_access_follows_the_endpoints_scheme_and_hides_the_password() {
+        let mut raw = base();
+        raw.store = Some(StoreKind::Etcd);
+        raw.etcd_endpoints = Some("https://10.0.0.1:2379".parse().unwrap());
+        raw.etcd_username = Some("weft".into());
+        let endpoints = ["https://10.0.0.1:2379".to_string()];
+        let access = raw
+            .etcd_access_with(&endpoints, Some("s3cret-pw".into()))
+            .unwrap();
+        let tls = access.tls.clone().expect("https endpoints mean TLS");
+        assert_eq!((tls.ca_file, tls.identity), (None, None));
+        let user = access.user.clone().unwrap();
+        assert_eq!(user.password.reveal().unwrap(), "s3cret-pw");
+        let shown = format!("{access:?}");
+        assert!(
+            !shown.contains("s3cret-pw") && shown.contains("redacted"),
+            "{shown}"
+        );
+
+        raw.etcd_password_file = Some("/run/secrets/etcd".into());
+        let both = raw.etcd_access_with(&endpoints, Some("s3cret-pw".into()));
+        let text = both.unwrap_err().to_string();
+        assert!(
+            text.contains("--etcd-password-file") && !text.contains("s3cret"),
+            "{text}"
+        );
+        let plain = ["http://10.0.0.1:2379".to_string()];
+        let access = raw.etcd_access_with(&plain, None).unwrap();
+        assert_eq!(access.tls, None);
+    }
+
+    #[test]
+    fn a_password_file_loses_its_newline_and_an_empty_one_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("password");
+        std::fs::write(&path, "pa ss\n").unwrap();
+        assert_eq!(Password::File(path.clone()).reveal().unwrap(), "pa ss");
+        std::fs::write(&path, "\n").unwrap();
+        assert!(Password::File(path.clone()).reveal().is_err());
+        let missing = Password::File(dir.path().join("absent")).reveal();
+        assert_eq!(missing.unwrap_err().kind(), std::io::ErrorKind::NotFound);
+    }
+
+    #[test]
     fn single_stack_either_family() {
         let mut raw = base();
         raw.cluster_cidr = Some("10.244.0.0/16".parse().unwrap());
@@ -986,6 +1229,44 @@ mod tests {
             &[("store", Some("etcd")), ("etcd-prefix", Some("weft"))],
             "--etcd-prefix",
             "start with '/'",
+        ),
+        (
+            &[
+                ("store", Some("etcd")),
+                (
+                    "etcd-endpoints",
+                    Some("https://10.0.0.1:2379,http://10.0.0.2:2379"),
+                ),
+            ],
+            "--etcd-endpoints",
+            "all https:// or all http://",
+        ),
+        (
+            &[
+                ("store", Some("etcd")),
+                ("etcd-cafile", Some("/etc/ca.pem")),
+            ],
+            "--etcd-cafile",
+            "TLS needs https://",
+        ),
+        (
+            &[
+                ("store", Some("etcd")),
+                ("etcd-endpoints", Some("https://10.0.0.1:2379")),
+                ("etcd-certfile", Some("/etc/node.pem")),
+            ],
+            "--etcd-keyfile",
+            "needs the key",
+        ),
+        (
+            &[("store", Some("etcd")), ("etcd-username", Some("weft"))],
+            "--etcd-password-file",
+            "needs a password",
+        ),
+        (
+            &[("store", Some("etcd")), ("etcd-password-file", Some("/p"))],
+            "--etcd-username",
+            "without the user",
         ),
         (
             &[("lease-ttl", Some("1"))],

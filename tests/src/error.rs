@@ -47,6 +47,9 @@ pub enum LabError {
         stdout: String,
         stderr: String,
     },
+    /// Making a test certificate (the throwaway CA of [`crate::pki`]).
+    #[error("test PKI: {0}")]
+    Pki(String),
     /// A workspace binary (`weftd`, `weft-cni`, `weft-lab`) that could not be built or found.
     #[error("{name}: {reason}")]
     Binary { name: String, reason: String },

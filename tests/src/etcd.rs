@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use crate::error::{LabError, Result};
 use crate::netns::enter_path;
+use crate::pki::{CertFiles, TestPki};
 use crate::procs::{wait_for, ChildGuard};
 
 pub struct EtcdServer {
@@ -18,6 +19,17 @@ pub struct EtcdServer {
     peer_port: u16,
     /// The network namespace it runs in (`/run/netns/NAME`), if not this process's own.
     netns: Option<String>,
+    /// TLS on the client port, with client certificates required.
+    tls: Option<ServerTls>,
+}
+
+/// The files of a TLS etcd: its CA (which also signs the clients it accepts) and its certificate.
+struct ServerTls {
+    ca: PathBuf,
+    server: CertFiles,
+    /// Plain-HTTP port of `/health` (`--listen-metrics-urls`), as the client port needs a
+    /// client certificate.
+    health_port: u16,
 }
 
 /// A port that was free a moment ago (bind port 0, read it, release it).
@@ -52,6 +64,28 @@ impl EtcdServer {
             client_port: free_port(),
             peer_port: free_port(),
             netns: None,
+            tls: None,
+        };
+        server.spawn()?;
+        Ok(server)
+    }
+
+    /// Start etcd on loopback serving TLS with a certificate of `pki`, and accepting only clients
+    /// that show a certificate `pki` signed (`--client-cert-auth`).
+    pub fn start_tls(pki: &TestPki) -> Result<EtcdServer> {
+        let ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        let mut server = EtcdServer {
+            process: None,
+            data: data_dir()?,
+            ip,
+            client_port: free_port(),
+            peer_port: free_port(),
+            netns: None,
+            tls: Some(ServerTls {
+                ca: pki.ca_file(),
+                server: pki.server("etcd-server", ip)?,
+                health_port: free_port(),
+            }),
         };
         server.spawn()?;
         Ok(server)
@@ -68,13 +102,16 @@ impl EtcdServer {
             client_port: 2379,
             peer_port: 2380,
             netns: Some(netns.to_string()),
+            tls: None,
         };
         server.spawn()?;
         Ok(server)
     }
 
+    /// The client URL: `http://IP:PORT`, or `https://` when serving TLS.
     pub fn endpoint(&self) -> String {
-        format!("http://{}", SocketAddr::new(self.ip, self.client_port))
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", SocketAddr::new(self.ip, self.client_port))
     }
 
     pub fn pid(&self) -> u32 {
@@ -109,6 +146,7 @@ impl EtcdServer {
             .arg(format!("--listen-peer-urls={peer}"))
             .arg(format!("--initial-advertise-peer-urls={peer}"))
             .arg(format!("--initial-cluster=weft-test={peer}"))
+            .args(self.tls_args())
             .arg("--log-level=warn")
             .stdin(Stdio::null())
             .stdout(log_copy)
@@ -117,8 +155,25 @@ impl EtcdServer {
         self.wait_ready()
     }
 
+    /// The TLS flags, when serving TLS.
+    fn tls_args(&self) -> Vec<String> {
+        let Some(tls) = &self.tls else {
+            return Vec::new();
+        };
+        vec![
+            format!("--cert-file={}", tls.server.cert.display()),
+            format!("--key-file={}", tls.server.key.display()),
+            format!("--trusted-ca-file={}", tls.ca.display()),
+            "--client-cert-auth".into(),
+            format!("--listen-metrics-urls=http://127.0.0.1:{}", tls.health_port),
+        ]
+    }
+
     fn wait_ready(&self) -> Result<()> {
-        let addr = SocketAddr::new(self.ip, self.client_port);
+        let addr = match &self.tls {
+            Some(tls) => SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), tls.health_port),
+            None => SocketAddr::new(self.ip, self.client_port),
+        };
         let netns = self.netns.clone();
         let health = || {
             let netns = netns.clone();

@@ -5,7 +5,8 @@
 //! - [`netns`]: network namespaces removed when their guard drops, and commands run inside them;
 //! - [`containerd`]: a private containerd in a lab node's namespace, and `ctr run --cni` with the
 //!   run's own CNI directories; [`oci`]: a busybox image built locally for it;
-//! - [`etcd`]: a real etcd server on a free loopback port with a temporary data directory;
+//! - [`etcd`]: a real etcd server on a free loopback port with a temporary data directory, in
+//!   plain text or TLS with client certificates signed by [`pki`]'s throwaway CA;
 //! - [`k8s`]: a real kube-apiserver (with its etcd) for the Kubernetes tests, and [`relay`]: a
 //!   TCP relay that makes it reachable at 127.0.0.1 inside a lab node's namespace;
 //! - [`procs`]: weft's binaries (built on first use under cargo, so `cargo test` just works), and
@@ -23,6 +24,7 @@ pub mod k8s;
 pub mod lab;
 pub mod netns;
 pub mod oci;
+pub mod pki;
 pub mod procs;
 pub mod relay;
 

@@ -16,13 +16,16 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, KeyValue,
-    LeaseKeepAliveStream, LeaseKeeper, PutOptions, Txn, TxnOp, WatchOptions, WatchStream,
+    Certificate, Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Identity,
+    KeyValue, LeaseKeepAliveStream, LeaseKeeper, PutOptions, TlsOptions, Txn, TxnOp, WatchOptions,
+    WatchStream,
 };
 use ipnet::IpNet;
 use tracing::{debug, warn};
 use weft_proto::lease::{Lease, NodeRecord, PodCidrs};
 use weft_proto::names::NodeName;
+
+use crate::config::{EtcdAccess, EtcdTls};
 
 use super::{LeaseRequest, LeaseStore, PeerChange, PeerUpdate, PeerWatcher, StoreError};
 
@@ -36,6 +39,8 @@ pub struct EtcdStore {
     endpoints: Vec<String>,
     prefix: String,
     ttl: Duration,
+    /// TLS and user, for a secured etcd.
+    access: EtcdAccess,
     client: Option<Client>,
     /// The etcd lease the node's keys live under, once acquired.
     lease_id: Option<i64>,
@@ -47,18 +52,42 @@ fn unavailable(what: &str, e: impl std::fmt::Display) -> StoreError {
 }
 
 /// Run one etcd call under [`CALL_TIMEOUT`].
-async fn call<T, E: std::fmt::Display>(
+async fn call<T>(
     what: &str,
-    fut: impl std::future::Future<Output = Result<T, E>>,
+    fut: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
 ) -> Result<T, StoreError> {
     match tokio::time::timeout(CALL_TIMEOUT, fut).await {
         Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(unavailable(what, e)),
+        Ok(Err(e)) => Err(classify(what, e)),
         Err(_) => Err(unavailable(
             what,
             format!("no answer within {CALL_TIMEOUT:?}"),
         )),
     }
+}
+
+/// A failed call: refused for good when etcd turns this node's credentials or permissions down
+/// (the operator must fix them; retrying cannot help), unavailable otherwise. The text carries
+/// the transport's causes, which name what failed in TLS.
+fn classify(what: &str, error: etcd_client::Error) -> StoreError {
+    use std::error::Error as _;
+    if let etcd_client::Error::GRpcStatus(status) = &error {
+        let refused = matches!(
+            status.code(),
+            tonic::Code::Unauthenticated | tonic::Code::PermissionDenied
+        ) || status.message().contains("authentication failed");
+        if refused {
+            let why = status.message();
+            return StoreError::Refused(format!("etcd {what}: etcd refused this node: {why}"));
+        }
+    }
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text = format!("{text}: {cause}");
+        source = cause.source();
+    }
+    unavailable(what, text)
 }
 
 /// `error` as a lost lease when etcd says the lease it names is gone ("requested lease not found":
@@ -76,16 +105,65 @@ fn lost_if_lease_gone(error: StoreError, node: &NodeName, lease_id: i64) -> Stor
     }
 }
 
+/// `options` with the TLS material and the user of `access`, read from their files now.
+///
+/// # Errors
+/// [`StoreError::Refused`] naming the setting whose file cannot be read (the password never
+/// appears in it).
+fn secured(options: ConnectOptions, access: &EtcdAccess) -> Result<ConnectOptions, StoreError> {
+    let mut options = options;
+    if let Some(tls) = &access.tls {
+        options = options.with_tls(tls_options(tls)?);
+    }
+    if let Some(user) = &access.user {
+        let password = user.password.reveal().map_err(|e| {
+            StoreError::Refused(format!("etcd password of user {}: {e}", user.name))
+        })?;
+        if access.tls.is_none() {
+            warn!(user = %user.name, "the etcd password travels unencrypted: the endpoints are http://");
+        }
+        options = options
+            .with_user(user.name.clone(), password)
+            .with_auto_token_refresh(true);
+    }
+    Ok(options)
+}
+
+/// rustls settings from PEM files: the CA (else the system's roots) and the client identity.
+fn tls_options(tls: &EtcdTls) -> Result<TlsOptions, StoreError> {
+    let read = |setting: &str, path: &std::path::Path| {
+        std::fs::read(path)
+            .map_err(|e| StoreError::Refused(format!("--{setting} {}: {e}", path.display())))
+    };
+    let mut options = TlsOptions::new();
+    options = match &tls.ca_file {
+        Some(ca) => options.ca_certificate(Certificate::from_pem(read("etcd-cafile", ca)?)),
+        None => options.with_native_roots(),
+    };
+    if let Some((cert, key)) = &tls.identity {
+        let identity = Identity::from_pem(read("etcd-certfile", cert)?, read("etcd-keyfile", key)?);
+        options = options.identity(identity);
+    }
+    Ok(options)
+}
+
 impl EtcdStore {
     pub fn new(endpoints: Vec<String>, prefix: String, ttl: Duration) -> EtcdStore {
         EtcdStore {
             endpoints,
             prefix,
             ttl,
+            access: EtcdAccess::default(),
             client: None,
             lease_id: None,
             keeper: None,
         }
+    }
+
+    /// The same store, reaching etcd over TLS and/or as a user.
+    pub fn with_access(mut self, access: EtcdAccess) -> EtcdStore {
+        self.access = access;
+        self
     }
 
     async fn client(&mut self) -> Result<Client, StoreError> {
@@ -96,13 +174,34 @@ impl EtcdStore {
             .with_connect_timeout(Duration::from_secs(3))
             .with_timeout(CALL_TIMEOUT)
             .with_keep_alive(Duration::from_secs(5), Duration::from_secs(3));
-        let client = call(
-            "connect",
-            Client::connect(self.endpoints.clone(), Some(options)),
-        )
-        .await?;
+        let options = secured(options, &self.access)?;
+        let connect = Client::connect(self.endpoints.clone(), Some(options));
+        let client = match tokio::time::timeout(CALL_TIMEOUT, connect).await {
+            Ok(Ok(client)) => client,
+            Ok(Err(e)) => return Err(self.connect_error(e)),
+            Err(_) => {
+                let why = format!("no answer within {CALL_TIMEOUT:?}");
+                return Err(unavailable("connect", why));
+            }
+        };
         self.client = Some(client.clone());
         Ok(client)
+    }
+
+    /// [`classify`], with a hint where etcd closing the connection most likely means it wanted
+    /// a client certificate this node did not show.
+    fn connect_error(&self, error: etcd_client::Error) -> StoreError {
+        let without_identity = self
+            .access
+            .tls
+            .as_ref()
+            .is_some_and(|t| t.identity.is_none());
+        match classify("connect", error) {
+            StoreError::Unavailable(text) if without_identity && text.contains("connection closed") => {
+                StoreError::Unavailable(format!("{text} (if etcd runs with --client-cert-auth, give --etcd-certfile and --etcd-keyfile)"))
+            }
+            other => other,
+        }
     }
 
     fn claim_key(&self, net: &IpNet) -> String {

@@ -220,11 +220,13 @@ pub enum Watcher {
 pub fn open(config: &StoreConfig, ttl: std::time::Duration) -> Store {
     match config {
         StoreConfig::File { dir } => Store::File(FileStore::new(dir.clone(), ttl)),
-        StoreConfig::Etcd { endpoints, prefix } => Store::Etcd(Box::new(EtcdStore::new(
-            endpoints.clone(),
-            prefix.clone(),
-            ttl,
-        ))),
+        StoreConfig::Etcd {
+            endpoints,
+            prefix,
+            access,
+        } => Store::Etcd(Box::new(
+            EtcdStore::new(endpoints.clone(), prefix.clone(), ttl).with_access(access.clone()),
+        )),
         StoreConfig::Kube { kubeconfig } => {
             Store::Kube(Box::new(KubeStore::new(kubeconfig.clone())))
         }
