@@ -7,7 +7,8 @@
 //! - [`backend`]: the backends (VXLAN, none), each its plan, diff and driver;
 //! - [`firewall`]: weft's nftables table as desired state (pure), and its `nft` driver;
 //! - [`node`]: forwarding, the CNI server, the reconcile loop, cleanup;
-//! - [`run`]: `weftd run`, wiring the agent to the node; [`health`]: `/healthz` and `/readyz`.
+//! - [`run`]: `weftd run`, wiring the agent to the node; [`health`]: `/healthz` and `/readyz`;
+//! - [`inspect`]: what the running daemon knows, for `weftd status`, `peers`, `graph`, `doctor`.
 //!
 //! Inside: [`subnet`] (carving node subnets), [`underlay`] (choosing the underlay address),
 //! `ipam`, `cni_server`, `datapath` (pod wiring, netlink helpers), `state` and `fsutil` (what
@@ -21,6 +22,7 @@ pub mod datapath;
 pub mod firewall;
 pub(crate) mod fsutil;
 pub mod health;
+pub mod inspect;
 pub mod ipam;
 pub(crate) mod net;
 pub mod node;
