@@ -133,6 +133,9 @@ pub struct WireGuardPeerView {
 pub struct RefusedView {
     pub node: String,
     pub reason: String,
+    /// The underlay address it publishes for the tunnels' family, if any.
+    #[serde(default)]
+    pub endpoint: Option<IpAddr>,
 }
 
 /// Pod addresses in use and the pool, per family (the pool excludes the network, gateway and
