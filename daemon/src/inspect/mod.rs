@@ -10,4 +10,5 @@
 //! - [`doctor`]: the node checks of `weftd doctor`.
 
 pub mod icmp;
+pub mod probe;
 pub mod snapshot;
