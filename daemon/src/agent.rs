@@ -8,6 +8,7 @@
 //!
 //! SIGTERM keeps the lease (a restarted daemon finds it again); `release_on_exit` gives it back.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,6 +20,7 @@ use weft_proto::lease::{Backend, BackendData, Lease, MacAddr, PublicIps};
 
 use crate::backend::wireguard::keys::{self, PrivateKey};
 use crate::config::Config;
+use crate::inspect::state::Inspector;
 use crate::state;
 use crate::store::peers::{PeerEvent, PeerSet};
 use crate::store::{LeaseRequest, LeaseStore, PeerWatcher, StoreError};
@@ -97,18 +99,23 @@ pub async fn start<S: LeaseStore>(
     mut store: S,
     host: rtnetlink::Handle,
     mut shutdown: watch::Receiver<bool>,
+    inspector: Arc<Inspector>,
 ) -> anyhow::Result<Option<Agent>> {
     let public_ips = underlay::detect(&config.underlay, &host)
         .await
         .context("choose the underlay address")?;
     let request = lease_request(config, public_ips)?;
-    let Some(lease) = acquire(&mut store, &request, &mut shutdown).await? else {
+    let Some(lease) = acquire(&mut store, &request, &mut shutdown, &inspector).await? else {
         return Ok(None);
     };
     remember(config, &lease);
+    inspector
+        .renewed_at()
+        .store(crate::store::unix_now(), Ordering::Relaxed);
     info!(node = %lease.node, pod_cidrs = %lease.pod_cidrs, public_ip = ?lease.public_ips, "lease acquired");
 
     let (lease_tx, lease_rx) = watch::channel(Some(lease.clone()));
+    inspector.set_lease(lease_rx.clone());
     let (peers_tx, peers_rx) = watch::channel(None);
     let (programmed_tx, programmed_rx) = watch::channel(false);
     let tracker = tokio::spawn(track_peers(store.watch_peers(&config.node_name), peers_tx));
@@ -122,6 +129,7 @@ pub async fn start<S: LeaseStore>(
         host,
         programmed: programmed_rx,
         announced: false,
+        inspector,
     };
     Ok(Some(Agent {
         lease,
@@ -148,6 +156,8 @@ struct Keeper<S> {
     /// Whether the node's datapath is programmed, and whether the store was told so.
     programmed: watch::Receiver<bool>,
     announced: bool,
+    /// Told of each renewal and of why a lost lease cannot be acquired again.
+    inspector: Arc<Inspector>,
 }
 
 impl<S: LeaseStore> Keeper<S> {
@@ -189,6 +199,7 @@ impl<S: LeaseStore> Keeper<S> {
         match self.store.renew(&self.lease).await {
             Ok(renewed) => {
                 self.lease = renewed;
+                self.renewed();
                 Ok(Renewal::Done)
             }
             Err(StoreError::LeaseLost { reason, .. }) => {
@@ -198,9 +209,11 @@ impl<S: LeaseStore> Keeper<S> {
                     public_ips: self.lease.public_ips,
                     ..self.request.clone()
                 };
-                let Some(new) = acquire(&mut self.store, &again, shutdown).await? else {
+                let Some(new) = acquire(&mut self.store, &again, shutdown, &self.inspector).await?
+                else {
                     return Ok(Renewal::Shutdown);
                 };
+                self.renewed();
                 if new.pod_cidrs != self.lease.pod_cidrs {
                     error!(old = %self.lease.pod_cidrs, new = %new.pod_cidrs, "pod CIDRs changed after the lease was lost: pods started before keep addresses outside this node's CIDRs");
                 }
@@ -213,6 +226,11 @@ impl<S: LeaseStore> Keeper<S> {
                 Ok(Renewal::Failed)
             }
         }
+    }
+
+    fn renewed(&self) {
+        let now = crate::store::unix_now();
+        self.inspector.renewed_at().store(now, Ordering::Relaxed);
     }
 
     /// Re-detect the underlay address; a change is published with the next renewal.
@@ -361,22 +379,28 @@ enum Renewal {
     Shutdown,
 }
 
-/// Acquire, retrying transient errors; `None` if shutdown came first.
+/// Acquire, retrying transient errors (the reason is told to `inspector` while it waits);
+/// `None` if shutdown came first.
 async fn acquire<S: LeaseStore>(
     store: &mut S,
     request: &LeaseRequest,
     shutdown: &mut watch::Receiver<bool>,
+    inspector: &Inspector,
 ) -> anyhow::Result<Option<Lease>> {
     let mut backoff = MIN_BACKOFF;
     let mut last_reason = String::new();
     loop {
         match store.acquire(request).await {
-            Ok(lease) => return Ok(Some(lease)),
+            Ok(lease) => {
+                inspector.set_waiting(None);
+                return Ok(Some(lease));
+            }
             Err(e) if e.is_transient() => {
                 // One line per reason, not one per retry (waiting for podCIDRs can take a while).
                 let reason = e.to_string();
                 if reason != last_reason {
                     warn!(error = %reason, "cannot acquire the lease yet; retrying until it can");
+                    inspector.set_waiting(Some(reason.clone()));
                     last_reason = reason;
                 }
                 tokio::select! {

@@ -103,6 +103,11 @@ impl CniService {
 
     /// Answer one shim request. `netns` is the descriptor that came with it (the pod's network
     /// namespace as the shim opened it); it is closed when the request is answered.
+    /// IPAM's use per pod CIDR: addresses in use and usable ([`Ipam::usage`]).
+    pub async fn ipam_usage(&self) -> Vec<(ipnet::IpNet, u64, u64)> {
+        self.ipam.lock().await.usage()
+    }
+
     pub async fn handle(&self, request: &ShimRequest, netns: Option<OwnedFd>) -> ShimReply {
         let outcome = match (request.cni_env(), NetConf::from_value(&request.config)) {
             (Err(e), _) | (Ok(_), Err(e)) => Err(e),

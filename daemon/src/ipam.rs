@@ -377,6 +377,17 @@ impl Ipam {
         Ok(released)
     }
 
+    /// Per pod CIDR: addresses in use and addresses IPAM can hand out (capped at `u64::MAX`).
+    pub fn usage(&self) -> Vec<(IpNet, u64, u64)> {
+        self.cidrs
+            .iter()
+            .map(|net| {
+                let usable = u64::try_from(usable(&net)).unwrap_or(u64::MAX);
+                (net, self.in_use(net) as u64, usable)
+            })
+            .collect()
+    }
+
     /// Whether an address of every family can still be handed out.
     pub fn has_room(&self) -> bool {
         self.cidrs

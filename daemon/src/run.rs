@@ -8,19 +8,27 @@ use std::sync::Arc;
 use crate::config::Config;
 use crate::datapath::netns;
 use crate::health::{self, Probes};
+use crate::inspect::control;
+use crate::inspect::state::Inspector;
 use crate::{agent, node, store};
 
 /// Run the daemon until `shutdown` turns true: acquire the lease from the configured store,
 /// start the node's services for the configured backend, keep the lease until shutdown.
 pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
     let store = store::open(&config.store, config.lease_ttl);
+    let inspector = Inspector::new(&config);
+    let control =
+        control::serve(&config.run_dir, inspector.clone()).context("serve the control socket")?;
     // A netlink socket runs one dump at a time (a second gets EBUSY): the agent (underlay routes),
     // the reconcile loop and the CNI service each have their own connection.
     let connect = || netns::connect_here().context("open a netlink connection");
-    let Some(agent) = agent::start(&config, store, connect()?, shutdown).await? else {
+    let agent = agent::start(&config, store, connect()?, shutdown, inspector.clone()).await;
+    let Some(agent) = agent.inspect_err(|_| control.abort())? else {
+        control.abort();
         return Ok(());
     };
-    let started = node::start(&config, &agent.lease, connect()?, agent.view.clone()).await?;
+    let view = agent.view.clone();
+    let started = node::start(&config, &agent.lease, connect()?, view, &inspector).await?;
     let probes = Probes {
         lease: agent.view.lease.clone(),
         programmed: agent.view.programmed.subscribe(),
@@ -29,7 +37,7 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> anyhow::Res
     };
     let http = health::serve(config.http_addr, Arc::new(probes)).await;
     let stopped = agent.keeper.await.context("the lease keeper panicked");
-    for task in started.tasks.into_iter().chain(http) {
+    for task in started.tasks.into_iter().chain(http).chain([control]) {
         task.abort();
     }
     stopped?

@@ -18,6 +18,7 @@ use tracing::{debug, info, warn};
 
 use super::icmp::{self, EchoSocket, Reply};
 use super::snapshot::{Health, HealthState};
+use super::state::Mesh;
 use crate::store::unix_now;
 
 /// How often every peer is probed.
@@ -122,7 +123,9 @@ impl HealthTable {
         target.misses = 0;
         target.received += 1;
         target.last_reply = Some(now);
-        target.rtt = target.sent_at.map(|sent| at.saturating_duration_since(sent));
+        target.rtt = target
+            .sent_at
+            .map(|sent| at.saturating_duration_since(sent));
         (target.state != HealthState::Up).then(|| transition(from, target, HealthState::Up, now))
     }
 
@@ -179,10 +182,10 @@ fn combine(targets: &[&TargetState]) -> Health {
 /// The health table the prober keeps, for readers.
 pub type SharedHealth = Arc<Mutex<HealthTable>>;
 
-/// Start probing the targets `targets` holds, every `interval`. Sockets are opened per family
+/// Start probing the peers of the mesh `targets` holds ([`Mesh::targets`]), every `interval`. Sockets are opened per family
 /// when first needed; where one cannot be (no `CAP_NET_RAW`), that family stays `unknown` and
 /// one warning says why.
-pub fn spawn(targets: watch::Receiver<Vec<Target>>, interval: Duration) -> (SharedHealth, JoinHandle<()>) {
+pub fn spawn(targets: watch::Receiver<Mesh>, interval: Duration) -> (SharedHealth, JoinHandle<()>) {
     let table = SharedHealth::default();
     let task = tokio::spawn(run(targets, interval, table.clone()));
     (table, task)
@@ -229,7 +232,7 @@ impl Sockets {
     }
 }
 
-async fn run(mut targets: watch::Receiver<Vec<Target>>, interval: Duration, table: SharedHealth) {
+async fn run(mut targets: watch::Receiver<Mesh>, interval: Duration, table: SharedHealth) {
     let mut sockets = Sockets {
         v4: None,
         v6: None,
@@ -240,7 +243,7 @@ async fn run(mut targets: watch::Receiver<Vec<Target>>, interval: Duration, tabl
     loop {
         tokio::select! {
             _ = tick.tick() => {
-                let current = targets.borrow_and_update().clone();
+                let current = targets.borrow_and_update().targets();
                 probe_round(&mut sockets, &current, &table).await;
             }
             reply = sockets.recv() => match reply {
@@ -282,15 +285,21 @@ async fn probe_round(sockets: &mut Sockets, targets: &[Target], table: &SharedHe
 fn log_transition(change: &Transition) {
     let (node, addr) = (&change.node, change.addr);
     match change.to {
-        HealthState::Down => warn!(peer = %node, %addr, probes = DOWN_AFTER, "peer unreachable through the tunnel"),
-        HealthState::Up if change.from == HealthState::Down => info!(peer = %node, %addr, "peer reachable through the tunnel again"),
+        HealthState::Down => {
+            warn!(peer = %node, %addr, probes = DOWN_AFTER, "peer unreachable through the tunnel")
+        }
+        HealthState::Up if change.from == HealthState::Down => {
+            info!(peer = %node, %addr, "peer reachable through the tunnel again")
+        }
         HealthState::Up => debug!(peer = %node, %addr, "peer reachable through the tunnel"),
         HealthState::Unknown => {}
     }
 }
 
 fn lock(table: &SharedHealth) -> std::sync::MutexGuard<'_, HealthTable> {
-    table.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    table
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// The health table's view, by node name (empty without a prober).
@@ -319,7 +328,11 @@ mod tests {
         assert_eq!((addrs, changes), (vec![a], vec![]));
         let up = table.reply(a, seq, start + Duration::from_millis(3), 100);
         assert_eq!(up.map(|t| t.to), Some(HealthState::Up));
-        assert_eq!(table.reply(a, seq, start, 100), None, "a duplicate changes nothing");
+        assert_eq!(
+            table.reply(a, seq, start, 100),
+            None,
+            "a duplicate changes nothing"
+        );
         let health = &table.by_node()["node-2"];
         assert_eq!((health.state, health.rtt_us), (HealthState::Up, Some(3000)));
         // Rounds 1-3 go unanswered: down when round 4 starts.
@@ -329,7 +342,10 @@ mod tests {
             downs.extend(changes);
         }
         assert_eq!(downs.len(), 1);
-        assert_eq!((downs[0].from, downs[0].to), (HealthState::Up, HealthState::Down));
+        assert_eq!(
+            (downs[0].from, downs[0].to),
+            (HealthState::Up, HealthState::Down)
+        );
         let health = &table.by_node()["node-2"];
         assert_eq!((health.state, health.since), (HealthState::Down, Some(104)));
         assert_eq!((health.sent, health.received), (5, 1));
@@ -338,12 +354,23 @@ mod tests {
     #[test]
     fn late_or_stray_replies_are_ignored_and_targets_follow_the_mesh() {
         let mut table = HealthTable::default();
-        let (a, b): (IpAddr, IpAddr) = ("10.244.2.0".parse().unwrap(), "fd00::2:0".parse().unwrap());
-        table.set_targets(&[target("node-2", "10.244.2.0"), target("node-2", "fd00::2:0")], 5);
+        let (a, b): (IpAddr, IpAddr) =
+            ("10.244.2.0".parse().unwrap(), "fd00::2:0".parse().unwrap());
+        table.set_targets(
+            &[
+                target("node-2", "10.244.2.0"),
+                target("node-2", "fd00::2:0"),
+            ],
+            5,
+        );
         let now = Instant::now();
         let (old, _, _) = table.round(now, 5);
         let (seq, _, _) = table.round(now, 6);
-        assert_eq!(table.reply(a, old, now, 6), None, "a reply to the last round");
+        assert_eq!(
+            table.reply(a, old, now, 6),
+            None,
+            "a reply to the last round"
+        );
         assert_eq!(table.reply("192.0.2.1".parse().unwrap(), seq, now, 6), None);
         table.reply(a, seq, now, 6);
         // One family up, the other not heard from: unknown until it answers or is down.
@@ -376,6 +403,10 @@ mod tests {
             }
         }
         let _ = table.by_node();
-        assert!(started.elapsed() < Duration::from_secs(1), "{:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            started.elapsed()
+        );
     }
 }

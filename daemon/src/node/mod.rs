@@ -30,14 +30,13 @@ use crate::backend::Backend;
 use crate::cni_server::{self, CniService};
 use crate::config::{Config, DatapathMode};
 use crate::datapath::{nl, pod};
+use crate::inspect::probe;
+use crate::inspect::state::{DatapathParts, Inspector, IpamUsage, WireGuardSource};
 use crate::ipam::Ipam;
 use crate::plan::PlanConfig;
 use crate::underlay;
 use firewall::FirewallKeeper;
 use reconcile::Reconciler;
-
-/// The addresses of the pods whose network has `"ipMasq": false`.
-type Unmasqueraded = tokio::sync::watch::Receiver<std::collections::BTreeSet<std::net::IpAddr>>;
 
 /// The node's services, running.
 pub struct Started {
@@ -55,20 +54,50 @@ pub async fn start(
     lease: &Lease,
     host: Handle,
     view: AgentView,
+    inspector: &Inspector,
 ) -> anyhow::Result<Started> {
     match (config.datapath, config.backend) {
-        (DatapathMode::None, kind) => start_without_datapath(config, kind, host, view).await,
+        (DatapathMode::None, kind) => {
+            start_without_datapath(config, kind, host, view, inspector).await
+        }
         (DatapathMode::Kernel, BackendKind::Vxlan) => {
-            start_with(Vxlan, config, lease, host, view).await
+            let node = NodeContext {
+                config,
+                lease,
+                host,
+                view,
+                inspector,
+            };
+            start_with(Vxlan, node, None).await
         }
         (DatapathMode::Kernel, BackendKind::WireGuard) => {
             let key = crate::agent::wireguard_key_path(config);
             let (wireguard, reason) =
                 WireGuard::from_config(&config.wireguard, &key, &config.run_dir).await?;
             info!(implementation = ?wireguard.implementation, reason, device = %wireguard.device, "WireGuard");
-            start_with(wireguard, config, lease, host, view).await
+            let source = WireGuardSource {
+                implementation: wireguard.implementation,
+                device: wireguard.device.to_string(),
+            };
+            let node = NodeContext {
+                config,
+                lease,
+                host,
+                view,
+                inspector,
+            };
+            start_with(wireguard, node, Some(source)).await
         }
     }
+}
+
+/// What every backend's start needs.
+struct NodeContext<'a> {
+    config: &'a Config,
+    lease: &'a Lease,
+    host: Handle,
+    view: AgentView,
+    inspector: &'a Inspector,
 }
 
 /// `--datapath none`: only the reconcile loop with a backend that programs nothing, so peers are
@@ -78,6 +107,7 @@ async fn start_without_datapath(
     kind: BackendKind,
     host: Handle,
     view: AgentView,
+    inspector: &Inspector,
 ) -> anyhow::Result<Started> {
     let backend = NoDatapath { kind };
     let driver = backend.driver(host, &[]);
@@ -88,6 +118,15 @@ async fn start_without_datapath(
         programmed: Arc::new(tokio::sync::watch::channel(false).0),
         ..view
     };
+    inspector.set_datapath(DatapathParts {
+        backend_impl: None,
+        pod_mtu: None,
+        programmed: view.programmed.subscribe(),
+        mesh: reconciler.mesh(),
+        health: None,
+        ipam: None,
+        wireguard: None,
+    });
     Ok(Started {
         heartbeat: reconciler.heartbeat(),
         tasks: vec![tokio::spawn(reconciler.run(view))],
@@ -95,14 +134,19 @@ async fn start_without_datapath(
     })
 }
 
-/// Forwarding, the CNI server and the reconcile loop for `backend`.
+/// Forwarding, the CNI server, the reconcile loop and the peer prober for `backend`.
 async fn start_with<B: Backend>(
     backend: B,
-    config: &Config,
-    lease: &Lease,
-    host: Handle,
-    view: AgentView,
+    node: NodeContext<'_>,
+    wireguard: Option<WireGuardSource>,
 ) -> anyhow::Result<Started> {
+    let NodeContext {
+        config,
+        lease,
+        host,
+        view,
+        inspector,
+    } = node;
     let kept_ra = sysctl::enable_forwarding(config.pool_v4.is_some(), config.pool_v6.is_some())
         .context("enable IP forwarding")?;
     if !kept_ra.is_empty() {
@@ -111,17 +155,36 @@ async fn start_with<B: Backend>(
     let underlay_mtu = underlay::mtu(&host, &lease.public_ips).await;
     let plan_config = PlanConfig::new(config, underlay_mtu);
     let pod_mtu = backend.pod_mtu(lease, &plan_config);
-    let (cni, unmasqueraded) = serve_cni(config, lease, cni_host()?, view.clone(), pod_mtu).await?;
+    let (cni, service) = serve_cni(config, lease, cni_host()?, view.clone(), pod_mtu).await?;
+    let unmasqueraded = service.unmasqueraded();
     let driver = backend.driver(host, &plan_config.cluster_cidrs);
     let firewall = Some(FirewallKeeper::new(unmasqueraded));
     let sysctls = sysctl::desired(config.pool_v4.is_some(), config.pool_v6.is_some());
     let reconciler = Reconciler::new(backend, driver, plan_config, firewall)
         .resync_every(config.resync_interval)
         .keeping(sysctls);
+    let (health, prober) = probe::spawn(reconciler.mesh(), probe::PROBE_INTERVAL);
+    inspector.set_datapath(DatapathParts {
+        backend_impl: wireguard.as_ref().map(|w| w.implementation.to_string()),
+        pod_mtu: Some(pod_mtu),
+        programmed: view.programmed.subscribe(),
+        mesh: reconciler.mesh(),
+        health: Some(health),
+        ipam: Some(ipam_usage(service)),
+        wireguard,
+    });
     Ok(Started {
         heartbeat: reconciler.heartbeat(),
-        tasks: vec![cni, tokio::spawn(reconciler.run(view))],
+        tasks: vec![cni, prober, tokio::spawn(reconciler.run(view))],
         serves_pods: true,
+    })
+}
+
+/// IPAM's use, read through the CNI service (which owns IPAM).
+fn ipam_usage(service: Arc<CniService>) -> IpamUsage {
+    Arc::new(move || {
+        let service = service.clone();
+        Box::pin(async move { service.ipam_usage().await })
     })
 }
 
@@ -132,15 +195,15 @@ fn cni_host() -> anyhow::Result<Handle> {
 }
 
 /// Open IPAM (its damaged records are set aside only when no pod is wired) and serve the CNI
-/// socket `RUN_DIR/cni.sock`; also returns the addresses of the pods not to masquerade, as the
-/// CNI service keeps them.
+/// socket `RUN_DIR/cni.sock`; also returns the service (which keeps IPAM and the addresses of
+/// the pods not to masquerade).
 async fn serve_cni(
     config: &Config,
     lease: &Lease,
     host: Handle,
     view: AgentView,
     pod_mtu: u32,
-) -> anyhow::Result<(JoinHandle<()>, Unmasqueraded)> {
+) -> anyhow::Result<(JoinHandle<()>, Arc<CniService>)> {
     let pods_wired = nl::links(&host)
         .await
         .context("list links")?
@@ -154,9 +217,8 @@ async fn serve_cni(
         .with_context(|| format!("bind the CNI socket {}", socket.display()))?;
     let service = Arc::new(CniService::new(host, ipam, view.lease.clone(), pod_mtu));
     info!(socket = %socket.display(), pod_mtu, "serving CNI requests");
-    let unmasqueraded = service.unmasqueraded();
     Ok((
-        tokio::spawn(cni_server::serve(listener, service)),
-        unmasqueraded,
+        tokio::spawn(cni_server::serve(listener, service.clone())),
+        service,
     ))
 }

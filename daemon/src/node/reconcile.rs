@@ -11,20 +11,23 @@
 //! The kernel settings weft depends on ([`super::sysctl`]: forwarding) are read at start
 //! and at every resync too; any that drifted is restored and named in a warning.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::watch;
 use tracing::{debug, error, info, warn};
 use weft_proto::lease::Lease;
-use weft_proto::names::IfName;
+use weft_proto::names::{IfName, NodeName};
 
 use super::firewall::FirewallKeeper;
 use super::sysctl::{self, Setting};
 use crate::agent::AgentView;
 use crate::backend::{Backend, Driver, DriverError};
 use crate::firewall::TunnelGuard;
+use crate::inspect::snapshot::RefusedView;
+use crate::inspect::state::{Mesh, MeshPeer};
 use crate::plan::admission::{Incumbents, Refusal};
 use crate::plan::{self, PlanConfig};
 use crate::store::unix_now;
@@ -60,6 +63,8 @@ pub struct Reconciler<B: Backend> {
     retry_delay: Duration,
     /// Unix seconds of the last pass, for `/healthz`.
     heartbeat: Arc<AtomicU64>,
+    /// The peers the last plan accepted and refused, for inspection and the prober.
+    mesh: watch::Sender<Mesh>,
 }
 
 impl<B: Backend> Reconciler<B> {
@@ -83,7 +88,13 @@ impl<B: Backend> Reconciler<B> {
             retry_soon: false,
             retry_delay: RETRY_AFTER_FAILURE,
             heartbeat: Arc::new(AtomicU64::new(0)),
+            mesh: watch::channel(Mesh::default()).0,
         }
+    }
+
+    /// The peers each plan accepts and refuses, as they change.
+    pub fn mesh(&self) -> watch::Receiver<Mesh> {
+        self.mesh.subscribe()
     }
 
     /// Read the kernel again every `resync` rather than every [`RESYNC_EVERY`].
@@ -147,10 +158,11 @@ impl<B: Backend> Reconciler<B> {
         own: &Lease,
         peers: impl Iterator<Item = &'a Lease>,
     ) -> bool {
+        let peers: Vec<&Lease> = peers.collect();
         let planned = plan::plan(
             &self.backend,
             own,
-            peers,
+            peers.iter().copied(),
             &self.plan_config,
             &self.incumbents,
         );
@@ -165,6 +177,7 @@ impl<B: Backend> Reconciler<B> {
         // it accepted hold against newcomers at the next pass.
         self.incumbents = plan.accepted.clone();
         self.report_refusals(&plan.refused);
+        self.publish_mesh(own, &peers, &plan.accepted, &plan.refused);
         let mut done = self.converge(plan.datapath).await;
         let tunnel = self.backend.guarded_port().map(|port| TunnelGuard {
             port,
@@ -264,6 +277,24 @@ impl<B: Backend> Reconciler<B> {
         }
     }
 
+    /// Publish what the plan accepted and refused, if it changed.
+    fn publish_mesh(
+        &self,
+        own: &Lease,
+        peers: &[&Lease],
+        accepted: &Incumbents,
+        refused: &[Refusal],
+    ) {
+        let mesh = plan_mesh(own, peers, accepted, refused);
+        self.mesh.send_if_modified(|current| {
+            let changed = *current != mesh;
+            if changed {
+                *current = mesh;
+            }
+            changed
+        });
+    }
+
     fn report_refusals(&mut self, refused: &[Refusal]) {
         let now: BTreeSet<String> = refused.iter().map(|r| r.to_string()).collect();
         for refusal in now.difference(&self.refusals) {
@@ -274,6 +305,36 @@ impl<B: Backend> Reconciler<B> {
         }
         self.refusals = now;
     }
+}
+
+/// The mesh of a plan: the accepted peers with what was programmed for them (and, for WireGuard,
+/// their port and key), the refused ones with the reason and their published underlay address.
+fn plan_mesh(own: &Lease, peers: &[&Lease], accepted: &Incumbents, refused: &[Refusal]) -> Mesh {
+    let by_name: BTreeMap<&NodeName, &Lease> = peers.iter().map(|l| (&l.node, *l)).collect();
+    let family = plan::tunnel_family(&own.public_ips).unwrap_or(plan::Family::V4);
+    let peers = accepted
+        .held()
+        .map(|(node, pod_cidrs, endpoint)| MeshPeer {
+            node: node.to_string(),
+            pod_cidrs,
+            endpoint,
+            wireguard: by_name
+                .get(node)
+                .and_then(|l| crate::backend::wireguard::published(&l.backend))
+                .map(|(key, port)| (port, key.to_string())),
+        })
+        .collect();
+    let refused = refused
+        .iter()
+        .map(|r| RefusedView {
+            node: r.node.to_string(),
+            reason: r.reason.clone(),
+            endpoint: by_name
+                .get(&r.node)
+                .and_then(|l| family.public_ip(&l.public_ips)),
+        })
+        .collect();
+    Mesh { peers, refused }
 }
 
 /// Resolves when the firewall's inputs beyond the lease changed; never without a firewall.

@@ -168,6 +168,14 @@ impl Incumbents {
         self.held.keys()
     }
 
+    /// Each peer held, in name order: its pod CIDRs (in family order) and its underlay address.
+    pub fn held(&self) -> impl Iterator<Item = (&NodeName, Vec<IpNet>, IpAddr)> {
+        self.held.iter().map(|(node, held)| {
+            let cidrs = held.entries.iter().map(|(_, cidr, _)| *cidr).collect();
+            (node, cidrs, held.underlay)
+        })
+    }
+
     /// Whether `node` holds exactly `cidr` as its pod CIDR.
     pub fn holds_pod_cidr(&self, node: &NodeName, cidr: &IpNet) -> bool {
         self.held

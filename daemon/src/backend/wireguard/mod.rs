@@ -73,6 +73,15 @@ pub enum Implementation {
     Userspace,
 }
 
+impl std::fmt::Display for Implementation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Implementation::Kernel => "kernel",
+            Implementation::Userspace => "userspace",
+        })
+    }
+}
+
 /// The WireGuard backend's plan and what its driver needs.
 #[derive(Debug, Clone)]
 pub struct WireGuard {
@@ -271,5 +280,29 @@ impl BackendPlan for WireGuard {
 
     fn model_apply(&self, state: &mut WgState, op: &Op) -> Result<(), ModelError> {
         ops::apply(state, op)
+    }
+}
+
+/// The peers as `device` reports them (handshakes, byte counts): over its control socket
+/// (userspace) or generic netlink (kernel).
+///
+/// # Errors
+/// The device cannot be reached or answers badly, as one line.
+pub async fn read_peers(
+    implementation: Implementation,
+    device: &str,
+) -> Result<Vec<uapi::PeerInfo>, String> {
+    match implementation {
+        Implementation::Userspace => {
+            let control = uapi::Uapi::new(device);
+            let read = tokio::task::spawn_blocking(move || control.get());
+            let info = read.await.map_err(|e| e.to_string())?;
+            info.map(|d| d.peers).map_err(|e| e.to_string())
+        }
+        Implementation::Kernel => {
+            let mut control = kernel::KernelControl::connect(device).map_err(|e| e.to_string())?;
+            let info = control.get().await.map_err(|e| e.to_string())?;
+            Ok(info.peers)
+        }
     }
 }
