@@ -9,4 +9,6 @@
 //! - [`graph`]: the mesh as Graphviz DOT and as the self-contained status page (inline SVG);
 //! - [`doctor`]: the node checks of `weftd doctor`.
 
+pub mod graph;
+pub mod render;
 pub mod snapshot;
