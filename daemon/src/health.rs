@@ -6,7 +6,9 @@
 //! - `/readyz`: 200 once the lease is held, the datapath was programmed at least once and the CNI
 //!   socket is serving; 503 with the missing ones, one per line, before that.
 //!
-//! Both answer `text/plain`; anything else is 404.
+//! Both answer `text/plain`. The same server answers `/` with the status page (the mesh as inline
+//! SVG, refreshing itself every [`PAGE_REFRESH_SECS`]; see [`crate::inspect::graph::page`]) and
+//! `/status.json` with the daemon's snapshot; anything else is 404.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -24,10 +26,15 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 use weft_proto::lease::Lease;
 
+use crate::inspect::graph;
+use crate::inspect::state::Inspector;
 use crate::store::unix_now;
 
 /// How long without a reconcile pass `/healthz` tolerates: three resync periods.
 pub const STALE_AFTER: Duration = Duration::from_secs(90);
+
+/// How often the status page reloads itself, seconds.
+pub const PAGE_REFRESH_SECS: u32 = 5;
 
 /// What the probes look at.
 pub struct Probes {
@@ -39,6 +46,8 @@ pub struct Probes {
     /// Whether this node serves pods (false with `--datapath none`: no CNI socket, nothing
     /// programmed, and readiness asks only for the lease).
     pub serves_pods: bool,
+    /// The daemon's state for the status page; `None` serves no page.
+    pub inspector: Option<Arc<Inspector>>,
 }
 
 impl Probes {
@@ -67,6 +76,26 @@ impl Probes {
         }
     }
 
+    /// The answer to `path`: the page and the snapshot, else [`Probes::answer`] as plain text.
+    async fn respond(&self, path: &str) -> Response<Full<Bytes>> {
+        let inspector = self.inspector.as_ref();
+        match (path, inspector) {
+            ("/", Some(inspector)) => {
+                let page = graph::page(&inspector.snapshot().await, PAGE_REFRESH_SECS);
+                typed(StatusCode::OK, page, "text/html; charset=utf-8")
+            }
+            ("/status.json", Some(inspector)) => {
+                let json = serde_json::to_string(&inspector.snapshot().await)
+                    .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
+                typed(StatusCode::OK, json, "application/json")
+            }
+            _ => {
+                let (status, body) = self.answer(path);
+                typed(status, body, "text/plain; charset=utf-8")
+            }
+        }
+    }
+
     fn answer(&self, path: &str) -> (StatusCode, String) {
         let result = match path {
             "/healthz" => self.healthz(unix_now()),
@@ -90,7 +119,7 @@ pub async fn serve(addr: SocketAddr, probes: Arc<Probes>) -> Option<JoinHandle<(
             return None;
         }
     };
-    info!(%addr, "serving /healthz and /readyz");
+    info!(%addr, "serving /healthz, /readyz and the status page");
     Some(tokio::spawn(accept_loop(listener, probes)))
 }
 
@@ -103,8 +132,8 @@ async fn accept_loop(listener: TcpListener, probes: Arc<Probes>) {
         let probes = probes.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-                let (status, body) = probes.answer(request.uri().path());
-                async move { Ok::<_, Infallible>(text(status, body)) }
+                let probes = probes.clone();
+                async move { Ok::<_, Infallible>(probes.respond(request.uri().path()).await) }
             });
             let connection = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service);
@@ -113,12 +142,12 @@ async fn accept_loop(listener: TcpListener, probes: Arc<Probes>) {
     }
 }
 
-fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+fn typed(status: StatusCode, body: String, content_type: &'static str) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;
     response.headers_mut().insert(
         hyper::header::CONTENT_TYPE,
-        hyper::header::HeaderValue::from_static("text/plain; charset=utf-8"),
+        hyper::header::HeaderValue::from_static(content_type),
     );
     response
 }
@@ -144,6 +173,7 @@ mod tests {
             programmed: watch::channel(programmed).1,
             heartbeat: Arc::new(AtomicU64::new(heartbeat)),
             serves_pods: true,
+            inspector: None,
         }
     }
 

@@ -8,6 +8,8 @@ use clap::{Parser, Subcommand};
 use tokio::sync::watch;
 use tracing::info;
 use weftd::config::{CliSettings, Config, RawSettings};
+use weftd::inspect::snapshot::Snapshot;
+use weftd::inspect::{control, graph, render};
 use weftd::store::{self, LeaseStore};
 use weftd::{agent, state, underlay};
 
@@ -41,10 +43,35 @@ enum Command {
     /// state directory; the running weftd publishes it, switches its device and keeps it. Waits
     /// (up to 30 s) until it did.
     RotateKey(Settings),
+    /// What the running weftd knows: node, store, backend, lease, underlay, MTUs, peer health,
+    /// refused peers, IPAM use.
+    Status(Inspect),
+    /// The running weftd's peers: pod CIDRs, endpoint, health, round trip, WireGuard handshake;
+    /// and the refused ones with the reason.
+    Peers(Inspect),
+    /// The mesh as Graphviz DOT (pipe it to `dot -Tsvg`): nodes, tunnels coloured by health, pod
+    /// CIDRs, refused peers dashed.
+    Graph(Inspect),
     /// Remove everything weft made on this node: VXLAN and WireGuard devices (stopping a
     /// `weft-wg` it started), routes, neighbour and FDB entries, the nftables table `inet weft`,
     /// pod veths. The WireGuard key in the state directory is kept.
     Cleanup,
+}
+
+#[derive(clap::Args)]
+struct Inspect {
+    /// The running weftd's run directory (where its control socket `weftd.sock` is).
+    #[arg(long, env = "WEFT_RUN_DIR", default_value = "/run/weft")]
+    run_dir: PathBuf,
+    /// `table` for people, `json` for scripts.
+    #[arg(short, long, value_enum, default_value = "table")]
+    output: Output,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Output {
+    Table,
+    Json,
 }
 
 fn load(settings: Settings) -> anyhow::Result<Config> {
@@ -83,9 +110,26 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Run(settings) => weftd::run::run(load(settings)?, shutdown_on_signal()?).await,
         Command::Cleanup => weftd::node::cleanup::cleanup().await,
+        Command::Status(inspect) => show(&inspect, render::status).await,
+        Command::Peers(inspect) => show(&inspect, render::peers).await,
+        Command::Graph(inspect) => {
+            let snapshot = control::fetch(&inspect.run_dir).await?;
+            print!("{}", graph::dot(&snapshot));
+            Ok(())
+        }
         Command::Leave(settings) => leave(&load(settings)?).await,
         Command::RotateKey(settings) => rotate_key(&load(settings)?).await,
     }
+}
+
+/// Print the running daemon's snapshot as `table` renders it, or as JSON.
+async fn show(inspect: &Inspect, table: fn(&Snapshot, u64) -> String) -> anyhow::Result<()> {
+    let snapshot = control::fetch(&inspect.run_dir).await?;
+    match inspect.output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&snapshot)?),
+        Output::Table => print!("{}", table(&snapshot, weftd::store::unix_now())),
+    }
+    Ok(())
 }
 
 async fn leave(config: &Config) -> anyhow::Result<()> {

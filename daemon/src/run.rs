@@ -34,6 +34,7 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> anyhow::Res
         programmed: agent.view.programmed.subscribe(),
         heartbeat: started.heartbeat.clone(),
         serves_pods: started.serves_pods,
+        inspector: Some(inspector.clone()),
     };
     let http = health::serve(config.http_addr, Arc::new(probes)).await;
     let stopped = agent.keeper.await.context("the lease keeper panicked");

@@ -26,11 +26,10 @@ const MAX_ANSWER_BYTES: u64 = 64 << 20;
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
     /// Nothing listens: no daemon runs with this run directory.
-    #[error("no weftd is running here: cannot connect to {}: {source} (is weftd running, with the same --run-dir?)", path.display())]
+    #[error("no weftd is running here: cannot connect to {}: {error} (is weftd running, with the same --run-dir?)", path.display())]
     NotRunning {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("weftd's control socket {}: {reason}", path.display())]
     Broken { path: PathBuf, reason: String },
@@ -103,9 +102,9 @@ pub async fn fetch(run_dir: &Path) -> Result<Snapshot, ControlError> {
     let mut stream =
         UnixStream::connect(&path)
             .await
-            .map_err(|source| ControlError::NotRunning {
+            .map_err(|error| ControlError::NotRunning {
                 path: path.clone(),
-                source,
+                error,
             })?;
     let exchange = async {
         stream.write_all(b"snapshot\n").await?;

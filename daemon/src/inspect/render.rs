@@ -158,12 +158,20 @@ fn optional(value: Option<u32>) -> String {
     value.map_or("-".to_string(), |v| v.to_string())
 }
 
+/// A pool's size: as it is up to 2^32, then as a power of two (an IPv6 /64 holds 2^64 − 1).
+fn capacity(usable: u64) -> String {
+    match usable {
+        0..=0xffff_ffff => usable.to_string(),
+        _ => format!("~2^{}", 64 - usable.leading_zeros()),
+    }
+}
+
 /// One row per address family IPAM serves: `IPAM v4:  3 of 253 in use`.
 fn ipam(view: Option<&IpamView>) -> Vec<(&'static str, String)> {
     let Some(view) = view else {
         return vec![("IPAM", "off (no CNI service)".to_string())];
     };
-    let pool = |p: &PoolUse| format!("{} of {} in use", p.in_use, p.capacity);
+    let pool = |p: &PoolUse| format!("{} of {} in use", p.in_use, capacity(p.capacity));
     let mut rows = Vec::new();
     if let Some(v4) = &view.v4 {
         rows.push(("IPAM v4", pool(v4)));
@@ -381,6 +389,13 @@ pub(crate) mod tests {
                 v6: None,
             }),
         }
+    }
+
+    #[test]
+    fn huge_pools_read_as_powers_of_two() {
+        assert_eq!(capacity(253), "253");
+        assert_eq!(capacity(u64::MAX), "~2^64");
+        assert_eq!(capacity(1 << 40), "~2^41");
     }
 
     #[test]

@@ -150,6 +150,6 @@ pub struct IpamView {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PoolUse {
     pub in_use: u64,
-    /// Addresses IPAM can hand out; IPv6 pools are capped at 2^32 here.
+    /// Addresses IPAM can hand out (an IPv6 /64 is capped at `u64::MAX`).
     pub capacity: u64,
 }
