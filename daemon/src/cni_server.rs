@@ -101,18 +101,21 @@ impl CniService {
         });
     }
 
-    /// Answer one shim request. `netns` is the descriptor that came with it (the pod's network
-    /// namespace as the shim opened it); it is closed when the request is answered.
     /// IPAM's use per pod CIDR: addresses in use and usable ([`Ipam::usage`]).
     pub async fn ipam_usage(&self) -> Vec<(ipnet::IpNet, u64, u64)> {
         self.ipam.lock().await.usage()
     }
 
+    /// Answer one shim request. `netns` is the descriptor that came with it (the pod's network
+    /// namespace as the shim opened it); it is closed when the request is answered.
     pub async fn handle(&self, request: &ShimRequest, netns: Option<OwnedFd>) -> ShimReply {
+        let started = std::time::Instant::now();
         let outcome = match (request.cni_env(), NetConf::from_value(&request.config)) {
             (Err(e), _) | (Ok(_), Err(e)) => Err(e),
             (Ok(env), Ok(conf)) => self.dispatch(&env, &conf, netns).await,
         };
+        let verb = request.command.as_str();
+        crate::metrics::global().cni_request(verb, outcome.is_ok(), started.elapsed());
         match outcome {
             Ok(result) => ShimReply::Success { result },
             Err(error) => {

@@ -184,6 +184,11 @@ pub struct RawSettings {
     #[arg(long, env = "WEFT_HTTP_ADDR")]
     #[serde(deserialize_with = "text")]
     pub http_addr: Option<std::net::SocketAddr>,
+    /// Address of the Prometheus endpoint `/metrics` (OpenMetrics text); the DaemonSet sets the
+    /// node's address so Prometheus can scrape it [default: 127.0.0.1:9476].
+    #[arg(long, env = "WEFT_METRICS_ADDR")]
+    #[serde(deserialize_with = "text")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
     /// WireGuard: UDP port of the device [default: 51820].
     #[arg(long, env = "WEFT_WIREGUARD_PORT")]
     #[serde(deserialize_with = "text")]
@@ -264,6 +269,9 @@ impl RawSettings {
             http_addr: self
                 .http_addr
                 .unwrap_or(std::net::SocketAddr::from(([127, 0, 0, 1], 9475))),
+            metrics_addr: self
+                .metrics_addr
+                .unwrap_or(std::net::SocketAddr::from(([127, 0, 0, 1], 9476))),
             wireguard: self.wireguard(),
         })
     }
@@ -967,8 +975,10 @@ pub struct Config {
     pub underlay: UnderlaySelector,
     pub mtu: Option<u32>,
     pub release_on_exit: bool,
-    /// Where `/healthz` and `/readyz` are served.
+    /// Where `/healthz`, `/readyz` and the status page are served.
     pub http_addr: std::net::SocketAddr,
+    /// Where `/metrics` is served (by the same listener when equal to `http_addr`).
+    pub metrics_addr: std::net::SocketAddr,
     pub wireguard: WireGuardConfig,
 }
 

@@ -28,6 +28,7 @@ use weft_proto::lease::Lease;
 
 use crate::inspect::graph;
 use crate::inspect::state::Inspector;
+use crate::metrics;
 use crate::store::unix_now;
 
 /// How long without a reconcile pass `/healthz` tolerates: three resync periods.
@@ -76,10 +77,24 @@ impl Probes {
         }
     }
 
-    /// The answer to `path`: the page and the snapshot, else [`Probes::answer`] as plain text.
-    async fn respond(&self, path: &str) -> Response<Full<Bytes>> {
-        let inspector = self.inspector.as_ref();
+    /// The answer to `path` on a listener serving `served`: the metrics, the page and the
+    /// snapshot, else [`Probes::answer`] as plain text.
+    async fn respond(&self, path: &str, served: Served) -> Response<Full<Bytes>> {
+        let inspector = self.inspector.as_ref().filter(|_| served.probes);
         match (path, inspector) {
+            ("/metrics", _) if served.metrics => {
+                let snapshot = match &self.inspector {
+                    Some(inspector) => inspector.snapshot().await,
+                    None => Default::default(),
+                };
+                let text = metrics::global().encode(&snapshot, unix_now());
+                typed(StatusCode::OK, text, metrics::CONTENT_TYPE)
+            }
+            (_, _) if !served.probes => typed(
+                StatusCode::NOT_FOUND,
+                "not found\n".into(),
+                "text/plain; charset=utf-8",
+            ),
             ("/", Some(inspector)) => {
                 let page = graph::page(&inspector.snapshot().await, PAGE_REFRESH_SECS);
                 typed(StatusCode::OK, page, "text/html; charset=utf-8")
@@ -109,21 +124,34 @@ impl Probes {
     }
 }
 
-/// Serve the probes on `addr`. A port that cannot be bound is logged and the daemon goes on
-/// without them (the probes then fail, and the log says why).
-pub async fn serve(addr: SocketAddr, probes: Arc<Probes>) -> Option<JoinHandle<()>> {
+/// What one listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Served {
+    /// `/healthz`, `/readyz`, `/` and `/status.json` (`--http-addr`).
+    pub probes: bool,
+    /// `/metrics` (`--metrics-addr`).
+    pub metrics: bool,
+}
+
+/// Serve `served` on `addr`. A port that cannot be bound is logged and the daemon goes on
+/// without it (the probes then fail, and the log says why).
+pub async fn serve(
+    addr: SocketAddr,
+    probes: Arc<Probes>,
+    served: Served,
+) -> Option<JoinHandle<()>> {
     let listener = match TcpListener::bind(addr).await {
         Ok(listener) => listener,
         Err(e) => {
-            warn!(%addr, error = %e, "cannot serve /healthz and /readyz");
+            warn!(%addr, error = %e, ?served, "cannot serve HTTP");
             return None;
         }
     };
-    info!(%addr, "serving /healthz, /readyz and the status page");
-    Some(tokio::spawn(accept_loop(listener, probes)))
+    info!(%addr, ?served, "serving HTTP");
+    Some(tokio::spawn(accept_loop(listener, probes, served)))
 }
 
-async fn accept_loop(listener: TcpListener, probes: Arc<Probes>) {
+async fn accept_loop(listener: TcpListener, probes: Arc<Probes>, served: Served) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -133,7 +161,10 @@ async fn accept_loop(listener: TcpListener, probes: Arc<Probes>) {
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |request: Request<Incoming>| {
                 let probes = probes.clone();
-                async move { Ok::<_, Infallible>(probes.respond(request.uri().path()).await) }
+                async move {
+                    let path = request.uri().path();
+                    Ok::<_, Infallible>(probes.respond(path, served).await)
+                }
             });
             let connection = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service);

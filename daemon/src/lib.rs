@@ -24,6 +24,7 @@ pub(crate) mod fsutil;
 pub mod health;
 pub mod inspect;
 pub mod ipam;
+pub mod metrics;
 pub(crate) mod net;
 pub mod node;
 pub mod plan;

@@ -20,8 +20,23 @@ use weftd::{agent, state, underlay};
     about = "weft node agent: pod CIDR leases, overlay tunnels, pod wiring"
 )]
 struct Cli {
+    /// Log lines as `text` for people or `json` (one object per line) for log collectors.
+    #[arg(
+        long,
+        env = "WEFT_LOG_FORMAT",
+        value_enum,
+        default_value = "text",
+        global = true
+    )]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(clap::Args)]
@@ -84,13 +99,7 @@ fn load(settings: Settings) -> anyhow::Result<Config> {
 
 fn main() -> ExitCode {
     let cli: Cli = weftd::config::parse_command_line();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    init_logs(cli.log_format);
     let result = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -103,6 +112,21 @@ fn main() -> ExitCode {
             eprintln!("weftd: error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Logs on standard error, filtered by `RUST_LOG` (default `info`).
+fn init_logs(format: LogFormat) {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => logs.json().flatten_event(true).init(),
+        LogFormat::Text => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
     }
 }
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use crate::config::Config;
 use crate::datapath::netns;
-use crate::health::{self, Probes};
+use crate::health::{self, Probes, Served};
 use crate::inspect::control;
 use crate::inspect::state::Inspector;
 use crate::{agent, node, store};
@@ -36,10 +36,31 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> anyhow::Res
         serves_pods: started.serves_pods,
         inspector: Some(inspector.clone()),
     };
-    let http = health::serve(config.http_addr, Arc::new(probes)).await;
+    let http = serve_http(&config, Arc::new(probes)).await;
     let stopped = agent.keeper.await.context("the lease keeper panicked");
     for task in started.tasks.into_iter().chain(http).chain([control]) {
         task.abort();
     }
     stopped?
+}
+
+/// `--http-addr` (probes, status page) and `--metrics-addr` (`/metrics`): one listener when they
+/// are the same address.
+async fn serve_http(config: &Config, probes: Arc<Probes>) -> Vec<tokio::task::JoinHandle<()>> {
+    let both = Served {
+        probes: true,
+        metrics: config.metrics_addr == config.http_addr,
+    };
+    let mut tasks: Vec<_> = health::serve(config.http_addr, probes.clone(), both)
+        .await
+        .into_iter()
+        .collect();
+    if !both.metrics {
+        let metrics = Served {
+            probes: false,
+            metrics: true,
+        };
+        tasks.extend(health::serve(config.metrics_addr, probes, metrics).await);
+    }
+    tasks
 }

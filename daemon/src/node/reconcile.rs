@@ -28,6 +28,7 @@ use crate::backend::{Backend, Driver, DriverError};
 use crate::firewall::TunnelGuard;
 use crate::inspect::snapshot::RefusedView;
 use crate::inspect::state::{Mesh, MeshPeer};
+use crate::metrics::variant_name;
 use crate::plan::admission::{Incumbents, Refusal};
 use crate::plan::{self, PlanConfig};
 use crate::store::unix_now;
@@ -50,7 +51,8 @@ pub struct Reconciler<B: Backend> {
     observed: Option<B::State>,
     /// The peers' claims the last plan accepted: they win conflicts with newcomers at the next one.
     incumbents: Incumbents,
-    refusals: BTreeSet<String>,
+    /// The peers refused at the last pass: node name → reason.
+    refusals: BTreeMap<String, String>,
     /// weft's nftables table; `None` where weft keeps no firewall (`--datapath none`).
     firewall: Option<FirewallKeeper>,
     /// The kernel settings kept (none with `--datapath none`).
@@ -81,7 +83,7 @@ impl<B: Backend> Reconciler<B> {
             plan_config,
             observed: None,
             incumbents: Incumbents::default(),
-            refusals: BTreeSet::new(),
+            refusals: BTreeMap::new(),
             firewall,
             sysctls: Vec::new(),
             resync: RESYNC_EVERY,
@@ -125,7 +127,10 @@ impl<B: Backend> Reconciler<B> {
             let own = lease_rx.borrow_and_update().clone();
             let peers = peers_rx.borrow_and_update().clone();
             if let (Some(own), Some(peers)) = (own, peers) {
-                if self.reconcile(&own, peers.iter()).await {
+                let started = std::time::Instant::now();
+                let complete = self.reconcile(&own, peers.iter()).await;
+                crate::metrics::global().reconcile(started.elapsed(), complete);
+                if complete {
                     view.programmed
                         .send_if_modified(|p| !std::mem::replace(p, true));
                 }
@@ -235,7 +240,9 @@ impl<B: Backend> Reconciler<B> {
                 skipped += 1;
                 continue;
             }
-            if let Err(e) = self.driver.apply(op).await {
+            let applied = self.driver.apply(op).await;
+            crate::metrics::global().datapath_op(&variant_name(op), applied.is_ok());
+            if let Err(e) = applied {
                 failed += 1;
                 if failed <= LOG_FAILURES_UP_TO {
                     warn!(op = %op, error = %e, "datapath operation failed");
@@ -295,13 +302,20 @@ impl<B: Backend> Reconciler<B> {
         });
     }
 
+    /// One line per peer newly refused (or refused for a new reason), one per peer no longer
+    /// refused, each with the peer's name as a field.
     fn report_refusals(&mut self, refused: &[Refusal]) {
-        let now: BTreeSet<String> = refused.iter().map(|r| r.to_string()).collect();
-        for refusal in now.difference(&self.refusals) {
-            warn!("{refusal}; programming nothing for it");
+        let now: BTreeMap<String, String> = refused
+            .iter()
+            .map(|r| (r.node.to_string(), r.reason.clone()))
+            .collect();
+        for (peer, reason) in &now {
+            if self.refusals.get(peer) != Some(reason) {
+                warn!(%peer, %reason, "peer {peer} refused; programming nothing for it");
+            }
         }
-        for cleared in self.refusals.difference(&now) {
-            info!("no longer refused: {cleared}");
+        for peer in self.refusals.keys().filter(|p| !now.contains_key(*p)) {
+            info!(%peer, "peer {peer} no longer refused");
         }
         self.refusals = now;
     }
