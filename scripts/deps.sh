@@ -24,7 +24,7 @@ install_missing() {
   command -v wireguard-go >/dev/null || need+=(wireguard-go)
   # The status page is tested in a real headless browser; the metrics in a real parser of the format.
   command -v chromium >/dev/null || need+=(chromium)
-  python3 -c 'import prometheus_client' 2>/dev/null || need+=(python3-prometheus-client)
+  /usr/bin/python3 -c 'import prometheus_client' 2>/dev/null || need+=(python3-prometheus-client)
   command -v iperf3 >/dev/null || need+=(iperf3)
   command -v ping >/dev/null || need+=(iputils-ping)
   command -v ip >/dev/null || need+=(iproute2)

@@ -119,6 +119,12 @@ pub struct LabNode {
 }
 
 impl LabNode {
+    /// The node's weftd run directory (its CNI and control sockets): `--run-dir` of
+    /// `weftd status`, `peers`, `graph` and `doctor`.
+    pub fn run_dir(&self) -> PathBuf {
+        self.dir.join("run")
+    }
+
     /// The pid of the `weft-wg` in the node's namespace, if one runs.
     pub fn weft_wg_pid(&self) -> Option<i32> {
         let pids = crate::netns::run(&["ip", "netns", "pids", self.netns.name()]).ok()?;
@@ -374,7 +380,7 @@ impl Lab {
             .arg("--state-dir")
             .arg(node.dir.join("state"))
             .arg("--run-dir")
-            .arg(node.dir.join("run"));
+            .arg(node.run_dir());
         match (&self.etcd, &self.apiserver) {
             (Some(etcd), _) => {
                 command.args(["--store", "etcd", "--etcd-endpoints", &etcd.endpoint()])
