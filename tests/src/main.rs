@@ -183,6 +183,14 @@ enum Command {
         #[arg(long, default_value_t = 1000)]
         peers: usize,
     },
+    /// What weftd's peer health prober costs with N simulated dual-stack peers (CPU share of one
+    /// core, probes and replies per second).
+    BenchProbe {
+        #[arg(long, default_value_t = 1000)]
+        peers: usize,
+        #[arg(long, default_value_t = 30)]
+        seconds: u64,
+    },
     /// CNI ADD/DEL latency of weft beside Debian's bridge + host-local plugins.
     BenchCni {
         #[arg(long, default_value_t = 200)]
@@ -225,6 +233,10 @@ fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::BenchMemory { peers } => {
             print!("{}", bench::memory::daemon_memory(peers)?);
+            Ok(())
+        }
+        Command::BenchProbe { peers, seconds } => {
+            print!("{}", bench::probe::probe_cost_table(peers, seconds)?);
             Ok(())
         }
         Command::BenchCni { pods } => {

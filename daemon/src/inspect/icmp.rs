@@ -20,6 +20,63 @@ const ECHO_REPLY_V6: u8 = 129;
 /// The ICMP echo header: type, code, checksum, identifier, sequence number.
 pub const ECHO_HEADER_LEN: usize = 8;
 
+/// The receive buffer of a probing socket, bytes: room for the replies of thousands of peers.
+const RECEIVE_BUFFER: libc::c_int = 4 << 20;
+
+/// `setsockopt` of one `int`.
+fn set_int(
+    socket: &Socket,
+    level: libc::c_int,
+    option: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
+    set_raw(socket, level, option, &value)
+}
+
+fn set_raw<T>(
+    socket: &Socket,
+    level: libc::c_int,
+    option: libc::c_int,
+    value: &T,
+) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let len = std::mem::size_of::<T>() as libc::socklen_t;
+    // SAFETY: `value` outlives the call and `len` is its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            level,
+            option,
+            (value as *const T).cast(),
+            len,
+        )
+    };
+    match rc {
+        0 => Ok(()),
+        _ => Err(io::Error::last_os_error()),
+    }
+}
+
+/// Let only echo replies reach the socket (a raw socket otherwise gets every ICMP message of the
+/// host, the echo requests of local pings included): `ICMP_FILTER` (IPv4, a mask of the types
+/// to drop) and `ICMP6_FILTER` (RFC 3542 §3.2; a set bit blocks the type).
+fn only_echo_replies(socket: &Socket, v6: bool) -> io::Result<()> {
+    const ICMP_FILTER: libc::c_int = 1;
+    const ICMP6_FILTER: libc::c_int = 1;
+    match v6 {
+        false => {
+            let blocked: u32 = !(1u32 << ECHO_REPLY_V4);
+            set_raw(socket, libc::SOL_RAW, ICMP_FILTER, &blocked)
+        }
+        true => {
+            let mut blocked = [u32::MAX; 8];
+            let reply = usize::from(ECHO_REPLY_V6);
+            blocked[reply / 32] &= !(1u32 << (reply % 32));
+            set_raw(socket, libc::IPPROTO_ICMPV6, ICMP6_FILTER, &blocked)
+        }
+    }
+}
+
 /// An echo reply: who answered, and the identifier and sequence number it echoes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Reply {
@@ -91,6 +148,15 @@ impl EchoSocket {
         };
         let socket = Socket::new(domain, Type::RAW, Some(protocol))?;
         socket.set_nonblocking(true)?;
+        only_echo_replies(&socket, v6)?;
+        // A round's replies arrive together; the default buffer (rmem_max) holds a few hundred.
+        // Root may go beyond rmem_max; elsewhere the default stays.
+        let _ = set_int(
+            &socket,
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            RECEIVE_BUFFER,
+        );
         // SAFETY: the socket is owned by the AsyncFd for its whole life, so its descriptor stays
         // open and the same.
         let socket = unsafe { AsyncFd::register(socket)? };
@@ -101,7 +167,6 @@ impl EchoSocket {
     /// cache, so an echo larger than the path is lost rather than fragmented
     /// (`IP_PMTUDISC_PROBE`, `IPV6_PMTUDISC_PROBE`).
     pub fn probe_path_mtu(&self) -> io::Result<()> {
-        use std::os::fd::AsRawFd;
         let (level, option, value) = match self.v6 {
             true => (
                 libc::IPPROTO_IPV6,
@@ -114,14 +179,7 @@ impl EchoSocket {
                 libc::IP_PMTUDISC_PROBE,
             ),
         };
-        let fd = self.socket.get_ref().as_raw_fd();
-        let len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-        // SAFETY: `value` outlives the call and `len` is its size.
-        let rc = unsafe { libc::setsockopt(fd, level, option, (&raw const value).cast(), len) };
-        match rc {
-            0 => Ok(()),
-            _ => Err(io::Error::last_os_error()),
-        }
+        set_int(self.socket.get_ref(), level, option, value)
     }
 
     /// Send one echo request to `to`.

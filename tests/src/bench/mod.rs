@@ -1,12 +1,14 @@
 //! Benchmarks, each beside its reference in one run (not timed tests): `weft-lab bench-cni`,
-//! `bench-overlay`, `bench-program` and `bench-memory`.
+//! `bench-overlay`, `bench-program`, `bench-memory` and `bench-probe`.
 //!
 //! They are part of the `weft-lab` binary, not of the lab library: `bench-program` times weftd's
-//! own planner and netlink applier, and every use of weftd's internals is in [`weftd_internals`].
+//! own planner and netlink applier, `bench-probe` runs its peer prober, and every use of weftd's
+//! internals is in [`weftd_internals`].
 
 pub mod cni;
 pub mod memory;
 pub mod overlay;
+pub mod probe;
 pub mod program;
 mod weftd_internals;
 pub mod wireguard;

@@ -1,6 +1,7 @@
 //! The one place the benchmarks use weftd as a library: `weft-lab bench-program` times the VXLAN
 //! backend's plan, diff and driver through the backend seam (`weftd::plan::plan`,
-//! `weftd::backend::{Backend, Driver}`), which no binary or socket exposes.
+//! `weftd::backend::{Backend, Driver}`), and `bench-probe` runs the peer prober
+//! (`weftd::inspect::probe`) on a thread of its own, neither of which a binary or socket exposes.
 //!
 //! Errors stay strings here, whatever types weftd's functions use, so re-pointing never touches
 //! error handling.
@@ -92,4 +93,111 @@ fn plan_config() -> PlanConfig {
         node_prefix_v4: Some(24),
         node_prefix_v6: Some(64),
     }
+}
+
+/// What probing simulated peers cost.
+#[derive(Debug, Clone)]
+pub struct ProbeCost {
+    /// CPU time (user + system) of the prober's thread per second of wall time.
+    pub cpu_per_second: f64,
+    /// Peers `up` at the end, of all.
+    pub up: usize,
+    pub peers: usize,
+    /// Echo requests sent and replies received per second, all peers.
+    pub sent_per_second: f64,
+    pub received_per_second: f64,
+    /// How often each peer is probed.
+    pub interval: Duration,
+}
+
+/// Run weftd's peer prober (`weftd::inspect::probe`) in the namespace at `netns_path` against
+/// `peers` simulated peers whose tunnel addresses are `addresses` (pairs of one IPv4 and one IPv6
+/// address per peer, all answering inside that namespace), on one thread: settle for `settle`,
+/// then measure that thread's CPU time over `measure`.
+pub fn probe_cost(
+    netns_path: &Path,
+    addresses: &[(std::net::IpAddr, std::net::IpAddr)],
+    settle: Duration,
+    measure: Duration,
+) -> Result<ProbeCost, String> {
+    let netns = std::fs::File::open(netns_path).map_err(|e| e.to_string())?;
+    let addresses = addresses.to_vec();
+    std::thread::spawn(move || {
+        nix::sched::setns(&netns, nix::sched::CloneFlags::CLONE_NEWNET)
+            .map_err(|e| e.to_string())?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        rt.block_on(probe_in_this_thread(&addresses, settle, measure))
+    })
+    .join()
+    .map_err(|_| "the prober thread panicked".to_string())?
+}
+
+async fn probe_in_this_thread(
+    addresses: &[(std::net::IpAddr, std::net::IpAddr)],
+    settle: Duration,
+    measure: Duration,
+) -> Result<ProbeCost, String> {
+    use weftd::inspect::probe;
+    use weftd::inspect::snapshot::HealthState;
+    use weftd::inspect::state::{Mesh, MeshPeer};
+    let peers = addresses
+        .iter()
+        .enumerate()
+        .map(|(i, (v4, v6))| MeshPeer {
+            node: format!("peer-{i}"),
+            pod_cidrs: vec![
+                ipnet::IpNet::new(*v4, 24).unwrap().trunc(),
+                ipnet::IpNet::new(*v6, 64).unwrap().trunc(),
+            ],
+            endpoint: *v4,
+            wireguard: None,
+        })
+        .collect();
+    let (_tx, rx) = tokio::sync::watch::channel(Mesh {
+        peers,
+        refused: Vec::new(),
+    });
+    let (table, task) = probe::spawn(rx, probe::PROBE_INTERVAL);
+    tokio::time::sleep(settle).await;
+    let totals = |t: &probe::SharedHealth| {
+        let by_node = t.lock().unwrap().by_node();
+        let sent: u64 = by_node.values().map(|h| h.sent).sum();
+        let received: u64 = by_node.values().map(|h| h.received).sum();
+        (sent, received)
+    };
+    let (sent0, received0, cpu0, wall0) = {
+        let (s, r) = totals(&table);
+        (s, r, thread_cpu(), Instant::now())
+    };
+    tokio::time::sleep(measure).await;
+    let (sent1, received1) = totals(&table);
+    let (cpu1, wall) = (thread_cpu(), wall0.elapsed().as_secs_f64());
+    let up = table
+        .lock()
+        .unwrap()
+        .by_node()
+        .values()
+        .filter(|h| h.state == HealthState::Up)
+        .count();
+    task.abort();
+    Ok(ProbeCost {
+        cpu_per_second: (cpu1 - cpu0).as_secs_f64() / wall,
+        up,
+        peers: addresses.len(),
+        sent_per_second: (sent1 - sent0) as f64 / wall,
+        received_per_second: (received1 - received0) as f64 / wall,
+        interval: probe::PROBE_INTERVAL,
+    })
+}
+
+/// This thread's CPU time, user and system (`getrusage(RUSAGE_THREAD)`).
+fn thread_cpu() -> Duration {
+    let usage = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_THREAD)
+        .expect("getrusage");
+    let to =
+        |t: nix::sys::time::TimeVal| Duration::new(t.tv_sec() as u64, t.tv_usec() as u32 * 1000);
+    to(usage.user_time()) + to(usage.system_time())
 }
