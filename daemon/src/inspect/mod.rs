@@ -9,5 +9,6 @@
 //! - [`graph`]: the mesh as Graphviz DOT and as the self-contained status page (inline SVG);
 //! - [`doctor`]: the node checks of `weftd doctor`.
 
+pub mod doctor;
 pub mod icmp;
 pub mod snapshot;
