@@ -9,7 +9,7 @@ use tokio::sync::watch;
 use tracing::info;
 use weftd::config::{CliSettings, Config, RawSettings};
 use weftd::inspect::snapshot::Snapshot;
-use weftd::inspect::{control, graph, render};
+use weftd::inspect::{control, doctor, graph, render};
 use weftd::store::{self, LeaseStore};
 use weftd::{agent, state, underlay};
 
@@ -67,6 +67,11 @@ enum Command {
     /// The mesh as Graphviz DOT (pipe it to `dot -Tsvg`): nodes, tunnels coloured by health, pod
     /// CIDRs, refused peers dashed.
     Graph(Inspect),
+    /// Check this node for the faults that break pod networks most (MTU, blocked tunnel port,
+    /// shared underlay address, forwarding, rp_filter, forward policies, CNI config order, stale
+    /// entries, missing podCIDR, IPAM full): ok, warning or FAILURE, each with its fix. Exits 1
+    /// when any check fails.
+    Doctor(DoctorArgs),
     /// Remove everything weft made on this node: VXLAN and WireGuard devices (stopping a
     /// `weft-wg` it started), routes, neighbour and FDB entries, the nftables table `inet weft`,
     /// pod veths. The WireGuard key in the state directory is kept.
@@ -81,6 +86,15 @@ struct Inspect {
     /// `table` for people, `json` for scripts.
     #[arg(short, long, value_enum, default_value = "table")]
     output: Output,
+}
+
+#[derive(clap::Args)]
+struct DoctorArgs {
+    #[command(flatten)]
+    inspect: Inspect,
+    /// The CNI configuration directory the container runtime reads.
+    #[arg(long, env = "WEFT_CNI_CONF_DIR", default_value = "/etc/cni/net.d")]
+    cni_conf_dir: PathBuf,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -135,6 +149,13 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Run(settings) => weftd::run::run(load(settings)?, shutdown_on_signal()?).await,
         Command::Cleanup => weftd::node::cleanup::cleanup().await,
         Command::Status(inspect) => show(&inspect, render::status).await,
+        Command::Doctor(args) => {
+            let code = doctor(&args).await?;
+            if code != 0 {
+                std::process::exit(i32::from(code));
+            }
+            Ok(())
+        }
         Command::Peers(inspect) => show(&inspect, render::peers).await,
         Command::Graph(inspect) => {
             let snapshot = control::fetch(&inspect.run_dir).await?;
@@ -154,6 +175,31 @@ async fn show(inspect: &Inspect, table: fn(&Snapshot, u64) -> String) -> anyhow:
         Output::Table => print!("{}", table(&snapshot, weftd::store::unix_now())),
     }
     Ok(())
+}
+
+/// Run the doctor's checks with what the running daemon says (if it answers); the exit code.
+async fn doctor(args: &DoctorArgs) -> anyhow::Result<u8> {
+    let snapshot = control::fetch(&args.inspect.run_dir)
+        .await
+        .map_err(|e| e.to_string());
+    let mut config = doctor::DoctorConfig {
+        cni_conf_dir: args.cni_conf_dir.clone(),
+        ..Default::default()
+    };
+    if let Ok(snapshot) = &snapshot {
+        config.cluster_cidrs = snapshot.cluster_cidrs.clone();
+        for device in &snapshot.tunnel_devices {
+            if !config.tunnel_devices.contains(device) {
+                config.tunnel_devices.push(device.clone());
+            }
+        }
+    }
+    let findings = doctor::examine(snapshot, &config).await;
+    match args.inspect.output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&findings)?),
+        Output::Table => print!("{}", doctor::render(&findings)),
+    }
+    Ok(doctor::exit_code(&findings))
 }
 
 async fn leave(config: &Config) -> anyhow::Result<()> {

@@ -10,9 +10,10 @@
 //!   `weftd status`, `weftd peers`, `weftd graph` and `weftd doctor`;
 //! - [`render`]: the human tables of `status` and `peers`;
 //! - [`graph`]: the mesh as Graphviz DOT and as the self-contained status page (inline SVG);
-//! - `doctor`: the node checks of `weftd doctor`.
+//! - [`doctor`]: the node checks of `weftd doctor`.
 
 pub mod control;
+pub mod doctor;
 pub mod graph;
 pub mod icmp;
 pub mod probe;

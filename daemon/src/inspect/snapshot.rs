@@ -39,6 +39,12 @@ pub struct Snapshot {
     pub refused: Vec<RefusedView>,
     /// Pod addresses in use and the pool, per family; `None` without a CNI service.
     pub ipam: Option<IpamView>,
+    /// The cluster pod CIDRs (`--cluster-cidr`), IPv4 first.
+    #[serde(default)]
+    pub cluster_cidrs: Vec<IpNet>,
+    /// The names of weft's tunnel devices on this node (VXLAN's, and the WireGuard device).
+    #[serde(default)]
+    pub tunnel_devices: Vec<String>,
 }
 
 /// The node's lease.

@@ -82,6 +82,8 @@ pub type IpamUsage = Arc<dyn Fn() -> BoxFuture<'static, Vec<(IpNet, u64, u64)>> 
 /// The running daemon's inspectable state; cheap to share.
 pub struct Inspector {
     node: String,
+    cluster_cidrs: Vec<IpNet>,
+    tunnel_devices: Vec<String>,
     store: String,
     backend: Backend,
     ttl: Duration,
@@ -94,8 +96,19 @@ pub struct Inspector {
 
 impl Inspector {
     pub fn new(config: &Config) -> Arc<Inspector> {
+        let pools = [config.pool_v4, config.pool_v6];
+        let mut tunnel_devices: Vec<String> = crate::backend::all_device_names()
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        let wireguard = config.wireguard.device.to_string();
+        if !tunnel_devices.contains(&wireguard) {
+            tunnel_devices.push(wireguard);
+        }
         Arc::new(Inspector {
             node: config.node_name.to_string(),
+            cluster_cidrs: pools.iter().flatten().map(|p| p.cluster).collect(),
+            tunnel_devices,
             store: store_line(&config.store),
             backend: config.backend,
             ttl: config.lease_ttl,
@@ -136,6 +149,8 @@ impl Inspector {
             waiting: lock(&self.waiting).clone(),
             lease: lease.as_ref().map(|l| self.lease_view(l)),
             underlay: lease.as_ref().map(underlay_view).unwrap_or_default(),
+            cluster_cidrs: self.cluster_cidrs.clone(),
+            tunnel_devices: self.tunnel_devices.clone(),
             ..Snapshot::default()
         };
         let (wireguard, ipam) = self.fill_datapath(&mut snapshot);
