@@ -349,7 +349,8 @@ impl Lab {
             .expect("a lab on the Kubernetes store")
     }
 
-    fn cluster_cidr(&self) -> String {
+    /// The lab's `--cluster-cidr`.
+    pub fn cluster_cidr(&self) -> String {
         match (self.config.ipv6_only, self.config.ipv6) {
             (true, _) => CLUSTER_CIDR_V6.to_string(),
             (false, true) => format!("{CLUSTER_CIDR_V4},{CLUSTER_CIDR_V6}"),

@@ -388,6 +388,8 @@ pub(crate) mod tests {
                 }),
                 v6: None,
             }),
+            cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap()],
+            tunnel_devices: vec!["weft.wg".into()],
         }
     }
 

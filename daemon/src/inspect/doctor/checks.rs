@@ -531,7 +531,9 @@ pub fn ipam(snapshot: &Snapshot) -> Finding {
         .collect();
     let high: Vec<String> = pools
         .iter()
-        .filter(|(_, p)| p.in_use < p.capacity && p.in_use * 10 >= p.capacity * 9)
+        .filter(|(_, p)| {
+            p.in_use < p.capacity && u128::from(p.in_use) * 10 >= u128::from(p.capacity) * 9
+        })
         .map(describe)
         .collect();
     let fix = "free addresses (delete finished pods), or give nodes larger pod CIDRs \

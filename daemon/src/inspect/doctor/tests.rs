@@ -448,6 +448,15 @@ fn ipam_pools_nearly_full_warn_and_full_ones_fail() {
         "pool full, new pods get no address: IPv4 253 of 253 in use"
     );
     assert!(fix(&full).contains("--node-prefix-v4"));
+    // An IPv6 /64 holds 2^64 - 1 addresses (u64::MAX): no overflow, far from full.
+    s.ipam = Some(IpamView {
+        v4: None,
+        v6: Some(PoolUse {
+            in_use: 3,
+            capacity: u64::MAX,
+        }),
+    });
+    assert_eq!(ipam(&s).verdict, Verdict::Ok);
 }
 
 fn findings() -> Vec<Finding> {
