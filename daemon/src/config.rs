@@ -184,11 +184,12 @@ pub struct RawSettings {
     #[arg(long, env = "WEFT_HTTP_ADDR")]
     #[serde(deserialize_with = "text")]
     pub http_addr: Option<std::net::SocketAddr>,
-    /// Address of the Prometheus endpoint `/metrics` (OpenMetrics text); the DaemonSet sets the
-    /// node's address so Prometheus can scrape it [default: 127.0.0.1:9476].
+    /// Address of the Prometheus endpoint `/metrics` (OpenMetrics text): `IP:PORT`, `[IPv6]:PORT`,
+    /// or an address alone for port 9476; the DaemonSet sets the node's address so Prometheus
+    /// can scrape it [default: 127.0.0.1:9476].
     #[arg(long, env = "WEFT_METRICS_ADDR")]
     #[serde(deserialize_with = "text")]
-    pub metrics_addr: Option<std::net::SocketAddr>,
+    pub metrics_addr: Option<ListenAddr<9476>>,
     /// WireGuard: UDP port of the device [default: 51820].
     #[arg(long, env = "WEFT_WIREGUARD_PORT")]
     #[serde(deserialize_with = "text")]
@@ -271,7 +272,7 @@ impl RawSettings {
                 .unwrap_or(std::net::SocketAddr::from(([127, 0, 0, 1], 9475))),
             metrics_addr: self
                 .metrics_addr
-                .unwrap_or(std::net::SocketAddr::from(([127, 0, 0, 1], 9476))),
+                .map_or(std::net::SocketAddr::from(([127, 0, 0, 1], 9476)), |a| a.0),
             wireguard: self.wireguard(),
         })
     }
@@ -897,6 +898,30 @@ fn default_weft_wg() -> PathBuf {
         .unwrap_or_else(|| "weft-wg".into())
 }
 
+/// A TCP address to listen on: `IP:PORT`, `[IPv6]:PORT`, or an address alone for port `PORT`
+/// (so an IPv6 address from the downward API needs no brackets).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListenAddr<const PORT: u16>(pub std::net::SocketAddr);
+
+impl<const PORT: u16> FromStr for ListenAddr<PORT> {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if let Ok(addr) = s.parse::<std::net::SocketAddr>() {
+            return Ok(ListenAddr(addr));
+        }
+        match s
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<IpAddr>()
+        {
+            Ok(ip) => Ok(ListenAddr(std::net::SocketAddr::new(ip, PORT))),
+            Err(_) => Err(format!(
+                "expected IP:PORT, [IPv6]:PORT or an address alone (port {PORT})"
+            )),
+        }
+    }
+}
+
 /// A UDP port, 1–65535.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Port(pub u16);
@@ -1101,6 +1126,16 @@ mod tests {
         assert_eq!(config.state_dir, PathBuf::from("/var/lib/weft"));
         assert_eq!(config.underlay, UnderlaySelector::DefaultRoute);
         assert!(!config.release_on_exit);
+    }
+
+    #[test]
+    fn a_listen_address_may_leave_out_its_port() {
+        let parse = |s: &str| s.parse::<ListenAddr<9476>>().map(|a| a.0.to_string());
+        assert_eq!(parse("10.0.0.1").unwrap(), "10.0.0.1:9476");
+        assert_eq!(parse("fd00::1").unwrap(), "[fd00::1]:9476");
+        assert_eq!(parse("[fd00::1]:80").unwrap(), "[fd00::1]:80");
+        assert_eq!(parse("127.0.0.1:9000").unwrap(), "127.0.0.1:9000");
+        assert!(parse("node-1").is_err());
     }
 
     #[test]

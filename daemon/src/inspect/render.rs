@@ -159,7 +159,7 @@ fn optional(value: Option<u32>) -> String {
 }
 
 /// A pool's size: as it is up to 2^32, then as a power of two (an IPv6 /64 holds 2^64 − 1).
-fn capacity(usable: u64) -> String {
+pub fn capacity(usable: u64) -> String {
     match usable {
         0..=0xffff_ffff => usable.to_string(),
         _ => format!("~2^{}", 64 - usable.leading_zeros()),

@@ -336,7 +336,7 @@ pub fn rp_filter(facts: &RpFilter) -> Finding {
         ),
     };
     let detail = format!(
-        "strict reverse-path filtering (all {all}) on {}: {why}",
+        "strict reverse-path filtering (rp_filter 1; conf/all is {all}) on {}: {why}",
         names.join(", ")
     );
     Finding::new(
@@ -522,8 +522,13 @@ pub fn ipam(snapshot: &Snapshot) -> Finding {
         .into_iter()
         .filter_map(|(family, pool)| pool.filter(|p| p.capacity > 0).map(|p| (family, p)))
         .collect();
-    let describe =
-        |(family, p): &(&str, PoolUse)| format!("{family} {} of {} in use", p.in_use, p.capacity);
+    let describe = |(family, p): &(&str, PoolUse)| {
+        format!(
+            "{family} {} of {} in use",
+            p.in_use,
+            crate::inspect::render::capacity(p.capacity)
+        )
+    };
     let full: Vec<String> = pools
         .iter()
         .filter(|(_, p)| p.in_use >= p.capacity)
