@@ -52,6 +52,14 @@ fn up(nodes: usize, pods: usize, backend: &str, ipv6: bool, store: &str) -> anyh
             node.netns.name()
         );
     }
+    if let Some(node) = lab.nodes.first() {
+        println!(
+            "  inspect: ip netns exec {} {} status|peers|graph|doctor --run-dir {}",
+            node.netns.name(),
+            weft_lab::procs::bin_path("weftd").display(),
+            node.run_dir().display()
+        );
+    }
     println!("\n{}", lab::render_matrix(&probes));
     let all_ok = probes.iter().all(|p| p.ok);
     if store == StoreKind::Kube {

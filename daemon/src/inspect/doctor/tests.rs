@@ -245,7 +245,9 @@ fn strict_reverse_path_filtering_on_a_tunnel_device_fails_with_the_loose_setting
     let finding = rp_filter(&facts);
     assert_eq!(finding.verdict, Verdict::Failure);
     assert!(
-        finding.detail.contains("conf/all is 1) on weft.vxlan, eth0"),
+        finding
+            .detail
+            .contains("conf/all is 1) on weft.vxlan, eth0"),
         "max(all, dev): {finding:?}"
     );
     assert_eq!(
