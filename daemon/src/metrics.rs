@@ -111,11 +111,13 @@ impl Metrics {
             scraped: Scraped::default(),
             scrape: Mutex::new(()),
         };
-        metrics.register();
+        metrics.register_events();
+        metrics.scraped.register(&mut metrics.registry);
         metrics
     }
 
-    fn register(&mut self) {
+    /// The counters and histograms of events.
+    fn register_events(&mut self) {
         let r = &mut self.registry;
         r.register(
             "reconcile_runs",
@@ -147,7 +149,55 @@ impl Metrics {
             "CNI request latency by verb",
             self.cni_seconds.clone(),
         );
-        let s = &self.scraped;
+    }
+
+    /// A reconcile pass that took `took`; `complete` when it left nothing undone.
+    pub fn reconcile(&self, took: Duration, complete: bool) {
+        self.reconcile_runs.inc();
+        if !complete {
+            self.reconcile_errors.inc();
+        }
+        self.reconcile_seconds.observe(took.as_secs_f64());
+    }
+
+    /// One datapath operation of `kind` (an operation type's variant name), done or failed.
+    pub fn datapath_op(&self, kind: &str, ok: bool) {
+        let result = if ok { "ok" } else { "error" };
+        let labels = OpLabels {
+            kind: kind.to_string(),
+            result,
+        };
+        self.datapath_ops.get_or_create(&labels).inc();
+    }
+
+    /// One CNI request of `verb` (`ADD`, `DEL`, …), answered in `took`, successfully or not.
+    pub fn cni_request(&self, verb: &str, ok: bool, took: Duration) {
+        let result = if ok { "ok" } else { "error" };
+        let verb = verb.to_string();
+        let labels = CniLabels {
+            verb: verb.clone(),
+            result,
+        };
+        self.cni_requests.get_or_create(&labels).inc();
+        let histogram = self.cni_seconds.get_or_create(&VerbLabel { verb });
+        histogram.observe(took.as_secs_f64());
+    }
+
+    /// The exposition, with the state gauges set from `snapshot` (taken at `now`, Unix seconds).
+    pub fn encode(&self, snapshot: &Snapshot, now: u64) -> String {
+        let _one_at_a_time = self.scrape.lock().unwrap_or_else(|p| p.into_inner());
+        self.scraped.set(snapshot, now);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry)
+            .expect("writing to a String cannot fail");
+        text
+    }
+}
+
+impl Scraped {
+    /// The gauges set at each scrape.
+    fn register(&self, r: &mut Registry) {
+        let s = self;
         r.register(
             "peers",
             "Peers by state: up, down, unknown (probes) and refused",
@@ -198,48 +248,6 @@ impl Metrics {
             "Seconds since the latest handshake with the WireGuard peer",
             s.wg_handshake_age.clone(),
         );
-    }
-
-    /// A reconcile pass that took `took`; `complete` when it left nothing undone.
-    pub fn reconcile(&self, took: Duration, complete: bool) {
-        self.reconcile_runs.inc();
-        if !complete {
-            self.reconcile_errors.inc();
-        }
-        self.reconcile_seconds.observe(took.as_secs_f64());
-    }
-
-    /// One datapath operation of `kind` (an operation type's variant name), done or failed.
-    pub fn datapath_op(&self, kind: &str, ok: bool) {
-        let result = if ok { "ok" } else { "error" };
-        let labels = OpLabels {
-            kind: kind.to_string(),
-            result,
-        };
-        self.datapath_ops.get_or_create(&labels).inc();
-    }
-
-    /// One CNI request of `verb` (`ADD`, `DEL`, …), answered in `took`, successfully or not.
-    pub fn cni_request(&self, verb: &str, ok: bool, took: Duration) {
-        let result = if ok { "ok" } else { "error" };
-        let verb = verb.to_string();
-        let labels = CniLabels {
-            verb: verb.clone(),
-            result,
-        };
-        self.cni_requests.get_or_create(&labels).inc();
-        let histogram = self.cni_seconds.get_or_create(&VerbLabel { verb });
-        histogram.observe(took.as_secs_f64());
-    }
-
-    /// The exposition, with the state gauges set from `snapshot` (taken at `now`, Unix seconds).
-    pub fn encode(&self, snapshot: &Snapshot, now: u64) -> String {
-        let _one_at_a_time = self.scrape.lock().unwrap_or_else(|p| p.into_inner());
-        self.scraped.set(snapshot, now);
-        let mut text = String::new();
-        prometheus_client::encoding::text::encode(&mut text, &self.registry)
-            .expect("writing to a String cannot fail");
-        text
     }
 }
 
