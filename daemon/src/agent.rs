@@ -203,7 +203,7 @@ impl<S: LeaseStore> Keeper<S> {
                 Ok(Renewal::Done)
             }
             Err(StoreError::LeaseLost { reason, .. }) => {
-                warn!(%reason, "lease lost; acquiring it again");
+                warn!(node = %self.lease.node, %reason, "lease lost; acquiring it again");
                 let again = LeaseRequest {
                     preferred: self.lease.pod_cidrs,
                     public_ips: self.lease.public_ips,

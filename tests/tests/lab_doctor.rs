@@ -301,6 +301,29 @@ fn shared_underlay_address(lab: &Lab, cni: &Path) {
     assert_eq!(wait_verdict(lab, 0, cni, "underlay-address", "ok").0, "ok");
 }
 
+/// Tunnels over IPv6 (VXLAN's packets are 1520 bytes there): a 1400-byte link is named too.
+#[test]
+fn a_path_too_small_for_tunnels_over_ipv6_is_named() {
+    let lab = Lab::up(LabConfig {
+        nodes: 2,
+        pods_per_node: 1,
+        ipv6_underlay: true,
+        ..Default::default()
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    let cni = cni_dir();
+    wait_peer_up(&lab, 0, "node-2");
+    assert_eq!(finding(&doctor(&lab, 0, cni.path()).1, "mtu").0, "ok");
+    exec(&lab, 1, &["ip", "link", "set", "eth0", "mtu", "1400"]);
+    let (verdict, text) = finding(&doctor(&lab, 0, cni.path()).1, "mtu");
+    assert_eq!(verdict, "failure", "{text}");
+    assert!(
+        text.contains("node-2") && text.contains("2001:db8::12"),
+        "{text}"
+    );
+    assert!(text.contains("--mtu"), "{text}");
+}
+
 #[test]
 fn a_nearly_full_pod_address_pool_is_named() {
     // A /29 per node: 6 addresses for pods.
