@@ -39,6 +39,8 @@ install_missing() {
   dpkg-query -W -f '${Status}' busybox-static 2>/dev/null | grep -q 'ok installed' ||
     need+=(busybox-static)
   command -v shellcheck >/dev/null || need+=(shellcheck)
+  # `vagrant validate` of the multi-VM lab's Vagrantfile (no VM is booted here).
+  command -v vagrant >/dev/null || need+=(vagrant)
   if [ ${#need[@]} -gt 0 ]; then
     echo "installing ${need[*]}"
     apt-get update -qq
