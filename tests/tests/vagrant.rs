@@ -19,13 +19,24 @@ fn repo() -> PathBuf {
         .unwrap()
 }
 
-/// `vagrant validate` on a copy of vagrant/ (it writes the lab's token beside the Vagrantfile),
-/// with `env`; its exit status and output.
+/// `vagrant validate` on a copy of vagrant/ (it writes the lab's token beside the Vagrantfile,
+/// and checks that every provisioning script it names exists), with `env`; its exit status and
+/// output.
 fn validate(env: &[(&str, &str)]) -> (bool, String) {
     let work = tempfile::tempdir().unwrap();
     let copy = work.path().join("vagrant");
-    std::fs::create_dir(&copy).unwrap();
-    std::fs::copy(repo().join("vagrant/Vagrantfile"), copy.join("Vagrantfile")).unwrap();
+    std::fs::create_dir_all(copy.join("provision")).unwrap();
+    for file in ["Vagrantfile", "check.sh", "kubeadm.yaml"] {
+        std::fs::copy(repo().join("vagrant").join(file), copy.join(file)).unwrap();
+    }
+    for entry in std::fs::read_dir(repo().join("vagrant/provision")).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(
+            &path,
+            copy.join("provision").join(path.file_name().unwrap()),
+        )
+        .unwrap();
+    }
     // Provider settings need the provider's plugin (VirtualBox or vagrant-libvirt), which this
     // machine cannot run: they are left out of the validation, the rest is checked.
     let output = Command::new("vagrant")
