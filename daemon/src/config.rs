@@ -826,7 +826,7 @@ pub const ETCD_PASSWORD_VAR: &str = "WEFT_ETCD_PASSWORD";
 
 /// How weftd reaches a secured etcd, as flannel's `--etcd-cafile`, `--etcd-certfile`,
 /// `--etcd-keyfile`, `--etcd-username` and `--etcd-password`. Files are read when the client
-/// connects, so renewed certificates are used from the next connection on.
+/// connects to etcd, at start: restart weftd after renewing certificates or the password.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EtcdAccess {
     /// TLS, present exactly when the endpoints are `https://`.
@@ -855,7 +855,7 @@ pub struct EtcdUser {
 /// logged whole.
 #[derive(Clone, PartialEq, Eq)]
 pub enum Password {
-    /// Read from this file at each connect; a trailing newline is not part of it.
+    /// Read from this file when weftd connects; a trailing newline is not part of it.
     File(PathBuf),
     /// Given in the environment.
     Given(String),

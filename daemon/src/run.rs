@@ -17,8 +17,14 @@ use crate::{agent, node, store};
 pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
     let store = store::open(&config.store, config.lease_ttl);
     let inspector = Inspector::new(&config);
-    let control =
-        control::serve(&config.run_dir, inspector.clone()).context("serve the control socket")?;
+    // Inspection is for people: without its socket, the node still works.
+    let control = match control::serve(&config.run_dir, inspector.clone()).await {
+        Ok(task) => task,
+        Err(e) => {
+            tracing::warn!(error = %e, "no control socket: weftd status, peers, graph and doctor will not reach this daemon");
+            tokio::spawn(std::future::pending())
+        }
+    };
     // A netlink socket runs one dump at a time (a second gets EBUSY): the agent (underlay routes),
     // the reconcile loop and the CNI service each have their own connection.
     let connect = || netns::connect_here().context("open a netlink connection");

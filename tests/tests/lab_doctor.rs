@@ -110,6 +110,14 @@ fn each_fault_on_a_vxlan_node_is_named_with_its_fix_and_ok_once_gone() {
     .unwrap_or_else(|e| panic!("{e}"));
     let cni = cni_dir();
     let cni = cni.path();
+    // New namespaces take the host's IPv4 conf/all and conf/default: start from a known place.
+    for key in ["all", "default", "eth0", "weft/vxlan"] {
+        exec(
+            &lab,
+            0,
+            &["sysctl", "-qw", &format!("net.ipv4.conf.{key}.rp_filter=0")],
+        );
+    }
     wait_peer_up(&lab, 0, "node-2");
     assert_all_ok(&lab, cni);
 

@@ -293,6 +293,14 @@ fn spawn_weftd(etcd: &EtcdServer, work: &std::path::Path, node: &str) -> ChildGu
         .arg(node)
         .arg("--state-dir")
         .arg(work.join(node))
+        .arg("--run-dir")
+        .arg(work.join(format!("{node}-run")))
+        .args([
+            "--http-addr",
+            "127.0.0.1:0",
+            "--metrics-addr",
+            "127.0.0.1:0",
+        ])
         .arg("--datapath=none")
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())

@@ -312,6 +312,14 @@ fn weftd(secured: &Secured, work: &std::path::Path, node: &str) -> Command {
         .args(["--etcd-username", "weft", "--node-name", node])
         .arg("--state-dir")
         .arg(work.join(node))
+        .arg("--run-dir")
+        .arg(work.join(format!("{node}-run")))
+        .args([
+            "--http-addr",
+            "127.0.0.1:0",
+            "--metrics-addr",
+            "127.0.0.1:0",
+        ])
         .arg("--datapath=none")
         .env("RUST_LOG", "debug")
         .env_remove("WEFT_ETCD_PASSWORD")

@@ -52,6 +52,14 @@ impl Store {
             .arg(self.store_dir())
             .arg("--state-dir")
             .arg(self.dir.path().join("state").join(node))
+            .arg("--run-dir")
+            .arg(self.dir.path().join("run").join(node))
+            .args([
+                "--http-addr",
+                "127.0.0.1:0",
+                "--metrics-addr",
+                "127.0.0.1:0",
+            ])
             .arg("--node-name")
             .arg(node)
             .stdin(Stdio::null())

@@ -40,6 +40,7 @@ pub enum NftError {
 fn run(args: &[&str], input: Option<&[u8]>) -> Result<Vec<u8>, NftError> {
     let mut child = Command::new("nft")
         .args(args)
+        .env_remove(crate::config::ETCD_PASSWORD_VAR)
         .stdin(if input.is_some() {
             Stdio::piped()
         } else {

@@ -43,9 +43,17 @@ pub fn socket_path(run_dir: &Path) -> PathBuf {
 /// Bind the socket (replacing a stale one) and serve `inspector` on it until aborted.
 ///
 /// # Errors
-/// The run directory or the socket cannot be made.
-pub fn serve(run_dir: &Path, inspector: Arc<Inspector>) -> std::io::Result<JoinHandle<()>> {
-    let listener = crate::cni_server::bind(&socket_path(run_dir))?;
+/// Another daemon serves the socket (it answers a connection: it is left alone), or the run
+/// directory or the socket cannot be made.
+pub async fn serve(run_dir: &Path, inspector: Arc<Inspector>) -> std::io::Result<JoinHandle<()>> {
+    let path = socket_path(run_dir);
+    if UnixStream::connect(&path).await.is_ok() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::AddrInUse,
+            format!("another weftd serves {}", path.display()),
+        ));
+    }
+    let listener = crate::cni_server::bind(&path)?;
     Ok(tokio::spawn(accept(listener, inspector)))
 }
 
@@ -99,13 +107,15 @@ pub async fn fetch(run_dir: &Path) -> Result<Snapshot, ControlError> {
         path: path.clone(),
         reason,
     };
-    let mut stream =
-        UnixStream::connect(&path)
-            .await
-            .map_err(|error| ControlError::NotRunning {
+    let mut stream = UnixStream::connect(&path)
+        .await
+        .map_err(|error| match error.kind() {
+            std::io::ErrorKind::PermissionDenied => broken(format!("{error} (run as root)")),
+            _ => ControlError::NotRunning {
                 path: path.clone(),
                 error,
-            })?;
+            },
+        })?;
     let exchange = async {
         stream.write_all(b"snapshot\n").await?;
         let mut body = Vec::new();

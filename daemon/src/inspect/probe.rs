@@ -92,10 +92,11 @@ impl HealthTable {
         self.targets = next;
     }
 
-    /// Start a round at `at` (`now` in Unix seconds): count the last round's unanswered probes,
-    /// then mark every target as sent. Returns the sequence number to send, the addresses, and
-    /// the peers that went down.
-    pub fn round(&mut self, at: Instant, now: u64) -> (u16, Vec<IpAddr>, Vec<Transition>) {
+    /// Start a round (`now` in Unix seconds): count the last round's unanswered probes, and
+    /// forget them. Returns the sequence number to send, the addresses, and the peers that went
+    /// down. Each probe then sent is recorded with [`HealthTable::sent`]; a target whose probe
+    /// could not be sent (no socket, no route) is neither missed nor answered.
+    pub fn round(&mut self, now: u64) -> (u16, Vec<IpAddr>, Vec<Transition>) {
         let mut changes = Vec::new();
         for (addr, target) in &mut self.targets {
             if target.sent_at.is_some() && !target.answered {
@@ -105,18 +106,25 @@ impl HealthTable {
                 }
             }
             target.answered = false;
-            target.sent_at = Some(at);
-            target.sent += 1;
+            target.sent_at = None;
         }
         self.seq = self.seq.wrapping_add(1);
         (self.seq, self.targets.keys().copied().collect(), changes)
+    }
+
+    /// The probe of this round to `addr` left at `at`.
+    pub fn sent(&mut self, addr: IpAddr, at: Instant) {
+        if let Some(target) = self.targets.get_mut(&addr) {
+            target.sent_at = Some(at);
+            target.sent += 1;
+        }
     }
 
     /// A reply from `from` with sequence number `seq`, received at `at`: the peer is up. Replies
     /// to an older round, or from an address not probed, are ignored.
     pub fn reply(&mut self, from: IpAddr, seq: u16, at: Instant, now: u64) -> Option<Transition> {
         let target = self.targets.get_mut(&from)?;
-        if seq != self.seq || target.answered {
+        if seq != self.seq || target.answered || target.sent_at.is_none() {
             return None;
         }
         target.answered = true;
@@ -191,23 +199,28 @@ pub fn spawn(targets: watch::Receiver<Mesh>, interval: Duration) -> (SharedHealt
     (table, task)
 }
 
-/// The sockets of both families, opened on first use.
+/// How long after a failed open a family's socket is tried again.
+const REOPEN_AFTER: Duration = Duration::from_secs(30);
+
+/// The sockets of both families, opened on first use; `Err` holds when the last open failed.
 struct Sockets {
-    v4: Option<Result<EchoSocket, ()>>,
-    v6: Option<Result<EchoSocket, ()>>,
+    v4: Option<Result<EchoSocket, Instant>>,
+    v6: Option<Result<EchoSocket, Instant>>,
     ident: u16,
 }
 
 impl Sockets {
     fn get(&mut self, v6: bool) -> Option<&EchoSocket> {
         let slot = if v6 { &mut self.v6 } else { &mut self.v4 };
-        let opened = slot.get_or_insert_with(|| {
-            EchoSocket::open(v6).map_err(|e| {
+        let retry = matches!(slot, Some(Err(failed)) if failed.elapsed() >= REOPEN_AFTER);
+        if slot.is_none() || retry {
+            *slot = Some(EchoSocket::open(v6).map_err(|e| {
                 let family = if v6 { "IPv6" } else { "IPv4" };
-                warn!(error = %e, "cannot probe peers over {family}; their health stays unknown");
-            })
-        });
-        opened.as_ref().ok()
+                warn!(error = %e, retry_in = ?REOPEN_AFTER, "cannot probe peers over {family}; their health stays unknown");
+                Instant::now()
+            }));
+        }
+        slot.as_ref().and_then(|s| s.as_ref().ok())
     }
 
     /// The next reply on either open socket; pending forever if none is open.
@@ -254,7 +267,10 @@ async fn run(mut targets: watch::Receiver<Mesh>, interval: Duration, table: Shar
                 Ok(_) => {}
                 Err(e) => debug!(error = %e, "probe reply"),
             },
-            changed = targets.changed() => if changed.is_err() { return },
+            changed = targets.changed() => if changed.is_err() {
+                debug!("the mesh is gone; peer probing stops");
+                return;
+            },
         }
     }
 }
@@ -264,7 +280,7 @@ async fn probe_round(sockets: &mut Sockets, targets: &[Target], table: &SharedHe
     let (seq, addrs, changes) = {
         let mut table = lock(table);
         table.set_targets(targets, unix_now());
-        table.round(Instant::now(), unix_now())
+        table.round(unix_now())
     };
     changes.iter().for_each(log_transition);
     let mut failed = 0;
@@ -273,8 +289,10 @@ async fn probe_round(sockets: &mut Sockets, targets: &[Target], table: &SharedHe
         let Some(socket) = sockets.get(addr.is_ipv6()) else {
             continue;
         };
-        if socket.send(addr, ident, seq, 16).await.is_err() {
-            failed += 1;
+        let at = Instant::now();
+        match socket.send(addr, ident, seq, 16).await {
+            Ok(()) => lock(table).sent(addr, at),
+            Err(_) => failed += 1,
         }
     }
     if failed > 0 {
@@ -311,6 +329,19 @@ pub fn snapshot(table: Option<&SharedHealth>) -> BTreeMap<String, Health> {
 mod tests {
     use super::*;
 
+    /// Start a round at `at` and send every probe of it.
+    fn round(
+        table: &mut HealthTable,
+        at: Instant,
+        now: u64,
+    ) -> (u16, Vec<IpAddr>, Vec<Transition>) {
+        let (seq, addrs, changes) = table.round(now);
+        for addr in &addrs {
+            table.sent(*addr, at);
+        }
+        (seq, addrs, changes)
+    }
+
     fn target(node: &str, addr: &str) -> Target {
         Target {
             node: node.into(),
@@ -324,7 +355,7 @@ mod tests {
         let a: IpAddr = "10.244.2.0".parse().unwrap();
         table.set_targets(&[target("node-2", "10.244.2.0")], 100);
         let start = Instant::now();
-        let (seq, addrs, changes) = table.round(start, 100);
+        let (seq, addrs, changes) = round(&mut table, start, 100);
         assert_eq!((addrs, changes), (vec![a], vec![]));
         let up = table.reply(a, seq, start + Duration::from_millis(3), 100);
         assert_eq!(up.map(|t| t.to), Some(HealthState::Up));
@@ -337,8 +368,8 @@ mod tests {
         assert_eq!((health.state, health.rtt_us), (HealthState::Up, Some(3000)));
         // Rounds 1-3 go unanswered: down when round 4 starts.
         let mut downs = Vec::new();
-        for round in 1..=4 {
-            let (_, _, changes) = table.round(start, 100 + round);
+        for n in 1..=4 {
+            let (_, _, changes) = round(&mut table, start, 100 + n);
             downs.extend(changes);
         }
         assert_eq!(downs.len(), 1);
@@ -364,8 +395,8 @@ mod tests {
             5,
         );
         let now = Instant::now();
-        let (old, _, _) = table.round(now, 5);
-        let (seq, _, _) = table.round(now, 6);
+        let (old, _, _) = round(&mut table, now, 5);
+        let (seq, _, _) = round(&mut table, now, 6);
         assert_eq!(
             table.reply(a, old, now, 6),
             None,
@@ -386,6 +417,21 @@ mod tests {
     }
 
     #[test]
+    fn a_probe_that_could_not_be_sent_is_no_miss() {
+        let mut table = HealthTable::default();
+        table.set_targets(&[target("node-2", "fd00::2:0")], 1);
+        // No socket for the family: rounds start, nothing is sent, and nothing is concluded.
+        for n in 0..10 {
+            let (seq, _, changes) = table.round(n);
+            assert!(changes.is_empty());
+            let stray = table.reply("fd00::2:0".parse().unwrap(), seq, Instant::now(), n);
+            assert_eq!(stray, None, "a reply to a probe never sent");
+        }
+        let health = &table.by_node()["node-2"];
+        assert_eq!((health.state, health.sent), (HealthState::Unknown, 0));
+    }
+
+    #[test]
     fn a_thousand_targets_cost_little_per_round() {
         let mut table = HealthTable::default();
         let targets: Vec<Target> = (0..1000u32)
@@ -395,11 +441,11 @@ mod tests {
             })
             .collect();
         let started = Instant::now();
-        for round in 0..10 {
-            table.set_targets(&targets, round);
-            let (seq, addrs, _) = table.round(Instant::now(), round);
+        for n in 0..10 {
+            table.set_targets(&targets, n);
+            let (seq, addrs, _) = round(&mut table, Instant::now(), n);
             for addr in addrs {
-                table.reply(addr, seq, Instant::now(), round);
+                table.reply(addr, seq, Instant::now(), n);
             }
         }
         let _ = table.by_node();

@@ -95,6 +95,7 @@ fn spawn(device: &IfName, launcher: &Launcher) -> Result<u32, UserspaceError> {
     let log = open_log(&launcher.log).map_err(error)?;
     let mut command = Command::new(&launcher.program);
     command
+        .env_remove(crate::config::ETCD_PASSWORD_VAR)
         .arg(device.as_str())
         .arg("--threads")
         .arg(launcher.threads.to_string())

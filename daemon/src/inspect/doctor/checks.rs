@@ -379,6 +379,12 @@ pub fn cni_config(facts: &CniDir) -> Finding {
     if !configs.contains(&weft) {
         return missing(facts, format!("the runtime uses {dir}/{first}"));
     }
+    if *first != weft && first.contains("multus") {
+        // A meta-plugin that calls others: weft as its default network is a working setup.
+        let detail = format!("the runtime uses {dir}/{first} (Multus), which sorts before {weft}");
+        let fix = format!("make sure Multus delegates the default network to weft ({weft})");
+        return Finding::new(CHECK, Verdict::Warning, detail, Some(fix));
+    }
     if *first != weft {
         let detail = format!("the runtime uses {dir}/{first}, which sorts before {weft}");
         let fix = format!(

@@ -183,6 +183,13 @@ pub fn mtu(backend: &str, pod_mtu: Option<u32>, probes: &[PeerProbe], total: usi
         let detail = format!("cannot probe the path MTU: {e}");
         return Finding::new(CHECK, Verdict::Warning, detail, fix);
     }
+    if fits.is_empty() {
+        // Nothing measured (the underlay filters ICMP, say): no verdict is an honest one.
+        let detail =
+            format!("pod MTU {pod_mtu}: the path to no peer could be measured{silent}{scope}");
+        let fix = "allow ICMP echo between the nodes' underlay addresses, or check the path MTU by hand (ping -M do -s SIZE)";
+        return Finding::new(CHECK, Verdict::Warning, detail, Some(fix));
+    }
     let detail = format!(
         "pod MTU {pod_mtu}: tunnel packets reach {} peer{}{silent}{scope}",
         fits.len(),
@@ -402,6 +409,13 @@ mod tests {
         );
         assert!(finding.detail.contains("first 2 of 40"), "{finding:?}");
         assert_eq!(mtu("vxlan", None, &probes, 2).verdict, Verdict::Ok);
+        // No peer answers ICMP on the underlay: nothing measured is a warning, not an ok.
+        let silent = mtu("vxlan", Some(1450), &probes[1..], 1);
+        assert_eq!(silent.verdict, Verdict::Warning, "{silent:?}");
+        assert!(
+            silent.detail.contains("no peer could be measured"),
+            "{silent:?}"
+        );
     }
 
     #[test]

@@ -325,6 +325,15 @@ fn another_config_sorting_first_or_none_of_weft_fails_naming_it() {
         "the runtime uses /etc/cni/net.d/10-flannel.conflist, which sorts before 10-weft.conflist"
     );
     assert!(fix(&finding).starts_with("remove /etc/cni/net.d/10-flannel.conflist"));
+    let multus = cni_config(&cni(
+        &["10-weft.conflist", "00-multus.conf"],
+        Some(WEFT_CONFLIST),
+    ));
+    assert_eq!(
+        multus.verdict,
+        Verdict::Warning,
+        "a meta-plugin may delegate to weft"
+    );
     let missing = cni_config(&cni(&["87-podman.conflist"], None));
     assert_eq!(missing.verdict, Verdict::Failure);
     assert!(
