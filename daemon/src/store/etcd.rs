@@ -188,8 +188,9 @@ impl EtcdStore {
         Ok(client)
     }
 
-    /// [`classify`], with a hint where etcd closing the connection most likely means it wanted
-    /// a client certificate this node did not show.
+    /// [`classify`], with a hint when TLS without a client certificate fails: etcd with
+    /// `--client-cert-auth` ends the handshake (the transport reports a closed connection or a
+    /// broken pipe, depending on timing).
     fn connect_error(&self, error: etcd_client::Error) -> StoreError {
         let without_identity = self
             .access
@@ -197,9 +198,9 @@ impl EtcdStore {
             .as_ref()
             .is_some_and(|t| t.identity.is_none());
         match classify("connect", error) {
-            StoreError::Unavailable(text) if without_identity && text.contains("connection closed") => {
-                StoreError::Unavailable(format!("{text} (if etcd runs with --client-cert-auth, give --etcd-certfile and --etcd-keyfile)"))
-            }
+            StoreError::Unavailable(text) if without_identity => StoreError::Unavailable(format!(
+                "{text} (if etcd runs with --client-cert-auth, give --etcd-certfile and --etcd-keyfile)"
+            )),
             other => other,
         }
     }
