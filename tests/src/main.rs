@@ -203,6 +203,9 @@ enum Command {
     BenchCni {
         #[arg(long, default_value_t = 200)]
         pods: usize,
+        /// Then ADD and DEL this many pods at once, in rounds (0: only one at a time).
+        #[arg(long, default_value_t = 20)]
+        burst: usize,
     },
 }
 
@@ -247,8 +250,8 @@ fn run(command: Command) -> anyhow::Result<()> {
             print!("{}", bench::probe::probe_cost_table(peers, seconds)?);
             Ok(())
         }
-        Command::BenchCni { pods } => {
-            print!("{}", bench::cni::cni_latency(pods)?);
+        Command::BenchCni { pods, burst } => {
+            print!("{}", bench::cni::cni_latency(pods, burst)?);
             Ok(())
         }
     }

@@ -131,6 +131,36 @@ fn twenty_pods_get_distinct_dual_stack_addresses_and_reach_everything() {
         "{}",
         out.stdout
     );
+
+    // All twenty deleted at once (as a node drain does): each DEL succeeds, and nothing is left:
+    // no veth on the node, no eth0 in any pod, no address held.
+    let failed: Vec<String> = std::thread::scope(|scope| {
+        let dels: Vec<_> = lab
+            .pods
+            .iter()
+            .map(|pod| {
+                let lab = &lab;
+                scope.spawn(move || {
+                    let out = lab.cni(
+                        "DEL",
+                        &pod.container_id,
+                        Some(&pod.netns.path()),
+                        "eth0",
+                        &lab.netconf(0),
+                    );
+                    (!out.success).then(|| format!("{}: {}", pod.name, out.stdout))
+                })
+            })
+            .collect();
+        dels.into_iter().filter_map(|d| d.join().unwrap()).collect()
+    });
+    assert!(failed.is_empty(), "DEL failed: {failed:?}");
+    assert!(weft_veths(&lab).is_empty(), "{:?}", weft_veths(&lab));
+    assert!(allocations(&lab).is_empty(), "{:?}", allocations(&lab));
+    for pod in &lab.pods {
+        let links = pod.netns.exec(&["ip", "-o", "link", "show"]).unwrap();
+        assert!(!links.contains("eth0"), "{}: {links}", pod.name);
+    }
 }
 
 #[test]

@@ -64,6 +64,12 @@ pub enum PodError {
     },
     #[error("{0}")]
     Sysctl(String),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("interface {ifname} already exists in {netns}")]
     IfnameTaken { ifname: String, netns: String },
     #[error("{0}")]
@@ -323,7 +329,7 @@ pub async fn teardown(host: &Handle, host_veth: &IfName) -> Result<(), PodError>
     else {
         return Ok(());
     };
-    match host.link().del(link.header.index).execute().await {
+    match delete_link_alone(link.header.index).await? {
         Ok(()) => Ok(()),
         Err(e) if nl::is_errno(&e, &[Errno::ENODEV]) => Ok(()),
         Err(source) => Err(PodError::Netlink {
@@ -331,6 +337,41 @@ pub async fn teardown(host: &Handle, host_veth: &IfName) -> Result<(), PodError>
             source,
         }),
     }
+}
+
+/// Delete link `index` of this thread's namespace on a netlink socket and a thread of its own.
+/// The kernel answers `RTM_DELLINK` only once the device is unregistered, after every reference
+/// to it dropped (tens of milliseconds for a veth): on the shared connection every other pod's
+/// request would queue behind that wait, and the blocked `sendmsg` would hold an async worker.
+/// So concurrent DELs wait side by side. The outer error: the thread or its socket failed.
+async fn delete_link_alone(index: u32) -> Result<Result<(), rtnetlink::Error>, PodError> {
+    let io = |what: &str| {
+        let what = what.to_string();
+        move |source| PodError::Io { what, source }
+    };
+    let (done, result) = tokio::sync::oneshot::channel();
+    // A new thread shares the creating thread's network namespace: the daemon's own.
+    std::thread::Builder::new()
+        .name("weft-link-del".into())
+        .spawn(move || {
+            let deleted = tokio::runtime::Builder::new_current_thread()
+                .enable_io()
+                .build()
+                .and_then(|runtime| {
+                    runtime.block_on(async {
+                        let (connection, handle, _) = rtnetlink::new_connection()?;
+                        tokio::spawn(connection);
+                        Ok(handle.link().del(index).execute().await)
+                    })
+                });
+            let _ = done.send(deleted);
+        })
+        .map_err(io("start a thread to delete a veth"))?;
+    let deleted = result.await.map_err(|_| PodError::Io {
+        what: "delete a veth".into(),
+        source: std::io::Error::other("the deleting thread ended without an answer"),
+    })?;
+    deleted.map_err(io("open a netlink socket to delete a veth"))
 }
 
 /// Whether a link is one of weft's host-side pod veths.

@@ -63,8 +63,9 @@ impl Contender {
     }
 }
 
-/// Run the CNI benchmark for `pods` pods per plugin; returns the table.
-pub fn cni_latency(pods: usize) -> anyhow::Result<String> {
+/// Run the CNI benchmark for `pods` pods per plugin, one at a time, then in bursts of `burst`
+/// at once (none when 0); returns the table.
+pub fn cni_latency(pods: usize, burst: usize) -> anyhow::Result<String> {
     let lab = Lab::up(LabConfig {
         nodes: 1,
         ..Default::default()
@@ -83,7 +84,63 @@ pub fn cni_latency(pods: usize) -> anyhow::Result<String> {
             .join()
             .map_err(|_| LabError::Panicked("the benchmark thread".into()))?
     })?;
-    Ok(table(pods, samples))
+    let mut out = table(pods, samples);
+    if burst > 0 {
+        let [mut weft_add, mut weft_del] = measure_bursts(node, &weft, pods, burst)?;
+        let [mut ref_add, mut ref_del] = measure_bursts(node, &reference, pods, burst)?;
+        out += &format!("\n{burst} pods at once, {pods} pods each (ms)\n");
+        for (name, samples) in [
+            ("weft ADD", &mut weft_add),
+            ("bridge+host-local ADD", &mut ref_add),
+            ("weft DEL", &mut weft_del),
+            ("bridge+host-local DEL", &mut ref_del),
+        ] {
+            let p = percentiles(samples);
+            out += &format!(
+                "{name:<24} {:>8} {:>8} {:>8}\n",
+                ms(p.p50),
+                ms(p.p90),
+                ms(p.p99)
+            );
+        }
+    }
+    Ok(out)
+}
+
+/// ADD `burst` pods at once (a thread each, in the node's namespace, as a runtime starting many
+/// pods does), then DEL them at once, until `pods` pods went through; ADD and DEL samples.
+fn measure_bursts(
+    node: &NetnsGuard,
+    contender: &Contender,
+    pods: usize,
+    burst: usize,
+) -> anyhow::Result<[Vec<Duration>; 2]> {
+    let mut samples: [Vec<Duration>; 2] = Default::default();
+    for start in (0..pods).step_by(burst) {
+        let batch: Vec<usize> = (start..(start + burst).min(pods)).collect();
+        for (command, slot) in [("ADD", 0), ("DEL", 1)] {
+            let took = std::thread::scope(|scope| {
+                let calls: Vec<_> = batch
+                    .iter()
+                    .map(|&i| {
+                        scope.spawn(move || -> anyhow::Result<Duration> {
+                            node.enter()?;
+                            contender.call(command, i)
+                        })
+                    })
+                    .collect();
+                calls
+                    .into_iter()
+                    .map(|c| {
+                        c.join()
+                            .map_err(|_| LabError::Panicked("a CNI call".into()))?
+                    })
+                    .collect::<anyhow::Result<Vec<Duration>>>()
+            })?;
+            samples[slot].extend(took);
+        }
+    }
+    Ok(samples)
 }
 
 /// Debian's bridge + host-local, dual stack, on a bridge of its own.
