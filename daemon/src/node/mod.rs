@@ -56,21 +56,19 @@ pub async fn start(
     view: AgentView,
     inspector: &Inspector,
 ) -> anyhow::Result<Started> {
-    match (config.datapath, config.backend) {
-        (DatapathMode::None, kind) => {
-            start_without_datapath(config, kind, host, view, inspector).await
-        }
-        (DatapathMode::Kernel, BackendKind::Vxlan) => {
-            let node = NodeContext {
-                config,
-                lease,
-                host,
-                view,
-                inspector,
-            };
-            start_with(Vxlan, node, None).await
-        }
-        (DatapathMode::Kernel, BackendKind::WireGuard) => {
+    if config.datapath == DatapathMode::None {
+        return start_without_datapath(config, config.backend, host, view, inspector).await;
+    }
+    let node = NodeContext {
+        config,
+        lease,
+        host,
+        view,
+        inspector,
+    };
+    match config.backend {
+        BackendKind::Vxlan => start_with(Vxlan, node, None).await,
+        BackendKind::WireGuard => {
             let key = crate::agent::wireguard_key_path(config);
             let (wireguard, reason) =
                 WireGuard::from_config(&config.wireguard, &key, &config.run_dir).await?;
@@ -78,13 +76,6 @@ pub async fn start(
             let source = WireGuardSource {
                 implementation: wireguard.implementation,
                 device: wireguard.device.to_string(),
-            };
-            let node = NodeContext {
-                config,
-                lease,
-                host,
-                view,
-                inspector,
             };
             start_with(wireguard, node, Some(source)).await
         }
