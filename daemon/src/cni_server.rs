@@ -163,7 +163,10 @@ impl CniService {
             (allocation, !existed)
         };
         let spec = self.pod_spec(&netns, &ifname, &key, allocation, conf);
-        let wiring = match pod::setup(&self.host, &spec).await {
+        // A netlink socket of this ADD's own: the kernel runs one socket's requests one after
+        // another, so on the shared one concurrent ADDs would queue behind each other.
+        let host = crate::datapath::netns::connect_here().unwrap_or_else(|_| self.host.clone());
+        let wiring = match pod::setup(&host, &spec).await {
             Ok(wiring) => wiring,
             Err(e) => {
                 if fresh {
