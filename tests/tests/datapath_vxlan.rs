@@ -384,6 +384,23 @@ fn drift_is_repaired_and_an_operators_entries_are_left_alone() {
     });
 }
 
+/// A stale FDB entry made by hand (`bridge fdb append … permanent` leaves the state
+/// PERMANENT|NOARP) toward a node that does not exist is seen as weft's, and pruned.
+#[test]
+fn a_stale_fdb_entry_made_by_hand_is_pruned() {
+    in_fresh_netns_async(|| async {
+        underlay();
+        let mut driver = driver();
+        let desired = plan_for(&[peer(2)], &Incumbents::default()).datapath;
+        converge(&mut driver, &desired).await;
+        cli("bridge fdb append 02:00:00:00:09:04 dev weft.vxlan dst 192.0.2.9 permanent");
+        let ops = converge(&mut driver, &desired).await;
+        assert_eq!(ops, [Op::DeleteFdb(fdb(9, Family::V4, "192.0.2.9"))]);
+        assert_converged(&mut driver, &desired).await;
+        assert_eq!(View::kernel(), View::expected(&[(2, "192.0.2.2")]));
+    });
+}
+
 #[test]
 fn a_device_set_down_by_hand_comes_back_up_with_its_entries() {
     in_fresh_netns_async(|| async {

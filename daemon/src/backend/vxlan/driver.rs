@@ -158,6 +158,12 @@ async fn observe_routes(
     Ok(())
 }
 
+/// Whether a neighbour or FDB entry is permanent: its state has `NUD_PERMANENT` (0x80), alone or
+/// with other bits (`bridge fdb add … permanent` on a VXLAN device makes `PERMANENT|NOARP`).
+fn is_permanent(state: NeighbourState) -> bool {
+    u16::from(state) & u16::from(NeighbourState::Permanent) != 0
+}
+
 /// Permanent neighbour entries on weft's devices for addresses inside the cluster CIDRs.
 async fn observe_neighbours(
     handle: &Handle,
@@ -170,7 +176,7 @@ async fn observe_neighbours(
         let Some(dev) = indexes.get(&message.header.ifindex) else {
             continue;
         };
-        if message.header.state != NeighbourState::Permanent {
+        if !is_permanent(message.header.state) {
             continue;
         }
         let ip = neighbour_ip(&message).filter(|ip| cluster_cidrs.iter().any(|c| c.contains(ip)));
@@ -195,7 +201,7 @@ async fn observe_fdb(
         let Some(dev) = indexes.get(&message.header.ifindex) else {
             continue;
         };
-        if message.header.state != NeighbourState::Permanent {
+        if !is_permanent(message.header.state) {
             continue;
         }
         if let (Some(dst), Some(mac)) = (neighbour_ip(&message), neighbour_mac(&message)) {
@@ -480,5 +486,20 @@ impl crate::backend::Backend for Vxlan {
 
     fn device_names(&self) -> Vec<IfName> {
         device_names().to_vec()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn permanent_is_a_bit_not_a_value() {
+        assert!(is_permanent(NeighbourState::Permanent));
+        // PERMANENT|NOARP, as `bridge fdb add … permanent` leaves it on a VXLAN device.
+        assert!(is_permanent(NeighbourState::from(0xc0)));
+        assert!(!is_permanent(NeighbourState::Reachable));
+        assert!(!is_permanent(NeighbourState::Noarp));
+        assert!(!is_permanent(NeighbourState::Stale));
     }
 }

@@ -58,9 +58,8 @@
 //! - `stale-entries`: a route by hand, with weftd stopped (it prunes at its resync): `ip -n a
 //!   route add 10.244.99.0/24 via 10.244.99.0 dev weft.vxlan onlink proto 87` and `ip -n a
 //!   neigh add 10.244.99.0 lladdr 02:00:00:00:00:99 dev weft.vxlan nud permanent`, with a
-//!   snapshot without such a peer. An FDB entry must come from weftd itself (run it with peer
-//!   `b`, stop it, hand `examine` a snapshot without `b`): `bridge fdb add … permanent` makes
-//!   the state `PERMANENT|NOARP`, which weft's VXLAN driver does not read as its own.
+//!   snapshot without such a peer; or an FDB entry, `bridge fdb append 02:00:00:00:09:04 dev
+//!   weft.vxlan dst 192.0.2.9 permanent` (its state `PERMANENT|NOARP` counts as permanent).
 //! - `pod-cidr`: the kube store with a Node without `spec.podCIDRs` (kube-controller-manager
 //!   without `--allocate-node-cidrs`), or a snapshot with store `kube`, no lease and the store's
 //!   waiting reason.
