@@ -14,7 +14,7 @@ image_dir=/srv/weft-image
 apt-get install -y -qq --no-install-recommends buildah python3 >/dev/null
 mkdir -p "$image_dir"
 if [ ! -s "$image_dir/weft.tar" ] || [ "${WEFT_REBUILD:-0}" = 1 ]; then
-  echo "building $image from /weft (a release build of weft: 10-20 minutes in a 2-CPU VM)"
+  echo "building $image from /weft (a release build of weft: the slowest step of the lab)"
   buildah build --layers -f /weft/Containerfile -t "$image" /weft
   rm -f "$image_dir/weft.tar.partial"
   buildah push "$image" "docker-archive:$image_dir/weft.tar.partial:$image"

@@ -181,9 +181,9 @@ impl<B: Backend> Reconciler<B> {
         // This plan is the one being programmed now (even if applying it fails below): the claims
         // it accepted hold against newcomers at the next pass.
         self.incumbents = plan.accepted.clone();
-        self.report_refusals(&plan.refused);
+        self.report_refusals(&own.node, &plan.refused);
         self.publish_mesh(own, &peers, &plan.accepted, &plan.refused);
-        let mut done = self.converge(plan.datapath).await;
+        let mut done = self.converge(&own.node, plan.datapath).await;
         let tunnel = self.backend.guarded_port().map(|port| TunnelGuard {
             port,
             peers: plan.accepted.underlays(),
@@ -201,20 +201,20 @@ impl<B: Backend> Reconciler<B> {
     }
 
     /// Observe (unless the last apply stands for it), diff and apply; whether all of it worked.
-    async fn converge(&mut self, desired: B::State) -> bool {
+    async fn converge(&mut self, node: &NodeName, desired: B::State) -> bool {
         let observed = match self.observed.take() {
             Some(observed) => observed,
             None => match self.driver.observe().await {
                 Ok(observed) => observed,
                 Err(e) => {
-                    warn!(error = %e, "cannot read the datapath; will retry");
+                    warn!(%node, error = %e, "cannot read the datapath; will retry");
                     self.schedule_retry();
                     return false;
                 }
             },
         };
         let ops = self.backend.diff(&desired, &observed);
-        if self.apply(&ops).await > 0 {
+        if self.apply(node, &ops).await > 0 {
             self.schedule_retry();
             return false;
         }
@@ -226,7 +226,7 @@ impl<B: Backend> Reconciler<B> {
     /// Apply every operation; returns how many failed or were skipped. One the kernel keeps
     /// refusing must not hold back the others (routes come last) nor the firewall; but once a
     /// device cannot be made, the operations on it are skipped rather than failed one by one.
-    async fn apply(&mut self, ops: &[B::Op]) -> usize {
+    async fn apply(&mut self, node: &NodeName, ops: &[B::Op]) -> usize {
         if ops.is_empty() {
             return 0;
         }
@@ -245,7 +245,7 @@ impl<B: Backend> Reconciler<B> {
             if let Err(e) = applied {
                 failed += 1;
                 if failed <= LOG_FAILURES_UP_TO {
-                    warn!(op = %op, error = %e, "datapath operation failed");
+                    warn!(%node, op = %op, error = %e, "datapath operation failed");
                 }
                 let device_missing =
                     matches!(e, DriverError::NoDevice(_)) || self.backend.creates_device(op);
@@ -304,18 +304,18 @@ impl<B: Backend> Reconciler<B> {
 
     /// One line per peer newly refused (or refused for a new reason), one per peer no longer
     /// refused, each with the peer's name as a field.
-    fn report_refusals(&mut self, refused: &[Refusal]) {
+    fn report_refusals(&mut self, node: &NodeName, refused: &[Refusal]) {
         let now: BTreeMap<String, String> = refused
             .iter()
             .map(|r| (r.node.to_string(), r.reason.clone()))
             .collect();
         for (peer, reason) in &now {
             if self.refusals.get(peer) != Some(reason) {
-                warn!(%peer, %reason, "peer {peer} refused; programming nothing for it");
+                warn!(%node, %peer, %reason, "peer {peer} refused; programming nothing for it");
             }
         }
         for peer in self.refusals.keys().filter(|p| !now.contains_key(*p)) {
-            info!(%peer, "peer {peer} no longer refused");
+            info!(%node, %peer, "peer {peer} no longer refused");
         }
         self.refusals = now;
     }
