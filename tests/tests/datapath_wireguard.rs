@@ -59,6 +59,7 @@ fn config() -> PlanConfig {
         mtu: None,
         node_prefix_v4: Some(24),
         node_prefix_v6: Some(64),
+        direct_routing: None,
     }
 }
 

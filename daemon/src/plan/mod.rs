@@ -50,6 +50,27 @@ pub struct PlanConfig {
     /// honest nodes will later claim. `None` skips the check.
     pub node_prefix_v4: Option<u8>,
     pub node_prefix_v6: Option<u8>,
+    /// Direct routing (`--direct-routing auto`, VXLAN only): the underlay interface and the
+    /// subnets directly connected to it. A peer whose underlay address of a pod family lies in one
+    /// of them gets its pod CIDR of that family routed straight to that address on the interface,
+    /// not through the tunnel. `None`: every peer goes through the tunnel.
+    pub direct_routing: Option<DirectRouting>,
+}
+
+/// The underlay interface and its directly connected subnets (both families), for direct routing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirectRouting {
+    /// The interface holding the tunnel source address (`eth1`).
+    pub iface: weft_proto::names::IfName,
+    /// Its on-link prefixes (`192.168.56.0/24`, `fd00:56::/64`), link-local ones left out.
+    pub subnets: Vec<IpNet>,
+}
+
+impl DirectRouting {
+    /// The subnet holding `ip`, if `ip` is directly reachable on the interface.
+    pub fn reaches(&self, ip: IpAddr) -> bool {
+        self.subnets.iter().any(|net| net.contains(&ip))
+    }
 }
 
 impl PlanConfig {
@@ -74,6 +95,7 @@ impl PlanConfig {
             mtu: config.mtu,
             node_prefix_v4: config.pool_v4.map(|p| p.prefix_len),
             node_prefix_v6: config.pool_v6.map(|p| p.prefix_len),
+            direct_routing: None,
         }
     }
 }

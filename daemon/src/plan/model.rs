@@ -76,6 +76,7 @@ pub fn big_config() -> PlanConfig {
         mtu: None,
         node_prefix_v4: None,
         node_prefix_v6: None,
+        direct_routing: None,
     }
 }
 

@@ -114,6 +114,7 @@ fn cfg() -> PlanConfig {
         mtu: None,
         node_prefix_v4: None,
         node_prefix_v6: None,
+        direct_routing: None,
     }
 }
 
@@ -1434,6 +1435,7 @@ fn plan_config_from_the_daemon_config() {
             mtu: Some(1400),
             node_prefix_v4: Some(24),
             node_prefix_v6: Some(64),
+            direct_routing: None,
         }
     );
 }
@@ -1551,6 +1553,7 @@ fn a_peer_claiming_a_pod_cidr_of_the_wrong_size_is_refused() {
     let config = PlanConfig {
         node_prefix_v4: Some(24),
         node_prefix_v6: Some(64),
+        direct_routing: None,
         ..cfg()
     };
     let mut squatter = c();
