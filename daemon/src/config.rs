@@ -167,6 +167,13 @@ pub struct RawSettings {
     #[arg(long, env = "WEFT_MTU")]
     #[serde(deserialize_with = "text")]
     pub mtu: Option<Mtu>,
+    /// VXLAN: route a peer's pod CIDR straight to its underlay address when that address is on a
+    /// subnet directly connected to this node's underlay interface (flannel's DirectRouting,
+    /// decided per peer and family), `off` for the tunnel to every peer. Never on WireGuard:
+    /// encryption asked for means encryption [default: auto].
+    #[arg(long, env = "WEFT_DIRECT_ROUTING")]
+    #[serde(deserialize_with = "choice")]
+    pub direct_routing: Option<DirectRoutingChoice>,
     /// Give the lease back when the daemon exits (otherwise it is kept for a restart).
     #[arg(long, env = "WEFT_RELEASE_ON_EXIT")]
     #[serde(deserialize_with = "text")]
@@ -266,6 +273,7 @@ impl RawSettings {
             run_dir: path_or(&self.run_dir, "/run/weft"),
             underlay: self.underlay()?,
             mtu: self.mtu.map(|m| m.0),
+            direct_routing: self.direct_routing.unwrap_or(DirectRoutingChoice::Auto),
             release_on_exit: self.release_on_exit.is_some_and(|s| s.0),
             http_addr: self
                 .http_addr
@@ -950,6 +958,15 @@ impl FromStr for Threads {
     }
 }
 
+/// `--direct-routing`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DirectRoutingChoice {
+    /// Direct routes to peers on a connected subnet of the underlay interface (VXLAN only).
+    Auto,
+    /// The tunnel to every peer.
+    Off,
+}
+
 /// `--wireguard-impl`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum WgImplChoice {
@@ -999,6 +1016,8 @@ pub struct Config {
     pub run_dir: PathBuf,
     pub underlay: UnderlaySelector,
     pub mtu: Option<u32>,
+    /// `--direct-routing`; only the VXLAN backend acts on it.
+    pub direct_routing: DirectRoutingChoice,
     pub release_on_exit: bool,
     /// Where `/healthz`, `/readyz` and the status page are served.
     pub http_addr: std::net::SocketAddr,
@@ -1253,6 +1272,11 @@ mod tests {
             "auto",
         ),
         (
+            &[("direct-routing", Some("on"))],
+            "--direct-routing",
+            "auto",
+        ),
+        (
             &[("wireguard-threads", Some("0"))],
             "--wireguard-threads",
             "1 to 64",
@@ -1458,6 +1482,7 @@ mod tests {
                     "wireguard-device",
                     "wireguard-threads",
                     "wireguard-spawn",
+                    "direct-routing",
                     "node-name",
                 ])
                 .prop_map(String::from),

@@ -12,11 +12,14 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, UdpSocket};
 
 use futures::TryStreamExt;
+use ipnet::IpNet;
+use netlink_packet_route::address::AddressAttribute;
 use netlink_packet_route::route::{RouteAttribute, RouteType};
 use netlink_packet_route::AddressFamily;
 use regex::Regex;
 use rtnetlink::Handle;
 use weft_proto::lease::PublicIps;
+use weft_proto::names::IfName;
 
 use crate::config::UnderlaySelector;
 use crate::datapath::nl;
@@ -175,6 +178,53 @@ pub async fn mtu(host: &Handle, public_ips: &PublicIps) -> u32 {
         Ok(Some(link)) => nl::link_mtu(&link).unwrap_or(1500),
         _ => 1500,
     }
+}
+
+/// The interface holding one of `public_ips` (the tunnel source address), and the subnets
+/// directly connected to it: each of its addresses' prefix (`192.168.56.11/24` →
+/// `192.168.56.0/24`), both families, leaving out link-local ones and host prefixes (/32, /128),
+/// which hold no neighbour. `None` where no interface holds the address (an explicit
+/// `--public-ip` behind NAT, say): then no peer is reached directly.
+///
+/// Read once, at start: a node whose underlay subnets change needs a restart to route by them.
+pub async fn connected(
+    host: &Handle,
+    public_ips: &PublicIps,
+) -> Result<Option<(IfName, Vec<IpNet>)>, rtnetlink::Error> {
+    let wanted: Vec<IpAddr> = [public_ips.v4.map(IpAddr::V4), public_ips.v6.map(IpAddr::V6)]
+        .into_iter()
+        .flatten()
+        .collect();
+    let Ok(addresses) = list_addresses() else {
+        return Ok(None);
+    };
+    let Some(iface) = addresses.iter().find(|a| wanted.contains(&a.ip)) else {
+        return Ok(None);
+    };
+    let (Ok(name), Some(link)) = (
+        IfName::new(&iface.iface),
+        nl::link_by_name(host, &iface.iface).await?,
+    ) else {
+        return Ok(None);
+    };
+    let mut subnets = Vec::new();
+    for message in nl::addresses_of(host, link.header.index).await? {
+        let prefix = message.attributes.iter().find_map(|a| match a {
+            AddressAttribute::Address(ip) => IpNet::new(*ip, message.header.prefix_len).ok(),
+            _ => None,
+        });
+        if let Some(net) = prefix.filter(|n| !is_link_local(&n.addr()) && !is_host(n)) {
+            subnets.push(net.trunc());
+        }
+    }
+    subnets.sort();
+    subnets.dedup();
+    Ok(Some((name, subnets)))
+}
+
+/// A /32 or /128: a prefix with no room for a neighbour.
+fn is_host(net: &IpNet) -> bool {
+    net.prefix_len() == net.max_prefix_len()
 }
 
 /// Every address of every interface, as `getifaddrs` lists them.

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use rtnetlink::Handle;
 use tokio::task::JoinHandle;
-use tracing::info;
+use tracing::{info, warn};
 use weft_proto::lease::{Backend as BackendKind, Lease};
 
 use crate::agent::AgentView;
@@ -28,12 +28,12 @@ use crate::backend::vxlan::Vxlan;
 use crate::backend::wireguard::WireGuard;
 use crate::backend::Backend;
 use crate::cni_server::{self, CniService};
-use crate::config::{Config, DatapathMode};
+use crate::config::{Config, DatapathMode, DirectRoutingChoice};
 use crate::datapath::{nl, pod};
 use crate::inspect::probe;
 use crate::inspect::state::{DatapathParts, Inspector, IpamUsage, WireGuardSource};
 use crate::ipam::Ipam;
-use crate::plan::PlanConfig;
+use crate::plan::{DirectRouting, PlanConfig};
 use crate::underlay;
 use firewall::FirewallKeeper;
 use reconcile::Reconciler;
@@ -144,7 +144,8 @@ async fn start_with<B: Backend>(
         info!(interfaces = ?kept_ra, "accept_ra 1 → 2: router advertisements stay accepted with IPv6 forwarding on");
     }
     let underlay_mtu = underlay::mtu(&host, &lease.public_ips).await;
-    let plan_config = PlanConfig::new(config, underlay_mtu);
+    let mut plan_config = PlanConfig::new(config, underlay_mtu);
+    plan_config.direct_routing = direct_routing(config, backend.backend(), &host, lease).await;
     let pod_mtu = backend.pod_mtu(lease, &plan_config);
     let (cni, service) = serve_cni(config, lease, cni_host()?, view.clone(), pod_mtu).await?;
     let unmasqueraded = service.unmasqueraded();
@@ -169,6 +170,40 @@ async fn start_with<B: Backend>(
         tasks: vec![cni, prober, tokio::spawn(reconciler.run(view))],
         serves_pods: true,
     })
+}
+
+/// The underlay interface and its connected subnets, where `--direct-routing auto` asks for
+/// direct routes and the backend allows them (VXLAN; never WireGuard: encryption asked for means
+/// encryption). The choice is logged either way.
+async fn direct_routing(
+    config: &Config,
+    backend: BackendKind,
+    host: &Handle,
+    lease: &Lease,
+) -> Option<DirectRouting> {
+    if config.direct_routing == DirectRoutingChoice::Off {
+        info!("direct routing off (--direct-routing off): every peer through the tunnel");
+        return None;
+    }
+    if backend != BackendKind::Vxlan {
+        info!(%backend, "direct routing off: every peer through the encrypted tunnel");
+        return None;
+    }
+    match underlay::connected(host, &lease.public_ips).await {
+        Ok(Some((iface, subnets))) => {
+            let on = crate::net::net_list(&subnets);
+            info!(%iface, subnets = %on, "direct routing: peers on {on} are routed straight to their underlay address");
+            Some(DirectRouting { iface, subnets })
+        }
+        Ok(None) => {
+            info!("direct routing off: no interface holds this node's underlay address");
+            None
+        }
+        Err(e) => {
+            warn!(error = %e, "direct routing off: cannot read the underlay interface's subnets");
+            None
+        }
+    }
 }
 
 /// IPAM's use, read through the CNI service (which owns IPAM).

@@ -5,15 +5,20 @@
 //!    later operation needs its device;
 //! 2. addresses: set the desired, delete the stale;
 //! 3. stale routes are deleted before the neighbour and FDB entries they lead to;
-//! 4. stale neighbour entries;
-//! 5. FDB entries replaced, then neighbour entries replaced (a neighbour's MAC is in the FDB before
-//!    the neighbour points at it), then stale FDB entries deleted (a peer's old VTEP MAC goes only
-//!    after its neighbour entry moved to the new one);
-//! 6. routes last: each one's gateway already resolves, through a permanent neighbour entry, to a
-//!    MAC the FDB knows.
+//! 4. FDB entries replaced, then neighbour entries replaced (a neighbour's MAC is in the FDB before
+//!    the neighbour points at it);
+//! 5. routes replaced: each one's gateway already resolves, through a permanent neighbour entry,
+//!    to a MAC the FDB knows (or, routed directly, is a neighbour on the underlay);
+//! 6. stale neighbour entries, then stale FDB entries, last: a peer's old VTEP MAC goes only after
+//!    its neighbour entry moved to the new one, and a peer now routed directly keeps its tunnel
+//!    entries until its route no longer uses them.
 //!
 //! So traffic to an unchanged peer is never interrupted, and a changed peer's traffic has a path at
-//! every step but the ones that remove it.
+//! every step but the ones that remove it (a peer moving between the tunnel and direct routing
+//! included).
+//!
+//! Routes may sit on a device weft does not make (direct routing: the underlay interface). Such a
+//! device is never created or deleted here, and its routes are compared like any other.
 //!
 //! A device that is created or re-created comes back empty: every desired entry on it is added
 //! again, whatever the observed state listed. A device that is deleted takes its entries with it:
@@ -25,7 +30,7 @@ use std::collections::BTreeSet;
 use weft_proto::names::IfName;
 
 use super::ops::Op;
-use super::state::{Datapath, VxlanDevice};
+use super::state::{is_tunnel_device, Datapath, VxlanDevice};
 
 /// Why `observed` cannot become `desired` in place: the attributes a VXLAN link cannot change,
 /// old → new; `None` when it can.
@@ -59,8 +64,11 @@ fn incompatible(desired: &VxlanDevice, observed: &VxlanDevice) -> Option<String>
 pub fn diff(desired: &Datapath, observed: &Datapath) -> Vec<Op> {
     let (mut ops, fresh) = device_ops(desired, observed);
     // An observed object counts only on a device that stays as it is: one on a deleted or
-    // (re-)created device is gone with it.
-    let kept = |dev: &IfName| desired.devices.contains_key(dev) && !fresh.contains(dev);
+    // (re-)created device is gone with it. A device weft does not make (the underlay) stays.
+    let kept = |dev: &IfName| match desired.devices.contains_key(dev) {
+        true => !fresh.contains(dev),
+        false => !is_tunnel_device(dev),
+    };
     address_ops(desired, observed, &kept, &mut ops);
     entry_ops(desired, observed, &kept, &mut ops);
     ops
@@ -137,13 +145,7 @@ fn entry_ops(
             ops.push(Op::DeleteRoute(route.clone()));
         }
     }
-    // 4. Stale neighbour entries.
-    for (key, neighbour) in &observed.neighbours {
-        if kept(&key.0) && !desired.neighbours.contains_key(key) {
-            ops.push(Op::DeleteNeighbour(neighbour.clone()));
-        }
-    }
-    // 5. FDB, neighbours, then stale FDB entries.
+    // 4. FDB, then neighbours.
     for (key, fdb) in &desired.fdb {
         if observed.fdb.get(key).filter(|e| kept(&e.dev)) != Some(fdb) {
             ops.push(Op::ReplaceFdb(fdb.clone()));
@@ -154,15 +156,21 @@ fn entry_ops(
             ops.push(Op::ReplaceNeighbour(neighbour.clone()));
         }
     }
-    for (key, fdb) in &observed.fdb {
-        if kept(&key.0) && !desired.fdb.contains_key(key) {
-            ops.push(Op::DeleteFdb(fdb.clone()));
-        }
-    }
-    // 6. Routes.
+    // 5. Routes.
     for (dst, route) in &desired.routes {
         if observed.routes.get(dst).filter(|r| kept(&r.dev)) != Some(route) {
             ops.push(Op::ReplaceRoute(route.clone()));
+        }
+    }
+    // 6. Stale neighbour entries, then stale FDB entries.
+    for (key, neighbour) in &observed.neighbours {
+        if kept(&key.0) && !desired.neighbours.contains_key(key) {
+            ops.push(Op::DeleteNeighbour(neighbour.clone()));
+        }
+    }
+    for (key, fdb) in &observed.fdb {
+        if kept(&key.0) && !desired.fdb.contains_key(key) {
+            ops.push(Op::DeleteFdb(fdb.clone()));
         }
     }
 }

@@ -5,7 +5,9 @@
 //! changed, and of those only what weft makes: routes carrying weft's route protocol number
 //! ([`ROUTE_PROTOCOL`], `proto 87` in `ip route`), permanent neighbour entries for addresses inside
 //! the cluster CIDRs, and permanent FDB entries with a remote. A route or neighbour entry an
-//! operator adds to a weft device is left alone. Routes are `replace`d and neighbour/FDB entries `replace`d (idempotent); deletes that
+//! operator adds to a weft device is left alone. Direct routes (on the underlay interface) are the
+//! one thing read off weft's devices: `proto 87` routes into the cluster CIDRs, wherever they
+//! leave. Routes are `replace`d and neighbour/FDB entries `replace`d (idempotent); deletes that
 //! find nothing are fine. A VXLAN link cannot be replaced in place: a changed VNI, port, local
 //! address, learning flag or MAC means delete and create (the plan says why, for the log).
 
@@ -87,12 +89,9 @@ pub async fn observe(
         indexes.insert(link.header.index, name.clone());
         observed.insert_device(device_of(&name, &link));
     }
-    if indexes.is_empty() {
-        return Ok(observed);
-    }
     observe_addresses(handle, &indexes, &mut observed).await?;
     for family in [AddressFamily::Inet, AddressFamily::Inet6] {
-        observe_routes(handle, family, &indexes, &mut observed).await?;
+        observe_routes(handle, family, &indexes, cluster_cidrs, &mut observed).await?;
         observe_neighbours(handle, family, &indexes, cluster_cidrs, &mut observed).await?;
     }
     observe_fdb(handle, &indexes, &mut observed).await?;
@@ -130,32 +129,65 @@ async fn observe_addresses(
     Ok(())
 }
 
-/// weft's routes (`proto 87`) through its devices.
+/// weft's routes (`proto 87`) through its devices, and its direct routes: `proto 87` routes into
+/// the cluster CIDRs on any other interface (the underlay's, or one a changed underlay left).
 async fn observe_routes(
     handle: &Handle,
     family: AddressFamily,
     indexes: &Indexes,
+    cluster_cidrs: &[IpNet],
     observed: &mut Datapath,
 ) -> Result<(), rtnetlink::Error> {
+    let mut direct = Vec::new();
     for view in nl::main_routes(handle, family).await? {
-        let Some(dev) = view.oif.and_then(|i| indexes.get(&i)) else {
-            continue;
-        };
-        let Some(gateway) = view.gateway else {
+        let (Some(oif), Some(gateway)) = (view.oif, view.gateway) else {
             continue;
         };
         if view.message.header.protocol != RouteProtocol::Other(ROUTE_PROTOCOL) {
             continue;
         }
         let onlink = view.message.header.flags.contains(RouteFlags::Onlink);
-        observed.insert_route(Route {
-            dst: view.dst,
-            gateway,
-            dev: dev.clone(),
-            onlink,
-        });
+        match indexes.get(&oif) {
+            Some(dev) => observed.insert_route(Route {
+                dst: view.dst,
+                gateway,
+                dev: dev.clone(),
+                onlink,
+            }),
+            None if cluster_cidrs.iter().any(|c| c.contains(&view.dst)) => {
+                direct.push((oif, view.dst, gateway, onlink))
+            }
+            None => {}
+        }
+    }
+    if direct.is_empty() {
+        return Ok(());
+    }
+    let names = link_names(handle).await?;
+    for (oif, dst, gateway, onlink) in direct {
+        if let Some(dev) = names.get(&oif) {
+            let dev = dev.clone();
+            observed.insert_route(Route {
+                dst,
+                gateway,
+                dev,
+                onlink,
+            });
+        }
     }
     Ok(())
+}
+
+/// Every link's index → name.
+async fn link_names(handle: &Handle) -> Result<Indexes, rtnetlink::Error> {
+    Ok(nl::links(handle)
+        .await?
+        .iter()
+        .filter_map(|link| {
+            let name = IfName::new(nl::link_name(link)?).ok()?;
+            Some((link.header.index, name))
+        })
+        .collect())
 }
 
 /// Whether a neighbour or FDB entry is permanent: its state has `NUD_PERMANENT` (0x80), alone or

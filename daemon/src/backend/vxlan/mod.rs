@@ -22,6 +22,20 @@
 //! Cost per peer per family: one route, one neighbour, one FDB entry — nothing is broadcast, nothing
 //! is learnt, and a peer change touches only that peer's entries.
 //!
+//! **Direct routing** (`--direct-routing auto`, the default; flannel's DirectRouting, decided per
+//! peer and per family). A peer whose underlay address of a pod family lies on a subnet directly
+//! connected to this node's underlay interface ([`PlanConfig::direct_routing`]) needs no tunnel
+//! for that family: its pod CIDR is routed straight to that address, and nothing else is
+//! programmed for it on the device:
+//!
+//! ```text
+//! ip route replace 10.244.2.0/24 via 192.168.56.12 dev eth1 proto 87    # the peer's pods, unwrapped
+//! ```
+//!
+//! Peers elsewhere keep the tunnel. The route is keyed by its destination like the tunnel's, so a
+//! peer moving between the two is one route replace (and the entries the tunnel needs, added
+//! before it or deleted after it): other peers' entries are not touched.
+//!
 //! **Underlay family.** Both devices send from the same underlay address (`local`): the node's IPv4
 //! underlay address if it has one, else its IPv6 one (a v6-only underlay). A peer's FDB `dst` is
 //! its underlay address of that same family; a peer without one cannot be reached and is refused.
@@ -69,7 +83,9 @@ pub use state::{Address, Datapath, Fdb, FdbKey, Neighbour, NeighbourKey, Route, 
 
 use crate::net::host_prefix;
 use crate::plan::admission::{Admitted, Identity, IdentityRule, Incumbents};
-use crate::plan::{tunnel_family, BackendPlan, Family, ModelError, PlanConfig, PlanError};
+use crate::plan::{
+    tunnel_family, BackendPlan, DirectRouting, Family, ModelError, PlanConfig, PlanError,
+};
 
 /// UDP port of both VXLAN devices (the Linux and flannel default).
 pub const VXLAN_PORT: u16 = 8472;
@@ -201,7 +217,7 @@ impl BackendPlan for Vxlan {
             });
         }
         for peer in admitted {
-            program(&mut datapath, peer);
+            program(&mut datapath, peer, config.direct_routing.as_ref());
         }
         Ok(datapath)
     }
@@ -269,9 +285,15 @@ fn own_devices(own: &Lease) -> Result<(IpAddr, Vec<OwnDevice>), PlanError> {
     Ok((local, devices))
 }
 
-/// One admitted peer's route, neighbour and FDB entry per family.
-fn program(datapath: &mut Datapath, peer: &Admitted) {
+/// One admitted peer's entries, per family: the route straight to its underlay address where
+/// direct routing reaches it ([`direct_route`]), else the route, neighbour and FDB entry through
+/// the tunnel.
+fn program(datapath: &mut Datapath, peer: &Admitted, direct: Option<&DirectRouting>) {
     for &(family, cidr, _) in &peer.entries {
+        if let Some(route) = direct_route(family, cidr, peer.lease, direct) {
+            datapath.insert_route(route);
+            continue;
+        }
         // Admission checked the MAC is there.
         let Some(mac) = vtep_mac(family, &peer.lease.backend) else {
             continue;
@@ -295,4 +317,27 @@ fn program(datapath: &mut Datapath, peer: &Admitted) {
             dst: peer.underlay,
         });
     }
+}
+
+/// Direct routing of `peer`'s pod CIDR `cidr` of `family`: where its underlay address of that
+/// family lies on a subnet connected to this node's underlay interface,
+/// `ip route replace <cidr> via <its underlay address> dev <underlay interface>`: the packet
+/// leaves unencapsulated, as between two routers on one link. `None` (the tunnel) otherwise,
+/// or when direct routing is off.
+pub fn direct_route(
+    family: Family,
+    cidr: ipnet::IpNet,
+    peer: &Lease,
+    direct: Option<&DirectRouting>,
+) -> Option<Route> {
+    let direct = direct?;
+    let gateway = family
+        .public_ip(&peer.public_ips)
+        .filter(|ip| direct.reaches(*ip))?;
+    Some(Route {
+        dst: cidr,
+        gateway,
+        dev: direct.iface.clone(),
+        onlink: false,
+    })
 }

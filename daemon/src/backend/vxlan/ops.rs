@@ -6,7 +6,7 @@ use std::fmt;
 
 use weft_proto::names::IfName;
 
-use super::state::{Address, Datapath, Fdb, Neighbour, Route, VxlanDevice};
+use super::state::{is_tunnel_device, Address, Datapath, Fdb, Neighbour, Route, VxlanDevice};
 use crate::plan::ModelError;
 
 /// One change to the kernel. [`super::Datapath::apply`] defines what each one does; `Display` gives
@@ -190,8 +190,10 @@ impl Datapath {
             Op::DeleteAddress(address) if !self.addresses.remove(address) => {
                 return Err("no such address")
             }
+            // A route on a device weft does not make (direct routing: the underlay interface)
+            // is taken as the kernel takes it; that device is not modelled.
             Op::ReplaceRoute(route) => {
-                if !device(&route.dev)?.up {
+                if is_tunnel_device(&route.dev) && !device(&route.dev)?.up {
                     return Err("the device is down");
                 }
                 self.insert_route(route.clone());

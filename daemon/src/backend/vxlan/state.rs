@@ -47,17 +47,21 @@ pub struct Address {
     pub address: IpNet,
 }
 
-/// A route to a peer's pod CIDR through its gateway address, on-link on a VXLAN device. Keyed by
-/// `dst` in [`Datapath::routes`] (main table, one route per destination).
+/// A route to a peer's pod CIDR: through its gateway address, on-link on a VXLAN device; or,
+/// routed directly, through its underlay address on the underlay interface. Keyed by `dst` in
+/// [`Datapath::routes`] (main table, one route per destination).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Route {
     /// The peer's pod CIDR of the device's family.
     pub dst: IpNet,
-    /// The network address of that pod CIDR: the peer's own address on its VXLAN device.
+    /// The network address of that pod CIDR (the peer's own address on its VXLAN device); routed
+    /// directly, the peer's underlay address.
     pub gateway: IpAddr,
+    /// A VXLAN device, or the underlay interface (routed directly).
     pub dev: IfName,
-    /// Always `true` in the desired state: the gateway is not in any prefix on the device, and
-    /// `onlink` tells the kernel to resolve it on the device regardless.
+    /// `true` through the tunnel: the gateway is not in any prefix on the device, and `onlink`
+    /// tells the kernel to resolve it on the device regardless. `false` routed directly: the
+    /// gateway is on the interface's own subnet.
     pub onlink: bool,
 }
 
@@ -82,6 +86,12 @@ pub struct Fdb {
     pub mac: MacAddr,
     /// The peer's underlay address, of the same family as the device's `local`.
     pub dst: IpAddr,
+}
+
+/// Whether `dev` is one of weft's VXLAN devices (not, say, the underlay interface a direct route
+/// leaves through).
+pub fn is_tunnel_device(dev: &IfName) -> bool {
+    super::device_names().contains(dev)
 }
 
 /// The key of [`Datapath::neighbours`].

@@ -143,7 +143,8 @@ fn lines(ops: &[Op]) -> Vec<String> {
 /// Every route's gateway resolves through a neighbour entry to a MAC the FDB knows: what must hold
 /// between any two operations for traffic to keep flowing.
 fn assert_resolvable(dp: &Datapath, after: &Op) {
-    for route in dp.routes.values() {
+    // A direct route's gateway is a neighbour on the underlay, not modelled here.
+    for route in dp.routes.values().filter(|r| state::is_tunnel_device(&r.dev)) {
         let neighbour = dp
             .neighbours
             .get(&(route.dev.clone(), route.gateway))
@@ -1358,8 +1359,8 @@ fn stale_addresses_and_foreign_entries_are_removed() {
         [
             "ip addr del 10.244.9.0/32 dev weft.vxlan",
             "ip route del 10.244.8.0/24 via 10.244.8.0 dev weft.vxlan onlink",
-            "ip neigh del 10.244.8.0 dev weft.vxlan",
             "ip neigh replace 10.244.2.0 lladdr 02:00:00:00:02:04 dev weft.vxlan nud permanent",
+            "ip neigh del 10.244.8.0 dev weft.vxlan",
             "bridge fdb del 02:00:00:00:08:04 dev weft.vxlan dst 192.0.2.8 self",
         ]
     );
@@ -1573,4 +1574,149 @@ fn a_peer_claiming_a_pod_cidr_of_the_wrong_size_is_refused() {
             .contains_key(&"10.244.2.0/24".parse().unwrap()),
         "b is unaffected"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Direct routing: a is on 192.0.2.0/24 and 2001:db8::/64 (eth1); b shares both, c is elsewhere.
+// ---------------------------------------------------------------------------------------------
+
+fn direct_cfg() -> PlanConfig {
+    PlanConfig {
+        direct_routing: Some(crate::plan::DirectRouting {
+            iface: dev("eth1"),
+            subnets: vec![
+                "192.0.2.0/24".parse().unwrap(),
+                "2001:db8::/64".parse().unwrap(),
+            ],
+        }),
+        ..cfg()
+    }
+}
+
+/// c, on another subnet of both families.
+fn c_elsewhere() -> Lease {
+    let mut c = c();
+    c.public_ips = PublicIps {
+        v4: Some("198.51.100.3".parse().unwrap()),
+        v6: Some("2001:db8:1::3".parse().unwrap()),
+    };
+    c
+}
+
+fn route_lines(dp: &Datapath) -> Vec<String> {
+    dp.routes
+        .values()
+        .map(|r| Op::ReplaceRoute(r.clone()).to_string())
+        .collect()
+}
+
+#[test]
+fn a_peer_on_a_connected_subnet_is_routed_straight_and_one_elsewhere_through_the_tunnel() {
+    let plan = plan_with(&a(), &[&b(), &c_elsewhere()], &direct_cfg());
+    assert_eq!(plan.refused, vec![]);
+    assert_eq!(
+        route_lines(&plan.datapath),
+        vec![
+            "ip route replace 10.244.2.0/24 via 192.0.2.2 dev eth1",
+            "ip route replace 10.244.3.0/24 via 10.244.3.0 dev weft.vxlan onlink",
+            "ip route replace fd00:10:244:2::/64 via 2001:db8::2 dev eth1",
+            "ip route replace fd00:10:244:3::/64 via fd00:10:244:3:: dev weft-v6.vxlan onlink",
+        ]
+    );
+    // Only c has tunnel entries: one neighbour and one FDB entry per family.
+    let fdb: Vec<_> = plan.datapath.fdb.values().map(|f| f.dst).collect();
+    assert_eq!(fdb, vec![ip("198.51.100.3"), ip("198.51.100.3")]);
+    assert_eq!(plan.datapath.neighbours.len(), 2);
+}
+
+#[test]
+fn direct_routing_is_decided_per_family() {
+    // b shares the IPv4 subnet only: its IPv6 pods go through the tunnel.
+    let mut b = b();
+    b.public_ips.v6 = Some("2001:db8:1::2".parse().unwrap());
+    let plan = plan_with(&a(), &[&b], &direct_cfg());
+    assert_eq!(
+        route_lines(&plan.datapath),
+        vec![
+            "ip route replace 10.244.2.0/24 via 192.0.2.2 dev eth1",
+            "ip route replace fd00:10:244:2::/64 via fd00:10:244:2:: dev weft-v6.vxlan onlink",
+        ]
+    );
+    // A peer publishing no IPv6 underlay address: its IPv6 pods through the tunnel too.
+    let mut b4 = node("b", 2);
+    b4.public_ips.v6 = None;
+    let plan = plan_with(&a(), &[&b4], &direct_cfg());
+    assert_eq!(plan.datapath.fdb.len(), 1);
+    assert!(plan.datapath.routes.values().any(|r| r.dev == dev("eth1")));
+}
+
+#[test]
+fn direct_routing_off_sends_every_peer_through_the_tunnel() {
+    let plan = plan_with(&a(), &[&b(), &c_elsewhere()], &cfg());
+    assert!(plan
+        .datapath
+        .routes
+        .values()
+        .all(|r| state::is_tunnel_device(&r.dev) && r.onlink));
+    assert_eq!(plan.datapath.fdb.len(), 4);
+}
+
+#[test]
+fn a_peer_moving_onto_the_shared_subnet_leaves_the_tunnel_after_its_route_moved() {
+    let config = direct_cfg();
+    let mut b_far = b();
+    b_far.public_ips = c_elsewhere().public_ips;
+    b_far.public_ips.v4 = Some("198.51.100.2".parse().unwrap());
+    b_far.public_ips.v6 = Some("2001:db8:1::2".parse().unwrap());
+    let before = plan_with(&a(), &[&b_far, &c_elsewhere()], &config);
+    let after = plan_with(&a(), &[&b(), &c_elsewhere()], &config);
+    let mut kernel = before.datapath.clone();
+    let ops = converge(&after.datapath, &mut kernel);
+    assert_eq!(
+        lines(&ops),
+        vec![
+            "ip route replace 10.244.2.0/24 via 192.0.2.2 dev eth1",
+            "ip route replace fd00:10:244:2::/64 via 2001:db8::2 dev eth1",
+            "ip neigh del fd00:10:244:2:: dev weft-v6.vxlan",
+            "ip neigh del 10.244.2.0 dev weft.vxlan",
+            "bridge fdb del 02:00:00:00:02:06 dev weft-v6.vxlan dst 198.51.100.2 self",
+            "bridge fdb del 02:00:00:00:02:04 dev weft.vxlan dst 198.51.100.2 self",
+        ],
+        "b's route moves first, its tunnel entries go after; c is not touched"
+    );
+    // And back: the tunnel entries come first, the route last.
+    let mut kernel = after.datapath.clone();
+    let ops = converge(&before.datapath, &mut kernel);
+    assert_eq!(
+        lines(&ops),
+        vec![
+            "bridge fdb replace 02:00:00:00:02:06 dev weft-v6.vxlan dst 198.51.100.2 self permanent",
+            "bridge fdb replace 02:00:00:00:02:04 dev weft.vxlan dst 198.51.100.2 self permanent",
+            "ip neigh replace fd00:10:244:2:: lladdr 02:00:00:00:02:06 dev weft-v6.vxlan nud permanent",
+            "ip neigh replace 10.244.2.0 lladdr 02:00:00:00:02:04 dev weft.vxlan nud permanent",
+            "ip route replace 10.244.2.0/24 via 10.244.2.0 dev weft.vxlan onlink",
+            "ip route replace fd00:10:244:2::/64 via fd00:10:244:2:: dev weft-v6.vxlan onlink",
+        ]
+    );
+}
+
+#[test]
+fn a_direct_route_left_behind_is_deleted_and_one_on_the_underlay_survives_a_device_recreation() {
+    let config = direct_cfg();
+    let with_b = plan_with(&a(), &[&b()], &config);
+    let alone = plan_with(&a(), &[], &config);
+    let mut kernel = with_b.datapath.clone();
+    let ops = converge(&alone.datapath, &mut kernel);
+    assert_eq!(
+        lines(&ops),
+        vec![
+            "ip route del 10.244.2.0/24 via 192.0.2.2 dev eth1",
+            "ip route del fd00:10:244:2::/64 via 2001:db8::2 dev eth1",
+        ]
+    );
+    // weft.vxlan re-created (its VNI changed under weft): the direct routes on eth1 stay.
+    let mut kernel = with_b.datapath.clone();
+    kernel.devices.get_mut(&dev("weft.vxlan")).unwrap().vni = 42;
+    let ops = converge(&with_b.datapath, &mut kernel);
+    assert!(ops.iter().all(|op| op.dev() != &dev("eth1")), "{ops:?}");
 }
