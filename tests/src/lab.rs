@@ -11,6 +11,15 @@
 //!   [node-1 eth0 192.0.2.11]      [node-2 eth0 192.0.2.12]
 //!     weftd, pods p1..pM            weftd, pods …
 //! ```
+//! With [`LabConfig::routed_underlay`], node-3 and later sit on a second subnet, on a bridge of
+//! its own, joined to the first by a router namespace: node-1 and node-2 share a link, node-3
+//! reaches them through the router (so VXLAN's direct routing has one pair of each kind).
+//!
+//! ```text
+//!   br0: 192.0.2.0/24, 2001:db8::/64 ---- [router .253 | .1] ---- br1: 198.51.100.0/24, 2001:db8:1::/64
+//!         node-1 .11, node-2 .12                                   node-3 .13, …
+//! ```
+//!
 //! Everything the lab makes carries a prefix unique to the run, and is removed when the [`Lab`]
 //! drops — unless it was detached for `weft-lab up`; then `weft-lab down PREFIX` removes it.
 
@@ -34,6 +43,16 @@ pub const CLUSTER_CIDR_V6: &str = "fd00:10:244::/48";
 pub const ETCD_V4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
 pub const OUTSIDE_V4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 254);
 pub const OUTSIDE_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x254);
+/// The routed underlay ([`LabConfig::routed_underlay`]): the router's addresses on br0 …
+pub const ROUTER_V4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 253);
+pub const ROUTER_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x253);
+/// … the second subnet, on br1, and the router's addresses there.
+pub const SECOND_SUBNET_V4: &str = "198.51.100.0/24";
+pub const SECOND_SUBNET_V6: &str = "2001:db8:1::/64";
+pub const ROUTER_SECOND_V4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
+pub const ROUTER_SECOND_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 1);
+/// The first node on the second subnet (numbered from 1).
+pub const FIRST_ROUTED_NODE: usize = 3;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StoreKind {
@@ -59,6 +78,11 @@ pub struct LabConfig {
     /// Let weftd find the underlay address itself (`--iface eth0`) instead of `--public-ip`.
     pub detect_underlay: bool,
     pub backend: LabBackend,
+    /// Nodes from node-3 on a second subnet behind a router namespace (see the module doc).
+    pub routed_underlay: bool,
+    /// VXLAN: let weftd route peers on its own subnet directly (its default); otherwise the lab
+    /// runs `--direct-routing off`, so every pair of nodes exercises the tunnel.
+    pub direct_routing: bool,
 }
 
 /// The tunnel backend of every lab node.
@@ -83,6 +107,8 @@ impl Default for LabConfig {
             ipv6_underlay: false,
             detect_underlay: false,
             backend: LabBackend::Vxlan,
+            routed_underlay: false,
+            direct_routing: false,
         }
     }
 }
@@ -193,6 +219,8 @@ pub struct Lab {
     pub pods: Vec<LabPod>,
     pub nodes: Vec<LabNode>,
     pub outside: NetnsGuard,
+    /// The router between the two subnets of a routed underlay.
+    pub router: Option<NetnsGuard>,
     pub underlay: NetnsGuard,
     pub etcd: Option<EtcdServer>,
     /// `--store kube`: the API server (dropped after the nodes).
@@ -217,6 +245,10 @@ impl Lab {
         underlay.exec(&["ip", "link", "set", "br0", "up"])?;
         let outside = NetnsGuard::create(&format!("{prefix}-outside"))?;
         attach(&underlay, &outside, "out", OUTSIDE_V4, OUTSIDE_V6)?;
+        let router = match config.routed_underlay {
+            true => Some(add_router(&prefix, &underlay, &outside)?),
+            false => None,
+        };
         let etcd = match config.store {
             StoreKind::Etcd => {
                 // etcd lives on the underlay, where every node reaches it.
@@ -236,6 +268,7 @@ impl Lab {
             pods: Vec::new(),
             nodes: Vec::new(),
             outside,
+            router,
             underlay,
             etcd,
             apiserver,
@@ -261,26 +294,26 @@ impl Lab {
         let number = index + 1;
         let name = format!("node-{number}");
         let netns = NetnsGuard::create(&format!("{}-{name}", self.prefix))?;
-        let v4 = Ipv4Addr::new(192, 0, 2, 10 + number as u8);
-        let v6 = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x10 + number as u16);
-        attach(&self.underlay, &netns, &format!("n{number}"), v4, v6)?;
-        netns.exec(&[
-            "ip",
-            "route",
-            "add",
-            "default",
-            "via",
-            &OUTSIDE_V4.to_string(),
-        ])?;
-        netns.exec(&[
-            "ip",
-            "-6",
-            "route",
-            "add",
-            "default",
-            "via",
-            &OUTSIDE_V6.to_string(),
-        ])?;
+        let routed = self.config.routed_underlay && number >= FIRST_ROUTED_NODE;
+        let (v4, v6) = node_underlay(number, routed);
+        let port = format!("n{number}");
+        match routed {
+            false => attach(&self.underlay, &netns, &port, v4, v6)?,
+            true => attach_to(&self.underlay, "br1", &netns, (&port, "eth0"), v4, v6)?,
+        }
+        let (gateway_v4, gateway_v6) = match routed {
+            false => (OUTSIDE_V4, OUTSIDE_V6),
+            true => (ROUTER_SECOND_V4, ROUTER_SECOND_V6),
+        };
+        for (flag, gateway) in [
+            ("-4", gateway_v4.to_string()),
+            ("-6", gateway_v6.to_string()),
+        ] {
+            netns.exec(&["ip", flag, "route", "add", "default", "via", &gateway])?;
+        }
+        if self.config.routed_underlay && !routed {
+            routes_via(&netns, ROUTER_V4, ROUTER_V6)?;
+        }
         let dir = self.dir.join(&name);
         std::fs::create_dir_all(&dir).map_err(LabError::io(&dir))?;
         let relay = match &self.apiserver {
@@ -393,6 +426,9 @@ impl Lab {
                 .args(["--store", "file", "--store-dir"])
                 .arg(self.dir.join("store")),
         };
+        if self.config.backend == LabBackend::Vxlan && !self.config.direct_routing {
+            command.args(["--direct-routing", "off"]);
+        }
         if self.config.backend == LabBackend::WireGuard {
             command.args([
                 "--backend",
@@ -560,6 +596,9 @@ impl Lab {
             }
         }
         self.outside.keep();
+        if let Some(router) = &mut self.router {
+            router.keep();
+        }
         self.underlay.keep();
         if let Some(etcd) = self.etcd.take() {
             etcd.detach();
@@ -781,6 +820,19 @@ fn attach(
     v4: Ipv4Addr,
     v6: Ipv6Addr,
 ) -> Result<()> {
+    attach_to(underlay, "br0", netns, (port, "eth0"), v4, v6)
+}
+
+/// Connect `netns` to `bridge` in the underlay namespace: a veth `ports.0` on the bridge, `ports.1`
+/// in `netns` with `v4`/24 and `v6`/64, up.
+fn attach_to(
+    underlay: &NetnsGuard,
+    bridge: &str,
+    netns: &NetnsGuard,
+    (port, ifname): (&str, &str),
+    v4: Ipv4Addr,
+    v6: Ipv6Addr,
+) -> Result<()> {
     underlay.exec(&[
         "ip",
         "link",
@@ -790,23 +842,97 @@ fn attach(
         "veth",
         "peer",
         "name",
-        "eth0",
+        ifname,
         "netns",
         netns.name(),
     ])?;
-    underlay.exec(&["ip", "link", "set", port, "master", "br0", "up"])?;
-    netns.exec(&["sysctl", "-qw", "net.ipv6.conf.eth0.accept_dad=0"])?;
-    netns.exec(&["ip", "addr", "add", &format!("{v4}/24"), "dev", "eth0"])?;
+    underlay.exec(&["ip", "link", "set", port, "master", bridge, "up"])?;
+    netns.exec(&[
+        "sysctl",
+        "-qw",
+        &format!("net.ipv6.conf.{ifname}.accept_dad=0"),
+    ])?;
+    netns.exec(&["ip", "addr", "add", &format!("{v4}/24"), "dev", ifname])?;
+    let v6 = format!("{v6}/64");
+    netns.exec(&["ip", "addr", "add", &v6, "dev", ifname, "nodad"])?;
+    netns.exec(&["ip", "link", "set", ifname, "up"])?;
+    Ok(())
+}
+
+/// The underlay addresses of node `number` (from 1): on br0, or on the second subnet (`routed`).
+fn node_underlay(number: usize, routed: bool) -> (Ipv4Addr, Ipv6Addr) {
+    let host = 10 + number as u8;
+    match routed {
+        false => (
+            Ipv4Addr::new(192, 0, 2, host),
+            Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x10 + number as u16),
+        ),
+        true => (
+            Ipv4Addr::new(198, 51, 100, host),
+            Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 0x10 + number as u16),
+        ),
+    }
+}
+
+/// The routed underlay: br1 for the second subnet, and a router namespace forwarding between it
+/// and br0 (its default route: the outside). The outside and the underlay namespace (etcd) learn
+/// the way to the second subnet.
+fn add_router(prefix: &str, underlay: &NetnsGuard, outside: &NetnsGuard) -> Result<NetnsGuard> {
+    underlay.exec(&["ip", "link", "add", "br1", "type", "bridge"])?;
+    underlay.exec(&["ip", "link", "set", "br1", "up"])?;
+    let router = NetnsGuard::create(&format!("{prefix}-router"))?;
+    attach_to(
+        underlay,
+        "br0",
+        &router,
+        ("rt0", "eth0"),
+        ROUTER_V4,
+        ROUTER_V6,
+    )?;
+    let second = (ROUTER_SECOND_V4, ROUTER_SECOND_V6);
+    attach_to(
+        underlay,
+        "br1",
+        &router,
+        ("rt1", "eth1"),
+        second.0,
+        second.1,
+    )?;
+    router.exec(&["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
+    router.exec(&["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"])?;
+    for (flag, gateway) in [
+        ("-4", OUTSIDE_V4.to_string()),
+        ("-6", OUTSIDE_V6.to_string()),
+    ] {
+        router.exec(&["ip", flag, "route", "add", "default", "via", &gateway])?;
+    }
+    routes_via(outside, ROUTER_V4, ROUTER_V6)?;
+    // etcd, on br0 in the underlay namespace, answers nodes on the second subnet too.
+    underlay.exec(&["ip", "addr", "add", "192.0.2.252/24", "dev", "br0"])?;
+    let via = ROUTER_V4.to_string();
+    underlay.exec(&["ip", "route", "add", SECOND_SUBNET_V4, "via", &via])?;
+    Ok(router)
+}
+
+/// In `netns`, routes to the second subnet through the router's br0 addresses.
+fn routes_via(netns: &NetnsGuard, v4: Ipv4Addr, v6: Ipv6Addr) -> Result<()> {
     netns.exec(&[
         "ip",
-        "addr",
+        "route",
         "add",
-        &format!("{v6}/64"),
-        "dev",
-        "eth0",
-        "nodad",
+        SECOND_SUBNET_V4,
+        "via",
+        &v4.to_string(),
     ])?;
-    netns.exec(&["ip", "link", "set", "eth0", "up"])?;
+    netns.exec(&[
+        "ip",
+        "-6",
+        "route",
+        "add",
+        SECOND_SUBNET_V6,
+        "via",
+        &v6.to_string(),
+    ])?;
     Ok(())
 }
 

@@ -10,7 +10,25 @@ use clap::{Parser, Subcommand};
 
 use weft_lab::lab::{self, Lab, LabBackend, LabConfig, StoreKind};
 
-fn up(nodes: usize, pods: usize, backend: &str, ipv6: bool, store: &str) -> anyhow::Result<()> {
+/// What `weft-lab up` builds.
+struct UpOptions<'a> {
+    nodes: usize,
+    pods: usize,
+    backend: &'a str,
+    ipv6: bool,
+    store: &'a str,
+    routed_underlay: bool,
+}
+
+fn up(options: UpOptions) -> anyhow::Result<()> {
+    let UpOptions {
+        nodes,
+        pods,
+        backend,
+        ipv6,
+        store,
+        routed_underlay,
+    } = options;
     let backend = match backend {
         "vxlan" => LabBackend::Vxlan,
         "wireguard" => LabBackend::WireGuard,
@@ -28,6 +46,8 @@ fn up(nodes: usize, pods: usize, backend: &str, ipv6: bool, store: &str) -> anyh
         ipv6,
         store,
         backend,
+        routed_underlay,
+        direct_routing: routed_underlay,
         ..Default::default()
     };
     // A Kubernetes lab stays in the foreground: block the signals that end it before any thread
@@ -160,6 +180,12 @@ enum Command {
         /// kube-apiserver and creates each node's Node with its pod CIDRs).
         #[arg(long, default_value = "file")]
         store: String,
+        /// Put node-3 and later on a second subnet behind a router namespace, and let weftd
+        /// route directly where it can (its default; otherwise the lab runs
+        /// `--direct-routing off` so every pair uses the tunnel): node-1 and node-2 route
+        /// directly, node-3 goes through VXLAN.
+        #[arg(long)]
+        routed_underlay: bool,
     },
     /// Remove the lab NAME that `up` left running (the name `up` printed), or every recorded lab
     /// with `--all`; with neither, list the labs. Labs are recorded in /run/weft-lab, or in
@@ -172,7 +198,8 @@ enum Command {
         #[arg(long)]
         all: bool,
     },
-    /// Pod-to-pod TCP throughput across nodes as a ratio of node-to-node (iperf3, 1 and 4 streams).
+    /// Pod-to-pod TCP throughput across nodes as a ratio of node-to-node (iperf3, 1 and 4 streams):
+    /// VXLAN routed directly, tunnelled on one subnet and tunnelled across a router.
     BenchOverlay {
         #[arg(long, default_value_t = 5)]
         seconds: u32,
@@ -227,7 +254,15 @@ fn run(command: Command) -> anyhow::Result<()> {
             backend,
             ipv6,
             store,
-        } => up(nodes, pods, &backend, ipv6, &store),
+            routed_underlay,
+        } => up(UpOptions {
+            nodes,
+            pods,
+            backend: &backend,
+            ipv6,
+            store: &store,
+            routed_underlay,
+        }),
         Command::Down { name, all } => down(name.as_deref(), all),
         Command::BenchOverlay { seconds, backend } => {
             let table = match backend.as_str() {

@@ -20,7 +20,7 @@ use anyhow::Context;
 use rtnetlink::Handle;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
-use weft_proto::lease::{Backend as BackendKind, Lease};
+use weft_proto::lease::{Backend as BackendKind, Lease, PublicIps};
 
 use crate::agent::AgentView;
 use crate::backend::none::NoDatapath;
@@ -144,8 +144,8 @@ async fn start_with<B: Backend>(
         info!(interfaces = ?kept_ra, "accept_ra 1 → 2: router advertisements stay accepted with IPv6 forwarding on");
     }
     let underlay_mtu = underlay::mtu(&host, &lease.public_ips).await;
-    let mut plan_config = PlanConfig::new(config, underlay_mtu);
-    plan_config.direct_routing = direct_routing(config, backend.backend(), &host, lease).await;
+    let plan_config = PlanConfig::new(config, underlay_mtu);
+    let direct = routes_directly(config, backend.backend()).then(|| host.clone());
     let pod_mtu = backend.pod_mtu(lease, &plan_config);
     let (cni, service) = serve_cni(config, lease, cni_host()?, view.clone(), pod_mtu).await?;
     let unmasqueraded = service.unmasqueraded();
@@ -154,7 +154,8 @@ async fn start_with<B: Backend>(
     let sysctls = sysctl::desired(config.pool_v4.is_some(), config.pool_v6.is_some());
     let reconciler = Reconciler::new(backend, driver, plan_config, firewall)
         .resync_every(config.resync_interval)
-        .keeping(sysctls);
+        .keeping(sysctls)
+        .routing_directly(direct);
     let (health, prober) = probe::spawn(reconciler.mesh(), probe::PROBE_INTERVAL);
     inspector.set_datapath(DatapathParts {
         backend_impl: wireguard.as_ref().map(|w| w.implementation.to_string()),
@@ -172,35 +173,29 @@ async fn start_with<B: Backend>(
     })
 }
 
-/// The underlay interface and its connected subnets, where `--direct-routing auto` asks for
-/// direct routes and the backend allows them (VXLAN; never WireGuard: encryption asked for means
-/// encryption). The choice is logged either way.
-async fn direct_routing(
-    config: &Config,
-    backend: BackendKind,
-    host: &Handle,
-    lease: &Lease,
-) -> Option<DirectRouting> {
+/// Whether `--direct-routing auto` asks for direct routes and the backend allows them (VXLAN;
+/// never WireGuard: encryption asked for means encryption). Logged when off.
+fn routes_directly(config: &Config, backend: BackendKind) -> bool {
     if config.direct_routing == DirectRoutingChoice::Off {
         info!("direct routing off (--direct-routing off): every peer through the tunnel");
-        return None;
+        return false;
     }
     if backend != BackendKind::Vxlan {
         info!(%backend, "direct routing off: every peer through the encrypted tunnel");
-        return None;
+        return false;
     }
-    match underlay::connected(host, &lease.public_ips).await {
-        Ok(Some((iface, subnets))) => {
-            let on = crate::net::net_list(&subnets);
-            info!(%iface, subnets = %on, "direct routing: peers on {on} are routed straight to their underlay address");
-            Some(DirectRouting { iface, subnets })
-        }
-        Ok(None) => {
-            info!("direct routing off: no interface holds this node's underlay address");
-            None
-        }
+    true
+}
+
+/// The underlay interface holding one of `public_ips` and its connected subnets, for direct
+/// routing; `None` (every peer through the tunnel) where no interface holds them or they cannot
+/// be read (logged).
+pub(crate) async fn direct_routing(host: &Handle, public_ips: &PublicIps) -> Option<DirectRouting> {
+    match underlay::connected(host, public_ips).await {
+        Ok(Some((iface, subnets))) => Some(DirectRouting { iface, subnets }),
+        Ok(None) => None,
         Err(e) => {
-            warn!(error = %e, "direct routing off: cannot read the underlay interface's subnets");
+            warn!(error = %e, "cannot read the underlay interface's subnets: no direct routes");
             None
         }
     }

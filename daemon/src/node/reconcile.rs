@@ -16,9 +16,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use rtnetlink::Handle;
 use tokio::sync::watch;
 use tracing::{debug, error, info, warn};
-use weft_proto::lease::Lease;
+use weft_proto::lease::{Lease, PublicIps};
 use weft_proto::names::{IfName, NodeName};
 
 use super::firewall::FirewallKeeper;
@@ -67,6 +68,9 @@ pub struct Reconciler<B: Backend> {
     heartbeat: Arc<AtomicU64>,
     /// The peers the last plan accepted and refused, for inspection and the prober.
     mesh: watch::Sender<Mesh>,
+    /// Direct routing on: where to read the underlay interface's subnets from, and the underlay
+    /// addresses they were last read for (`None`: read them again before the next plan).
+    direct: Option<(Handle, Option<PublicIps>)>,
 }
 
 impl<B: Backend> Reconciler<B> {
@@ -91,7 +95,16 @@ impl<B: Backend> Reconciler<B> {
             retry_delay: RETRY_AFTER_FAILURE,
             heartbeat: Arc::new(AtomicU64::new(0)),
             mesh: watch::channel(Mesh::default()).0,
+            direct: None,
         }
+    }
+
+    /// Route peers on the underlay interface's subnets directly, reading those subnets through
+    /// `host` at the first pass, whenever this node's underlay addresses change, and at every
+    /// resync (`None`: never, every peer through the tunnel).
+    pub fn routing_directly(mut self, host: Option<Handle>) -> Self {
+        self.direct = host.map(|h| (h, None));
+        self
     }
 
     /// The peers each plan accepts and refuses, as they change.
@@ -148,6 +161,9 @@ impl<B: Backend> Reconciler<B> {
                 }
                 _ = resync.tick() => {
                     self.observed = None;
+                    if let Some((_, read_for)) = &mut self.direct {
+                        *read_for = None;
+                    }
                     if let Some(firewall) = &mut self.firewall {
                         firewall.resync();
                     }
@@ -164,6 +180,7 @@ impl<B: Backend> Reconciler<B> {
         peers: impl Iterator<Item = &'a Lease>,
     ) -> bool {
         let peers: Vec<&Lease> = peers.collect();
+        self.follow_underlay(own).await;
         let planned = plan::plan(
             &self.backend,
             own,
@@ -260,6 +277,30 @@ impl<B: Backend> Reconciler<B> {
             warn!(failed, skipped, retry_in = ?self.retry_delay, "datapath pass incomplete; reading the kernel again and retrying");
         }
         failed + skipped
+    }
+
+    /// Read the underlay interface's subnets again if this node's underlay addresses changed
+    /// since they were read (or a resync asked); log the direct routing in force when it changes.
+    async fn follow_underlay(&mut self, own: &Lease) {
+        let Some((host, read_for)) = &mut self.direct else {
+            return;
+        };
+        if read_for.as_ref() == Some(&own.public_ips) {
+            return;
+        }
+        *read_for = Some(own.public_ips);
+        let now = super::direct_routing(host, &own.public_ips).await;
+        if now == self.plan_config.direct_routing {
+            return;
+        }
+        match &now {
+            Some(direct) => {
+                let on = crate::net::net_list(&direct.subnets);
+                info!(iface = %direct.iface, subnets = %on, "direct routing: peers on {on} are routed straight to their underlay address");
+            }
+            None => info!("direct routing: no interface holds this node's underlay address; every peer through the tunnel"),
+        }
+        self.plan_config.direct_routing = now;
     }
 
     fn schedule_retry(&mut self) {

@@ -1,5 +1,8 @@
-//! `weft-lab bench-overlay`: pod-to-pod TCP throughput across two nodes (through VXLAN) as a ratio
-//! of node-to-node throughput on the same underlay, with iperf3, 1 and 4 streams.
+//! `weft-lab bench-overlay`: pod-to-pod TCP throughput across two nodes as a ratio of
+//! node-to-node throughput between the same two nodes, with iperf3, 1 and 4 streams, for three
+//! pairs: routed directly (two nodes on one subnet, weftd's default), through VXLAN on one subnet
+//! (`--direct-routing off`), and through VXLAN between subnets (the lab's routed underlay, where
+//! the underlay itself crosses the router).
 
 use std::time::Duration;
 
@@ -8,44 +11,54 @@ use anyhow::Context;
 use weft_lab::lab::{Lab, LabConfig};
 use weft_lab::netns::NetnsGuard;
 
+/// The table: one row per pair and stream count.
 pub fn overlay_throughput(seconds: u32) -> anyhow::Result<String> {
-    let lab = Lab::up(LabConfig {
+    let mut table =
+        format!("TCP throughput, {seconds} s per run (Gbit/s), iperf3, lab nodes over IPv4\n");
+    table += &format!(
+        "{:<32} {:<8} {:>10} {:>10} {:>8}\n",
+        "pair", "streams", "underlay", "overlay", "ratio"
+    );
+    let routed = Lab::up(LabConfig {
+        nodes: 3,
+        pods_per_node: 1,
+        routed_underlay: true,
+        direct_routing: true,
+        ..Default::default()
+    })?;
+    routed.wait_converged(Duration::from_secs(10));
+    table += &pair_rows(&routed, "direct route, one subnet", (0, 1), seconds)?;
+    table += &pair_rows(&routed, "VXLAN, across the router", (0, 2), seconds)?;
+    drop(routed);
+    let flat = Lab::up(LabConfig {
         nodes: 2,
         pods_per_node: 1,
         ..Default::default()
     })?;
-    lab.wait_converged(Duration::from_secs(10));
-    let (a, b) = (&lab.pods[0], &lab.pods[1]);
-    let (n1, n2) = (&lab.nodes[0], &lab.nodes[1]);
-    let mut table =
-        format!("TCP throughput, {seconds} s per run (Gbit/s), iperf3, two lab nodes\n");
-    table += &format!(
-        "{:<10} {:>10} {:>10} {:>8}\n",
-        "streams", "underlay", "overlay", "ratio"
-    );
+    flat.wait_converged(Duration::from_secs(10));
+    table += &pair_rows(&flat, "VXLAN, one subnet", (0, 1), seconds)?;
+    Ok(table)
+}
+
+/// Rows for nodes `pair` (each with its first pod, pods numbered as nodes): underlay, then
+/// overlay, 1 and 4 streams.
+fn pair_rows(lab: &Lab, name: &str, pair: (usize, usize), seconds: u32) -> anyhow::Result<String> {
+    let (n1, n2) = (&lab.nodes[pair.0], &lab.nodes[pair.1]);
+    let (a, b) = (&lab.pods[pair.0], &lab.pods[pair.1]);
+    let mut rows = String::new();
     for streams in [1, 4] {
-        let underlay = iperf3(
-            &n1.netns,
-            &n2.netns,
-            &n2.underlay_v4.to_string(),
-            streams,
-            seconds,
-        )?;
-        let overlay = iperf3(
-            &a.netns,
-            &b.netns,
-            &b.v4.expect("IPv4 pod").to_string(),
-            streams,
-            seconds,
-        )?;
-        table += &format!(
-            "{streams:<10} {:>10.2} {:>10.2} {:>8.2}\n",
+        let to = n2.underlay_v4.to_string();
+        let underlay = iperf3(&n1.netns, &n2.netns, &to, streams, seconds)?;
+        let pod = b.v4.expect("IPv4 pod").to_string();
+        let overlay = iperf3(&a.netns, &b.netns, &pod, streams, seconds)?;
+        rows += &format!(
+            "{name:<32} {streams:<8} {:>10.2} {:>10.2} {:>8.2}\n",
             underlay / 1e9,
             overlay / 1e9,
             overlay / underlay
         );
     }
-    Ok(table)
+    Ok(rows)
 }
 
 /// One iperf3 run: what was received, and TCP's retransmits.

@@ -8,7 +8,9 @@
 //! 4. FDB entries replaced, then neighbour entries replaced (a neighbour's MAC is in the FDB before
 //!    the neighbour points at it);
 //! 5. routes replaced: each one's gateway already resolves, through a permanent neighbour entry,
-//!    to a MAC the FDB knows (or, routed directly, is a neighbour on the underlay);
+//!    to a MAC the FDB knows (or, routed directly, is a neighbour on the underlay); an IPv6 route
+//!    moving from the underlay interface to a tunnel device is deleted right before (the kernel
+//!    refuses that replace);
 //! 6. stale neighbour entries, then stale FDB entries, last: a peer's old VTEP MAC goes only after
 //!    its neighbour entry moved to the new one, and a peer now routed directly keeps its tunnel
 //!    entries until its route no longer uses them.
@@ -30,7 +32,7 @@ use std::collections::BTreeSet;
 use weft_proto::names::IfName;
 
 use super::ops::Op;
-use super::state::{is_tunnel_device, Datapath, VxlanDevice};
+use super::state::{is_tunnel_device, Datapath, Route, VxlanDevice};
 
 /// Why `observed` cannot become `desired` in place: the attributes a VXLAN link cannot change,
 /// old → new; `None` when it can.
@@ -158,9 +160,19 @@ fn entry_ops(
     }
     // 5. Routes.
     for (dst, route) in &desired.routes {
-        if observed.routes.get(dst).filter(|r| kept(&r.dev)) != Some(route) {
-            ops.push(Op::ReplaceRoute(route.clone()));
+        let have = observed.routes.get(dst).filter(|r| kept(&r.dev));
+        if have == Some(route) {
+            continue;
         }
+        // IPv6 checks an on-link gateway against the routes already there: the old route to
+        // the same pod CIDR through another device covers it, and the kernel refuses the
+        // replace ("Nexthop has invalid gateway or device mismatch"). So that one peer's route
+        // is deleted first, right before.
+        let refused = |old: &&Route| route.onlink && old.dev != route.dev && dst.addr().is_ipv6();
+        if let Some(old) = have.filter(refused) {
+            ops.push(Op::DeleteRoute(old.clone()));
+        }
+        ops.push(Op::ReplaceRoute(route.clone()));
     }
     // 6. Stale neighbour entries, then stale FDB entries.
     for (key, neighbour) in &observed.neighbours {

@@ -144,7 +144,11 @@ fn lines(ops: &[Op]) -> Vec<String> {
 /// between any two operations for traffic to keep flowing.
 fn assert_resolvable(dp: &Datapath, after: &Op) {
     // A direct route's gateway is a neighbour on the underlay, not modelled here.
-    for route in dp.routes.values().filter(|r| state::is_tunnel_device(&r.dev)) {
+    for route in dp
+        .routes
+        .values()
+        .filter(|r| state::is_tunnel_device(&r.dev))
+    {
         let neighbour = dp
             .neighbours
             .get(&(route.dev.clone(), route.gateway))
@@ -1695,6 +1699,7 @@ fn a_peer_moving_onto_the_shared_subnet_leaves_the_tunnel_after_its_route_moved(
             "ip neigh replace fd00:10:244:2:: lladdr 02:00:00:00:02:06 dev weft-v6.vxlan nud permanent",
             "ip neigh replace 10.244.2.0 lladdr 02:00:00:00:02:04 dev weft.vxlan nud permanent",
             "ip route replace 10.244.2.0/24 via 10.244.2.0 dev weft.vxlan onlink",
+            "ip route del fd00:10:244:2::/64 via 2001:db8::2 dev eth1",
             "ip route replace fd00:10:244:2::/64 via fd00:10:244:2:: dev weft-v6.vxlan onlink",
         ]
     );
