@@ -361,7 +361,22 @@ fn an_ipv6_underlay_carries_both_pod_families() {
 
 #[test]
 fn cleanup_removes_everything_weft_made() {
-    let mut lab = lab(2, 2);
+    // node-1 routes node-2 directly (the routed underlay's shared subnet) and node-3 through
+    // VXLAN: both kinds of route must go.
+    let mut lab = Lab::up(LabConfig {
+        nodes: 3,
+        pods_per_node: 1,
+        routed_underlay: true,
+        direct_routing: true,
+        ..Default::default()
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    lab.wait_converged(Duration::from_secs(10));
+    let before = node_exec(&lab, 0, &["ip", "route", "show", "proto", "87"]);
+    assert!(
+        before.contains("dev eth0"),
+        "a direct route to clean up:\n{before}"
+    );
     lab.wait_converged(Duration::from_secs(10));
     lab.stop_daemon(0, false);
     let weftd = weft_lab::procs::bin_path("weftd");

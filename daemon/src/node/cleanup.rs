@@ -2,15 +2,19 @@
 //! reported together.
 
 use anyhow::Context;
+use netlink_packet_route::route::RouteProtocol;
+use netlink_packet_route::AddressFamily;
 use nix::errno::Errno;
 use tracing::info;
 
 use crate::backend;
+use crate::backend::vxlan::driver::ROUTE_PROTOCOL;
 use crate::datapath::{self, netns, nl};
 use crate::firewall::{self, nft};
 
 /// Remove weft's tunnel devices of every backend (their routes, neighbour and FDB entries go
-/// with them), its nftables table and its pod veths.
+/// with them), its direct routes (`proto 87` on the underlay interface), its nftables table and
+/// its pod veths.
 pub async fn cleanup() -> anyhow::Result<()> {
     let host = netns::connect_here().context("open a netlink connection")?;
     let mut failures = Vec::new();
@@ -24,6 +28,9 @@ pub async fn cleanup() -> anyhow::Result<()> {
         if let Err(e) = nl::delete_link(&host, name.as_str()).await {
             failures.push(format!("delete {name}: {e}"));
         }
+    }
+    if let Err(e) = delete_weft_routes(&host).await {
+        failures.push(format!("delete weft's direct routes: {e}"));
     }
     if let Err(e) = nft::remove() {
         failures.push(format!("remove table inet {}: {e}", firewall::TABLE));
@@ -44,9 +51,25 @@ pub async fn cleanup() -> anyhow::Result<()> {
         Err(e) => failures.push(format!("list links: {e}")),
     }
     if failures.is_empty() {
-        info!("cleanup done: weft's devices, nftables table and pod veths are gone");
+        info!("cleanup done: weft's devices, routes, nftables table and pod veths are gone");
         Ok(())
     } else {
         anyhow::bail!("cleanup incomplete: {}", failures.join("; "))
     }
+}
+
+/// Delete every main-table route tagged with weft's protocol (`proto 87`) that outlived the
+/// devices: VXLAN's direct routes on the underlay interface.
+async fn delete_weft_routes(host: &rtnetlink::Handle) -> Result<(), rtnetlink::Error> {
+    let ours = RouteProtocol::Other(ROUTE_PROTOCOL);
+    for family in [AddressFamily::Inet, AddressFamily::Inet6] {
+        for view in nl::main_routes(host, family).await? {
+            if view.message.header.protocol != ours {
+                continue;
+            }
+            let result = host.route().del(view.message).execute().await;
+            nl::ignore(result, &[Errno::ESRCH, Errno::ENOENT])?;
+        }
+    }
+    Ok(())
 }
