@@ -17,6 +17,7 @@
 //! its driver); adding one is a new folder there and one line in `crate::backend::choose`.
 
 pub mod admission;
+pub mod incremental;
 #[cfg(test)]
 pub(crate) mod model;
 
