@@ -170,12 +170,9 @@ impl<B: Backend> Reconciler<B> {
         peers: impl Iterator<Item = &'a Lease>,
     ) -> bool {
         let peers: Vec<&Lease> = peers.collect();
-        let planned = self.planner.update(
-            &self.backend,
-            own,
-            peers.iter().copied(),
-            &self.plan_config,
-        );
+        let planned =
+            self.planner
+                .update(&self.backend, own, peers.iter().copied(), &self.plan_config);
         let (update, plan) = match (planned, self.planner.plan()) {
             (Ok(update), Some(plan)) => (update, plan),
             (Err(e), _) => {
@@ -331,11 +328,7 @@ impl<B: Backend> Reconciler<B> {
 /// One line per peer newly refused (or refused for a new reason), one per peer no longer
 /// refused, each with the peer's name as a field; `refusals` (node name → reason) is the last
 /// pass's, replaced by this one's.
-fn report_refusals(
-    refusals: &mut BTreeMap<String, String>,
-    node: &NodeName,
-    refused: &[Refusal],
-) {
+fn report_refusals(refusals: &mut BTreeMap<String, String>, node: &NodeName, refused: &[Refusal]) {
     let now: BTreeMap<String, String> = refused
         .iter()
         .map(|r| (r.node.to_string(), r.reason.clone()))

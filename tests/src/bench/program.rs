@@ -23,14 +23,7 @@ pub fn programming_cost(counts: &[usize]) -> anyhow::Result<String> {
         .to_string();
     table += &format!(
         "{:>6} {:>10} {:>10} {:>12} {:>12} {:>10} {:>10} {:>10}\n",
-        "peers",
-        "ms",
-        "requests",
-        "change: ops",
-        "change: req",
-        "change ms",
-        "plan ms",
-        "full ms"
+        "peers", "ms", "requests", "change: ops", "change: req", "change ms", "plan ms", "full ms"
     );
     for &n in counts {
         let netns = NetnsGuard::create(&format!("{}-prog{n}", unique_prefix()))?;

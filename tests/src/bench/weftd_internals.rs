@@ -77,10 +77,18 @@ pub async fn program_peers(
         .map_err(|e| e.to_string())?;
     let full_ops = Vxlan.diff(&next.datapath, &first.datapath);
     let full_plan = started.elapsed();
-    let (change, change_plan, change_elapsed, change_requests) =
-        one_more_peer(&mut planner, &mut driver, own, set.values().copied(), &config).await?;
+    let (change, change_plan, change_elapsed, change_requests) = one_more_peer(
+        &mut planner,
+        &mut driver,
+        own,
+        set.values().copied(),
+        &config,
+    )
+    .await?;
     if change != full_ops {
-        return Err(format!("{n} peers: the planner's operations are not the full diff"));
+        return Err(format!(
+            "{n} peers: the planner's operations are not the full diff"
+        ));
     }
     let check = driver.observe().await.map_err(|e| e.to_string())?;
     if !Vxlan.diff(&next.datapath, &check).is_empty() {

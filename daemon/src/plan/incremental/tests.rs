@@ -122,9 +122,9 @@ fn event<B: ModelSubject>(backend: &B, world: &mut World, roll: u64, a: u64, b: 
             let n = world.fresh();
             world.lease(&p).pod_cidrs = backend.peer(n, n, n).pod_cidrs;
         }
-        (74..=77, Some(p), _) => impostor(backend, world, &p, b % 2 == 0),
+        (74..=77, Some(p), _) => impostor(backend, world, &p, b.is_multiple_of(2)),
         (78..=80, Some(p), Some(q)) => world.lease(&p).public_ips = world.peers[&q].public_ips,
-        (81..=83, Some(p), Some(q)) => world.lease(&p).backend = world.peers[&q].backend.clone(),
+        (81..=83, Some(p), Some(q)) => world.lease(&p).backend = world.peers[&q].backend,
         (84..=85, Some(p), _) => widen(world.lease(&p)),
         (86..=89, Some(p), _) => {
             let mut lease = world.peers.remove(&p).unwrap();
@@ -132,7 +132,9 @@ fn event<B: ModelSubject>(backend: &B, world: &mut World, roll: u64, a: u64, b: 
             world.peers.insert(lease.node.clone(), lease);
         }
         (90..=91, _, _) => world.own.public_ips.v4 = Some(underlay_v4(1_000_000 + a as u32 % 1000)),
-        (92..=93, _, _) => world.config.mtu = (a % 2 == 0).then_some(1300 + (b % 100) as u32),
+        (92..=93, _, _) => {
+            world.config.mtu = a.is_multiple_of(2).then_some(1300 + (b % 100) as u32)
+        }
         (94..=95, _, _) => {
             // A record carrying this node's own name: refused on its own checks.
             let n = world.fresh();
@@ -338,11 +340,14 @@ proptest! {
     }
 }
 
-/// 100 peers planned, then `change` on a peer: the update and its operations.
-fn one_change<B: ModelSubject>(
-    backend: &B,
-    change: impl FnOnce(&mut World),
-) -> (Update<B::State, B::Op>, Plan<B::State>) {
+/// An update and the plan after it.
+type Outcome<B> = (
+    Update<<B as BackendPlan>::State, <B as BackendPlan>::Op>,
+    Plan<<B as BackendPlan>::State>,
+);
+
+/// 100 peers planned, then `change` on a peer: the update and the plan after it.
+fn one_change<B: ModelSubject>(backend: &B, change: impl FnOnce(&mut World)) -> Outcome<B> {
     let mut world = World::new(backend, 100);
     let mut planner = Planner::new();
     let mut paths = Paths::default();
