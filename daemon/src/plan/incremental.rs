@@ -53,6 +53,7 @@ mod claims;
 #[cfg(test)]
 mod tests;
 
+use std::cmp::Ordering;
 use std::collections::BTreeMap;
 
 use weft_proto::lease::Lease;
@@ -329,7 +330,8 @@ fn fragment_ops<B: BackendPlan>(
 }
 
 /// The peers whose lease differs between `old` and `new`, in node-name order, each with its new
-/// lease (`None`: gone); `None` when `new` is not in strictly increasing name order. O(n).
+/// lease (`None`: gone); `None` when `new` is not in strictly increasing name order. O(n): one
+/// merge of the two name orders, one comparison of records per name in both.
 fn changes<'a>(old: &BTreeMap<NodeName, Lease>, new: &[&'a Lease]) -> Option<Vec<Changed<'a>>> {
     let mut changed = Vec::new();
     let mut kept = old.iter().peekable();
@@ -339,12 +341,22 @@ fn changes<'a>(old: &BTreeMap<NodeName, Lease>, new: &[&'a Lease]) -> Option<Vec
             return None;
         }
         previous = Some(&lease.node);
-        while let Some((node, _)) = kept.next_if(|(node, _)| **node < lease.node) {
-            changed.push((node.clone(), None));
-        }
-        match kept.next_if(|(node, _)| **node == lease.node) {
-            Some((_, was)) if same_record(was, lease) => {}
-            _ => changed.push((lease.node.clone(), Some(*lease))),
+        loop {
+            match kept.peek().map(|(node, _)| (*node).cmp(&lease.node)) {
+                Some(Ordering::Less) => {
+                    changed.extend(kept.next().map(|(node, _)| (node.clone(), None)));
+                }
+                Some(Ordering::Equal) => {
+                    if kept.next().is_some_and(|(_, was)| !same_record(was, lease)) {
+                        changed.push((lease.node.clone(), Some(*lease)));
+                    }
+                    break;
+                }
+                _ => {
+                    changed.push((lease.node.clone(), Some(*lease)));
+                    break;
+                }
+            }
         }
     }
     changed.extend(kept.map(|(node, _)| (node.clone(), None)));

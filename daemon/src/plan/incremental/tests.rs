@@ -543,3 +543,35 @@ fn the_index_finds_an_overlap_behind_ignored_claims() {
     empty.remove(&admitted);
     assert!(empty.is_empty());
 }
+
+#[test]
+fn changes_merge_the_two_name_orders() {
+    let world = World::new(&Vxlan, 6);
+    let old: BTreeMap<NodeName, Lease> = world.peers.clone();
+    let leases: Vec<Lease> = world.peers.values().cloned().collect();
+    let names = |changed: Vec<super::Changed>| -> Vec<(String, bool)> {
+        let named = changed.into_iter();
+        named
+            .map(|(n, new)| (n.to_string(), new.is_some()))
+            .collect()
+    };
+    let same: Vec<&Lease> = leases.iter().collect();
+    assert_eq!(names(super::changes(&old, &same).unwrap()), []);
+    // The first and the last gone, one renewed only, one moved, one new after all the others.
+    let mut renewed = leases[2].clone();
+    renewed.expires = Some(99);
+    let mut moved = leases[3].clone();
+    moved.public_ips.v4 = Some(underlay_v4(4_242));
+    let mut last = leases[0].clone();
+    last.node = name("zz".to_string());
+    let new = [&leases[1], &renewed, &moved, &leases[4], &last];
+    let expected = [
+        (leases[0].node.to_string(), false),
+        (leases[3].node.to_string(), true),
+        (leases[5].node.to_string(), false),
+        ("zz".to_string(), true),
+    ];
+    assert_eq!(names(super::changes(&old, &new).unwrap()), expected);
+    assert!(super::changes(&old, &[&leases[1], &leases[0]]).is_none());
+    assert!(super::changes(&old, &[&leases[1], &leases[1]]).is_none());
+}
