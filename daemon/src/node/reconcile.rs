@@ -181,8 +181,8 @@ impl<B: Backend> Reconciler<B> {
             }
             (Ok(_), None) => return false,
         };
-        // This plan is the one being programmed now (even if applying it fails below): the claims
-        // it accepted hold against newcomers at the next pass.
+        // This plan is the one being programmed now (even if applying it fails below): the planner
+        // keeps it, and the claims it accepted hold against newcomers at the next pass.
         report_refusals(&mut self.refusals, &own.node, &plan.refused);
         self.publish_mesh(own, &peers, &plan.accepted, &plan.refused);
         let tunnel = self.backend.guarded_port().map(|port| TunnelGuard {

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use weft_proto::lease::Lease;
-use weftd::backend::vxlan::{Op, Vxlan};
+use weftd::backend::vxlan::{Op, Plan, Vxlan};
 use weftd::backend::{Backend, Driver};
 use weftd::datapath::netns::Netns;
 use weftd::plan::incremental::{Planner, Update};
@@ -62,21 +62,13 @@ pub async fn program_peers(
     }
     let mut driver = Vxlan.driver(handle, &config.cluster_cidrs);
     let observed = driver.observe().await.map_err(|e| e.to_string())?;
-    let ops = Vxlan.diff(&first.datapath, &observed);
-    for op in &ops {
-        driver.apply(op).await.map_err(|e| format!("{op}: {e}"))?;
-    }
-    let elapsed = started.elapsed();
-    let requests = driver.requests();
+    apply_all(&mut driver, &Vxlan.diff(&first.datapath, &observed)).await?;
+    let (elapsed, requests) = (started.elapsed(), driver.requests());
 
     // One further peer joins: first planned in full for comparison (not applied), then as weftd
     // does it.
     set.insert(peers[n].node.as_str(), &peers[n]);
-    let started = Instant::now();
-    let next = plan(&Vxlan, own, set.values().copied(), &config, &first.accepted)
-        .map_err(|e| e.to_string())?;
-    let full_ops = Vxlan.diff(&next.datapath, &first.datapath);
-    let full_plan = started.elapsed();
+    let (next, full_ops, full_plan) = planned_in_full(own, set.values().copied(), &config, &first)?;
     let (change, change_plan, change_elapsed, change_requests) = one_more_peer(
         &mut planner,
         &mut driver,
@@ -125,11 +117,31 @@ async fn one_more_peer<'a>(
         return Err("one further peer was planned in full".to_string());
     };
     let before = driver.requests();
-    for op in &change {
-        driver.apply(op).await.map_err(|e| format!("{op}: {e}"))?;
-    }
+    apply_all(driver, &change).await?;
     let elapsed = started.elapsed();
     Ok((change, planned, elapsed, driver.requests() - before))
+}
+
+/// The plan for `peers` after `first`, in full (as weftd planned every change before), and the
+/// diff of the two; and the time they took.
+fn planned_in_full<'a>(
+    own: &Lease,
+    peers: impl Iterator<Item = &'a Lease>,
+    config: &PlanConfig,
+    first: &Plan,
+) -> Result<(Plan, Vec<Op>, Duration), String> {
+    let started = Instant::now();
+    let next = plan(&Vxlan, own, peers, config, &first.accepted).map_err(|e| e.to_string())?;
+    let ops = Vxlan.diff(&next.datapath, &first.datapath);
+    Ok((next, ops, started.elapsed()))
+}
+
+/// Apply `ops` in order; the first failure is the error.
+async fn apply_all(driver: &mut <Vxlan as Backend>::Driver, ops: &[Op]) -> Result<(), String> {
+    for op in ops {
+        driver.apply(op).await.map_err(|e| format!("{op}: {e}"))?;
+    }
+    Ok(())
 }
 
 /// Dual stack, /24 and /64 per node, a 1500-byte underlay: the simulated peers' cluster.
