@@ -3,8 +3,9 @@
 //! widened and broken pod CIDRs, hostile records, renames, renewals, this node's own changes),
 //! a few at a time; after each update the planner's plan equals [`plan`] with the same
 //! incumbents, its operations are exactly the diff of the two full datapaths and take a model of
-//! the previous datapath to the new one, and its index equals one rebuilt from the plan. Then
-//! the cases that must take the fast path, and those that must not.
+//! the previous datapath to the new one, and its index equals one rebuilt from the plan (VXLAN
+//! also with direct routing on for part of the peers). Then the cases that must take the fast
+//! path, and those that must not.
 
 use std::collections::BTreeMap;
 
@@ -50,10 +51,14 @@ struct World {
 
 impl World {
     fn new<B: ModelSubject>(backend: &B, peers: u32) -> World {
+        World::with(backend, peers, big_config())
+    }
+
+    fn with<B: ModelSubject>(backend: &B, peers: u32, config: PlanConfig) -> World {
         let mut world = World {
             own: backend.peer(1, 1, 1),
             peers: BTreeMap::new(),
-            config: big_config(),
+            config,
             next: 1,
         };
         for _ in 0..peers {
@@ -263,9 +268,35 @@ fn check_state<B: BackendPlan>(backend: &B, planner: &Planner<B>, world: &World)
     );
 }
 
+/// [`big_config`] with direct routing on (where the backend has it): peers whose underlay
+/// address is one of the first 64 are on the underlay interface's subnet, the others (and those
+/// that move) are not.
+fn direct_config() -> PlanConfig {
+    PlanConfig {
+        direct_routing: Some(crate::plan::DirectRouting {
+            iface: weft_proto::names::IfName::new("eth1").unwrap(),
+            subnets: vec![
+                "198.18.0.0/26".parse().unwrap(),
+                "2001:db8::/122".parse().unwrap(),
+            ],
+        }),
+        ..big_config()
+    }
+}
+
 /// Run `steps` (each a few events, as three numbers each) from a cluster of `start` peers.
 fn run<B: ModelSubject>(backend: &B, start: u32, steps: &[Vec<(u64, u64, u64)>]) -> Paths {
-    let mut world = World::new(backend, start);
+    run_with(backend, big_config(), start, steps)
+}
+
+/// [`run`] with `config`.
+fn run_with<B: ModelSubject>(
+    backend: &B,
+    config: PlanConfig,
+    start: u32,
+    steps: &[Vec<(u64, u64, u64)>],
+) -> Paths {
+    let mut world = World::with(backend, start, config);
     let mut planner = Planner::new();
     let mut paths = Paths::default();
     let mut reference = check(backend, &mut planner, &world, None, &mut paths);
@@ -321,6 +352,12 @@ fn wireguard_random_walk_equals_the_full_plan_and_takes_both_paths() {
     assert!(paths.fast >= 150 && paths.full >= 30, "{paths:?}");
 }
 
+#[test]
+fn vxlan_with_direct_routing_random_walk_equals_the_full_plan() {
+    let paths = run_with(&Vxlan, direct_config(), 20, &walk(0x1ec0_0019, 400));
+    assert!(paths.fast >= 100 && paths.full >= 20, "{paths:?}");
+}
+
 fn steps() -> impl Strategy<Value = Vec<Vec<(u64, u64, u64)>>> {
     let event = (0..=HEAL, any::<u64>(), any::<u64>());
     proptest::collection::vec(proptest::collection::vec(event, 1..=3), 1..40)
@@ -332,6 +369,14 @@ proptest! {
     #[test]
     fn vxlan_incremental_plan_equals_the_full_plan(start in 0..12u32, steps in steps()) {
         run(&Vxlan, start, &steps);
+    }
+
+    #[test]
+    fn vxlan_with_direct_routing_incremental_plan_equals_the_full_plan(
+        start in 0..12u32,
+        steps in steps(),
+    ) {
+        run_with(&Vxlan, direct_config(), start, &steps);
     }
 
     #[test]
