@@ -1,12 +1,15 @@
 //! The reconcile loop, generic over the backend: on every lease or peer change, and every resync
 //! period (`--resync-interval`, [`RESYNC_EVERY`] by default), plan the desired state
-//! ([`crate::plan::plan`]), diff it against the observed one and apply the operations through the
-//! backend's driver; then the firewall, the same way.
+//! ([`crate::plan::incremental::Planner`], equal to [`crate::plan::plan`]), diff it against the
+//! observed one and apply the operations through the backend's driver; then the firewall, the
+//! same way.
 //!
 //! The observed state is read from the kernel at start (nothing is flushed: a restart converges
 //! what is there, so pod traffic keeps flowing), after any failed operation, and at every resync
-//! (which repairs drift); in between, the result of the last apply stands for it, so one peer
-//! change costs its handful of netlink operations and no dump.
+//! (which repairs drift); in between, the last plan applied stands for it, so one peer change
+//! costs its handful of netlink operations and no dump. While it stands, a change the planner
+//! made incrementally is applied as the planner's operations (exactly the diff of the two plans,
+//! found in O(change)); after a full plan, the new plan is diffed against the previous one.
 //!
 //! The kernel settings weft depends on ([`super::sysctl`]: forwarding) are read at start
 //! and at every resync too; any that drifted is restored and named in a warning.
@@ -31,6 +34,7 @@ use crate::inspect::snapshot::RefusedView;
 use crate::inspect::state::{Mesh, MeshPeer};
 use crate::metrics::variant_name;
 use crate::plan::admission::{Incumbents, Refusal};
+use crate::plan::incremental::{Planner, Update};
 use crate::plan::{self, PlanConfig};
 use crate::store::unix_now;
 
@@ -48,10 +52,12 @@ pub struct Reconciler<B: Backend> {
     backend: B,
     driver: B::Driver,
     plan_config: PlanConfig,
-    /// What the kernel holds, as far as weft knows; `None` means "read it again".
-    observed: Option<B::State>,
-    /// The peers' claims the last plan accepted: they win conflicts with newcomers at the next one.
-    incumbents: Incumbents,
+    /// Whether the kernel holds the planner's last plan, as far as weft knows (it was applied
+    /// without a failure since the kernel was last read); `false` means "read it again".
+    in_sync: bool,
+    /// The plan, kept between passes: the peers' claims the last plan accepted win conflicts with
+    /// newcomers at the next one, and one peer change is planned in O(change).
+    planner: Planner<B>,
     /// The peers refused at the last pass: node name → reason.
     refusals: BTreeMap<String, String>,
     /// weft's nftables table; `None` where weft keeps no firewall (`--datapath none`).
@@ -85,8 +91,8 @@ impl<B: Backend> Reconciler<B> {
             backend,
             driver,
             plan_config,
-            observed: None,
-            incumbents: Incumbents::default(),
+            in_sync: false,
+            planner: Planner::new(),
             refusals: BTreeMap::new(),
             firewall,
             sysctls: Vec::new(),
@@ -157,10 +163,10 @@ impl<B: Backend> Reconciler<B> {
                 _ = firewall_changed(&mut self.firewall) => {}
                 _ = self.driver.drifted() => {
                     warn!("the datapath changed under weft; reading it again");
-                    self.observed = None;
+                    self.in_sync = false;
                 }
                 _ = resync.tick() => {
-                    self.observed = None;
+                    self.in_sync = false;
                     if let Some((_, read_for)) = &mut self.direct {
                         *read_for = None;
                     }
@@ -181,30 +187,26 @@ impl<B: Backend> Reconciler<B> {
     ) -> bool {
         let peers: Vec<&Lease> = peers.collect();
         self.follow_underlay(own).await;
-        let planned = plan::plan(
-            &self.backend,
-            own,
-            peers.iter().copied(),
-            &self.plan_config,
-            &self.incumbents,
-        );
-        let plan = match planned {
-            Ok(plan) => plan,
-            Err(e) => {
+        let planned =
+            self.planner
+                .update(&self.backend, own, peers.iter().copied(), &self.plan_config);
+        let (update, plan) = match (planned, self.planner.plan()) {
+            (Ok(update), Some(plan)) => (update, plan),
+            (Err(e), _) => {
                 error!(error = %e, "cannot plan this node's datapath; changing nothing");
                 return false;
             }
+            (Ok(_), None) => return false,
         };
-        // This plan is the one being programmed now (even if applying it fails below): the claims
-        // it accepted hold against newcomers at the next pass.
-        self.incumbents = plan.accepted.clone();
-        self.report_refusals(&own.node, &plan.refused);
+        // This plan is the one being programmed now (even if applying it fails below): the planner
+        // keeps it, and the claims it accepted hold against newcomers at the next pass.
+        report_refusals(&mut self.refusals, &own.node, &plan.refused);
         self.publish_mesh(own, &peers, &plan.accepted, &plan.refused);
-        let mut done = self.converge(&own.node, plan.datapath).await;
         let tunnel = self.backend.guarded_port().map(|port| TunnelGuard {
             port,
             peers: plan.accepted.underlays(),
         });
+        let mut done = self.converge(&own.node, update).await;
         if let Some(firewall) = &mut self.firewall {
             if !firewall
                 .converge(own, &self.plan_config.cluster_cidrs, tunnel)
@@ -217,26 +219,46 @@ impl<B: Backend> Reconciler<B> {
         done
     }
 
-    /// Observe (unless the last apply stands for it), diff and apply; whether all of it worked.
-    async fn converge(&mut self, node: &NodeName, desired: B::State) -> bool {
-        let observed = match self.observed.take() {
-            Some(observed) => observed,
-            None => match self.driver.observe().await {
+    /// The operations from what the kernel holds to the planner's plan: the planner's own when
+    /// the kernel holds the previous plan, else a diff against the previous plan or, when the
+    /// kernel is to be read again, against what it holds. `None` when it cannot be read.
+    async fn operations(
+        &mut self,
+        node: &NodeName,
+        update: Update<B::State, B::Op>,
+    ) -> Option<Vec<B::Op>> {
+        let previous = match update {
+            Update::Incremental(ops) if self.in_sync => return Some(ops),
+            Update::Full {
+                previous: Some(previous),
+            } if self.in_sync => previous,
+            _ => match self.driver.observe().await {
                 Ok(observed) => observed,
                 Err(e) => {
                     warn!(%node, error = %e, "cannot read the datapath; will retry");
-                    self.schedule_retry();
-                    return false;
+                    return None;
                 }
             },
         };
-        let ops = self.backend.diff(&desired, &observed);
+        let desired = &self.planner.plan()?.datapath;
+        Some(self.backend.diff(desired, &previous))
+    }
+
+    /// Observe (unless the last plan applied stands for it), diff and apply; whether all of it
+    /// worked.
+    async fn converge(&mut self, node: &NodeName, update: Update<B::State, B::Op>) -> bool {
+        let ops = self.operations(node, update).await;
+        self.in_sync = false;
+        let Some(ops) = ops else {
+            self.schedule_retry();
+            return false;
+        };
         if self.apply(node, &ops).await > 0 {
             self.schedule_retry();
             return false;
         }
         self.retry_delay = RETRY_AFTER_FAILURE;
-        self.observed = Some(desired);
+        self.in_sync = true;
         true
     }
 
@@ -342,24 +364,25 @@ impl<B: Backend> Reconciler<B> {
             changed
         });
     }
+}
 
-    /// One line per peer newly refused (or refused for a new reason), one per peer no longer
-    /// refused, each with the peer's name as a field.
-    fn report_refusals(&mut self, node: &NodeName, refused: &[Refusal]) {
-        let now: BTreeMap<String, String> = refused
-            .iter()
-            .map(|r| (r.node.to_string(), r.reason.clone()))
-            .collect();
-        for (peer, reason) in &now {
-            if self.refusals.get(peer) != Some(reason) {
-                warn!(%node, %peer, %reason, "peer {peer} refused; programming nothing for it");
-            }
+/// One line per peer newly refused (or refused for a new reason), one per peer no longer
+/// refused, each with the peer's name as a field; `refusals` (node name → reason) is the last
+/// pass's, replaced by this one's.
+fn report_refusals(refusals: &mut BTreeMap<String, String>, node: &NodeName, refused: &[Refusal]) {
+    let now: BTreeMap<String, String> = refused
+        .iter()
+        .map(|r| (r.node.to_string(), r.reason.clone()))
+        .collect();
+    for (peer, reason) in &now {
+        if refusals.get(peer) != Some(reason) {
+            warn!(%node, %peer, %reason, "peer {peer} refused; programming nothing for it");
         }
-        for peer in self.refusals.keys().filter(|p| !now.contains_key(*p)) {
-            info!(%node, %peer, "peer {peer} no longer refused");
-        }
-        self.refusals = now;
     }
+    for peer in refusals.keys().filter(|p| !now.contains_key(*p)) {
+        info!(%node, %peer, "peer {peer} no longer refused");
+    }
+    *refusals = now;
 }
 
 /// The mesh of a plan: the accepted peers with what was programmed for them (and, for WireGuard,

@@ -194,6 +194,31 @@ impl Incumbents {
     pub fn holds_underlay(&self, node: &NodeName, ip: IpAddr) -> bool {
         self.held.get(node).is_some_and(|h| h.underlay == ip)
     }
+
+    /// The claims `node` holds, as the [`Admitted`] of `lease` (its record when they were
+    /// accepted); `None` if it holds none. O(log n).
+    pub(crate) fn admitted<'a>(&self, node: &NodeName, lease: &'a Lease) -> Option<Admitted<'a>> {
+        self.held.get(node).map(|h| Admitted {
+            lease,
+            entries: h.entries.clone(),
+            underlay: h.underlay,
+        })
+    }
+
+    /// Let `peer` hold its claims (replacing what its node held), as [`admit`] would once it is
+    /// accepted: for the incremental planner, which keeps these disjoint itself. O(log n).
+    pub(crate) fn hold(&mut self, peer: &Admitted<'_>) {
+        let held = Held {
+            entries: peer.entries.clone(),
+            underlay: peer.underlay,
+        };
+        self.held.insert(peer.lease.node.clone(), held);
+    }
+
+    /// `node` holds nothing any more. O(log n).
+    pub(crate) fn release(&mut self, node: &NodeName) {
+        self.held.remove(node);
+    }
 }
 
 /// A peer under examination.
@@ -306,6 +331,46 @@ pub fn admit<'a>(
         });
     }
     admission
+}
+
+/// What one peer's own checks say, before any conflict between peers: the incremental planner
+/// ([`super::incremental`]) judges a changed peer with this and settles its conflicts itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Alone<'a> {
+    /// Refused on its own checks, with the exact refusal [`admit`] gives it (such a peer takes no
+    /// part in conflicts, so nothing else can change it).
+    Refused(Refusal),
+    /// Passed, with nothing to program (no pod CIDR of a family this node runs): accepted, holds
+    /// nothing, takes no part in conflicts.
+    Idle,
+    /// Passed, with claims: accepted exactly so unless a claim collides with another eligible
+    /// peer's.
+    Eligible(Admitted<'a>),
+}
+
+/// [`Alone`] for `peer`, with the arguments of [`admit`]. Pure; O(1) (one peer's checks).
+pub(crate) fn judge_alone<'a>(
+    peer: &'a Lease,
+    own: &Lease,
+    underlay: Family,
+    config: &PlanConfig,
+    rule: &dyn IdentityRule,
+) -> Alone<'a> {
+    let c = examine(peer, own, underlay, config, rule);
+    if !c.problems.is_empty() {
+        return Alone::Refused(Refusal {
+            node: peer.node.clone(),
+            reason: c.reasons(),
+        });
+    }
+    match c.underlay.filter(|_| !c.entries.is_empty()) {
+        None => Alone::Idle,
+        Some(underlay) => Alone::Eligible(Admitted {
+            lease: peer,
+            entries: c.entries,
+            underlay,
+        }),
+    }
 }
 
 /// The checks of one peer alone.

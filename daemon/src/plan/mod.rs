@@ -12,11 +12,19 @@
 //!    means: it is the reference the model tests check every diff against.
 //!
 //! A restart and a steady-state peer event go through the same functions, so a restart converges
-//! what is there instead of flushing it. The firewall (`crate::firewall`) is planned beside the
+//! what is there instead of flushing it.
+//!
+//! **Incrementally.** [`incremental::Planner`] keeps the last plan and gives the same plan as
+//! [`plan`] in O(change) when a few peers changed and no conflict is in play, with the operations
+//! between the two datapaths (exactly what [`BackendPlan::diff`] of the two returns); anything
+//! else it plans in full with [`plan`], which stays the reference. It relies on a backend's
+//! desired state being this node's devices (from its own lease and the config) plus, per admitted
+//! peer, entries keyed by that peer's claims — see [`BackendPlan::desired`]. The firewall (`crate::firewall`) is planned beside the
 //! backend from the same lease. Each backend lives in `crate::backend::<kind>` (its plan, its diff,
 //! its driver); adding one is a new folder there and one line in `crate::backend::choose`.
 
 pub mod admission;
+pub mod incremental;
 #[cfg(test)]
 pub(crate) mod model;
 
@@ -197,6 +205,12 @@ pub trait BackendPlan: IdentityRule + Send + Sync + 'static {
 
     /// The state the node holding `own` wants, given the peers admission accepted (in node-name
     /// order). An `own` lease the backend cannot serve is an error, never an empty state.
+    ///
+    /// For [`incremental::Planner`]: the state is what `own` and `config` alone give (devices,
+    /// addresses) plus, for each admitted peer, entries that depend on that peer alone and are
+    /// keyed by its claims (pod CIDRs, identity, underlay address), so two accepted peers never
+    /// share a key; and of `own` only its name, pod CIDRs, underlay addresses and backend data
+    /// count, not its expiry. The incremental model test checks this for each backend.
     fn desired(
         &self,
         own: &Lease,

@@ -17,11 +17,13 @@ pub fn programming_cost(counts: &[usize]) -> anyhow::Result<String> {
         .enable_all()
         .build()
         .context("tokio runtime")?;
-    let mut table =
-        "Programming N peers from an empty node, dual stack (plan + diff + netlink)\n".to_string();
+    let mut table = "Programming N peers from an empty node, dual stack (plan + diff + netlink); \
+         then one further peer (change: the incremental planner and netlink, as weftd does it; \
+         plan ms: its plan + diff alone; full ms: the full plan + diff, for comparison)\n"
+        .to_string();
     table += &format!(
-        "{:>6} {:>10} {:>10} {:>12} {:>12} {:>10}\n",
-        "peers", "ms", "requests", "change: ops", "change: req", "change ms"
+        "{:>6} {:>10} {:>10} {:>12} {:>12} {:>10} {:>10} {:>10}\n",
+        "peers", "ms", "requests", "change: ops", "change: req", "change ms", "plan ms", "full ms"
     );
     for &n in counts {
         let netns = NetnsGuard::create(&format!("{}-prog{n}", unique_prefix()))?;
@@ -42,13 +44,16 @@ pub fn programming_cost(counts: &[usize]) -> anyhow::Result<String> {
 }
 
 fn row(n: usize, cost: &ProgramCost) -> String {
+    let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
     format!(
-        "{n:>6} {:>10.1} {:>10} {:>12} {:>12} {:>10.2}\n",
-        cost.elapsed.as_secs_f64() * 1000.0,
+        "{n:>6} {:>10.1} {:>10} {:>12} {:>12} {:>10.2} {:>10.3} {:>10.2}\n",
+        ms(cost.elapsed),
         cost.requests,
         cost.change_ops,
         cost.change_requests,
-        cost.change_elapsed.as_secs_f64() * 1000.0
+        ms(cost.change_elapsed),
+        ms(cost.change_plan),
+        ms(cost.full_plan)
     )
 }
 

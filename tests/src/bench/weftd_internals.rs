@@ -1,19 +1,20 @@
 //! The one place the benchmarks use weftd as a library: `weft-lab bench-program` times the VXLAN
-//! backend's plan, diff and driver through the backend seam (`weftd::plan::plan`,
-//! `weftd::backend::{Backend, Driver}`), and `bench-probe` runs the peer prober
+//! backend's plan, diff and driver through the backend seam (`weftd::plan::incremental::Planner`
+//! and `weftd::plan::plan`, `weftd::backend::{Backend, Driver}`), and `bench-probe` runs the peer prober
 //! (`weftd::inspect::probe`) on a thread of its own, neither of which a binary or socket exposes.
 //!
 //! Errors stay strings here, whatever types weftd's functions use, so re-pointing never touches
 //! error handling.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use weft_proto::lease::Lease;
-use weftd::backend::vxlan::Vxlan;
+use weftd::backend::vxlan::{Op, Plan, Vxlan};
 use weftd::backend::{Backend, Driver};
 use weftd::datapath::netns::Netns;
-use weftd::plan::admission::Incumbents;
+use weftd::plan::incremental::{Planner, Update};
 use weftd::plan::{plan, BackendPlan, PlanConfig};
 
 /// What programming `n` peers and then one further peer cost.
@@ -22,14 +23,21 @@ pub struct ProgramCost {
     pub elapsed: Duration,
     /// Netlink requests to program the `n` peers from empty.
     pub requests: usize,
-    /// Operations and netlink requests for the one further peer, and the time they took.
+    /// Operations and netlink requests for the one further peer, and the time they took: the
+    /// incremental planner's update (plan + diff) and applying its operations, as weftd does.
     pub change_ops: usize,
     pub change_requests: usize,
     pub change_elapsed: Duration,
+    /// Of `change_elapsed`, the planner's update alone (plan + diff, no netlink).
+    pub change_plan: Duration,
+    /// The same change planned in full (`weftd::plan::plan`, then the diff of the two plans; not
+    /// applied), as weftd planned every change before: for comparison.
+    pub full_plan: Duration,
 }
 
 /// Program `peers[..n]` (dual-stack VXLAN leases) from empty into the namespace at `netns_path`
-/// as node `own`, then `peers[..=n]`; the kernel must hold the plan afterwards.
+/// as node `own`, then `peers[..=n]`; the kernel must hold the plan afterwards. The peers go to
+/// the planner in node-name order, as weftd's peer set hands them over.
 pub async fn program_peers(
     netns_path: &Path,
     own: &Lease,
@@ -39,9 +47,13 @@ pub async fn program_peers(
     let ns = Netns::open(netns_path).map_err(|e| e.to_string())?;
     let handle = ns.connect(&[]).map_err(|e| e.to_string())?;
     let config = plan_config();
+    let mut set: BTreeMap<&str, &Lease> = peers[..n].iter().map(|l| (l.node.as_str(), l)).collect();
+    let mut planner = Planner::new();
     let started = Instant::now();
-    let first = plan(&Vxlan, own, &peers[..n], &config, &Incumbents::default())
+    planner
+        .update(&Vxlan, own, set.values().copied(), &config)
         .map_err(|e| e.to_string())?;
+    let first = planner.plan().ok_or("no plan")?.clone();
     if let Some(refusal) = first.refused.first() {
         return Err(format!(
             "{} simulated peers refused, e.g. {refusal}",
@@ -50,24 +62,26 @@ pub async fn program_peers(
     }
     let mut driver = Vxlan.driver(handle, &config.cluster_cidrs);
     let observed = driver.observe().await.map_err(|e| e.to_string())?;
-    let ops = Vxlan.diff(&first.datapath, &observed);
-    for op in &ops {
-        driver.apply(op).await.map_err(|e| format!("{op}: {e}"))?;
-    }
-    let elapsed = started.elapsed();
-    let requests = driver.requests();
+    apply_all(&mut driver, &Vxlan.diff(&first.datapath, &observed)).await?;
+    let (elapsed, requests) = (started.elapsed(), driver.requests());
 
-    // One further peer joins.
-    let started = Instant::now();
-    let next =
-        plan(&Vxlan, own, &peers[..=n], &config, &first.accepted).map_err(|e| e.to_string())?;
-    let change = Vxlan.diff(&next.datapath, &first.datapath);
-    let before = driver.requests();
-    for op in &change {
-        driver.apply(op).await.map_err(|e| format!("{op}: {e}"))?;
+    // One further peer joins: first planned in full for comparison (not applied), then as weftd
+    // does it.
+    set.insert(peers[n].node.as_str(), &peers[n]);
+    let (next, full_ops, full_plan) = planned_in_full(own, set.values().copied(), &config, &first)?;
+    let (change, change_plan, change_elapsed, change_requests) = one_more_peer(
+        &mut planner,
+        &mut driver,
+        own,
+        set.values().copied(),
+        &config,
+    )
+    .await?;
+    if change != full_ops {
+        return Err(format!(
+            "{n} peers: the planner's operations are not the full diff"
+        ));
     }
-    let change_elapsed = started.elapsed();
-    let change_requests = driver.requests() - before;
     let check = driver.observe().await.map_err(|e| e.to_string())?;
     if !Vxlan.diff(&next.datapath, &check).is_empty() {
         return Err(format!(
@@ -80,7 +94,54 @@ pub async fn program_peers(
         change_ops: change.len(),
         change_requests,
         change_elapsed,
+        change_plan,
+        full_plan,
     })
+}
+
+/// The planner's update for `peers` and its operations applied, timed: the operations, the
+/// update's time, the whole time and the netlink requests. An update planned in full is an error.
+async fn one_more_peer<'a>(
+    planner: &mut Planner<Vxlan>,
+    driver: &mut <Vxlan as Backend>::Driver,
+    own: &Lease,
+    peers: impl Iterator<Item = &'a Lease>,
+    config: &PlanConfig,
+) -> Result<(Vec<Op>, Duration, Duration, usize), String> {
+    let started = Instant::now();
+    let update = planner
+        .update(&Vxlan, own, peers, config)
+        .map_err(|e| e.to_string())?;
+    let planned = started.elapsed();
+    let Update::Incremental(change) = update else {
+        return Err("one further peer was planned in full".to_string());
+    };
+    let before = driver.requests();
+    apply_all(driver, &change).await?;
+    let elapsed = started.elapsed();
+    Ok((change, planned, elapsed, driver.requests() - before))
+}
+
+/// The plan for `peers` after `first`, in full (as weftd planned every change before), and the
+/// diff of the two; and the time they took.
+fn planned_in_full<'a>(
+    own: &Lease,
+    peers: impl Iterator<Item = &'a Lease>,
+    config: &PlanConfig,
+    first: &Plan,
+) -> Result<(Plan, Vec<Op>, Duration), String> {
+    let started = Instant::now();
+    let next = plan(&Vxlan, own, peers, config, &first.accepted).map_err(|e| e.to_string())?;
+    let ops = Vxlan.diff(&next.datapath, &first.datapath);
+    Ok((next, ops, started.elapsed()))
+}
+
+/// Apply `ops` in order; the first failure is the error.
+async fn apply_all(driver: &mut <Vxlan as Backend>::Driver, ops: &[Op]) -> Result<(), String> {
+    for op in ops {
+        driver.apply(op).await.map_err(|e| format!("{op}: {e}"))?;
+    }
+    Ok(())
 }
 
 /// Dual stack, /24 and /64 per node, a 1500-byte underlay: the simulated peers' cluster.
