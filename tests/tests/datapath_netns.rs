@@ -41,6 +41,7 @@ fn connect_writes_sysctls_and_its_socket_lives_in_the_namespace() {
                 ("/proc/sys/net/ipv4/ip_forward", "1"),
                 ("/proc/sys/net/ipv6/conf/all/forwarding", "1"),
             ])
+            .await
             .expect("connect with sysctls");
         assert_eq!(sysctl(&guard, "net.ipv4.ip_forward"), "1");
         assert_eq!(sysctl(&guard, "net.ipv6.conf.all.forwarding"), "1");
@@ -61,6 +62,7 @@ fn connect_writes_sysctls_and_its_socket_lives_in_the_namespace() {
         // `run` works in the namespace too, and hands back what the work returned.
         let forwarding = ns
             .run(|| std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward"))
+            .await
             .expect("run in the namespace");
         assert_eq!(forwarding, "1\n");
     });
@@ -72,7 +74,7 @@ fn a_sysctl_that_cannot_be_written_is_named_in_the_error() {
         let guard = named_netns();
         let ns = Netns::open(Path::new(&guard.path())).unwrap();
         let key = "/proc/sys/net/ipv4/conf/no-such-link/forwarding";
-        let err = ns.connect(&[(key, "1")]).expect_err("no such sysctl");
+        let err = ns.connect(&[(key, "1")]).await.expect_err("no such sysctl");
         assert!(matches!(err, NetnsError::Enter { .. }), "{err:?}");
         let message = err.to_string();
         assert!(
@@ -144,7 +146,7 @@ fn a_namespace_descriptor_is_checked_and_labelled() {
                 "ip", "link", "add", "p0", "type", "veth", "peer", "name", "p1",
             ])
             .unwrap_or_else(|e| panic!("{e}"));
-        let handle = ns.connect(&[]).expect("enter through the descriptor");
+        let handle = ns.connect(&[]).await.expect("enter through the descriptor");
         assert!(nl::link_by_name(&handle, "p0").await.unwrap().is_some());
 
         let dir = tempfile::tempdir().unwrap();

@@ -110,8 +110,9 @@ impl Netns {
         &self.file
     }
 
-    /// Run `work` on a fresh OS thread that has entered this namespace.
-    pub fn run<T: Send + 'static>(
+    /// Run `work` on a fresh OS thread that has entered this namespace, and await its result
+    /// without holding an async worker (concurrent CNI ADDs each enter a pod's namespace).
+    pub async fn run<T: Send + 'static>(
         &self,
         work: impl FnOnce() -> io::Result<T> + Send + 'static,
     ) -> Result<T, NetnsError> {
@@ -124,31 +125,39 @@ impl Netns {
             path: path.clone(),
             source,
         };
-        std::thread::spawn(move || {
-            nix::sched::setns(file.as_fd(), CloneFlags::CLONE_NEWNET).map_err(io::Error::from)?;
-            work()
-        })
-        .join()
-        .map_err(|_| enter_error(io::Error::other("namespace thread panicked")))?
-        .map_err(enter_error)
+        let (done, result) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name("weft-netns".into())
+            .spawn(move || {
+                let entered = nix::sched::setns(file.as_fd(), CloneFlags::CLONE_NEWNET);
+                let _ = done.send(entered.map_err(io::Error::from).and_then(|()| work()));
+            })
+            .map_err(enter_error)?;
+        let ended = || io::Error::other("namespace thread ended without an answer");
+        result
+            .await
+            .map_err(|_| enter_error(ended()))?
+            .map_err(enter_error)
     }
 
     /// A netlink route connection whose socket lives in this namespace; `sysctls` (path, value)
     /// are written there first, from the same thread.
-    pub fn connect(&self, sysctls: &[(&str, &str)]) -> Result<Handle, NetnsError> {
+    pub async fn connect(&self, sysctls: &[(&str, &str)]) -> Result<Handle, NetnsError> {
         let runtime = tokio::runtime::Handle::current();
         let sysctls: Vec<(String, String)> = sysctls
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        let (connection, handle, _) = self.run(move || {
-            for (key, value) in &sysctls {
-                std::fs::write(key, value)
-                    .map_err(|e| io::Error::new(e.kind(), format!("{key}: {e}")))?;
-            }
-            let _entered = runtime.enter(); // the socket registers with the runtime's reactor
-            rtnetlink::new_connection()
-        })?;
+        let (connection, handle, _) = self
+            .run(move || {
+                for (key, value) in &sysctls {
+                    std::fs::write(key, value)
+                        .map_err(|e| io::Error::new(e.kind(), format!("{key}: {e}")))?;
+                }
+                let _entered = runtime.enter(); // the socket registers with the runtime's reactor
+                rtnetlink::new_connection()
+            })
+            .await?;
         tokio::spawn(connection);
         Ok(handle)
     }

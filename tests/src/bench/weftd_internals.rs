@@ -45,7 +45,7 @@ pub async fn program_peers(
     n: usize,
 ) -> Result<ProgramCost, String> {
     let ns = Netns::open(netns_path).map_err(|e| e.to_string())?;
-    let handle = ns.connect(&[]).map_err(|e| e.to_string())?;
+    let handle = ns.connect(&[]).await.map_err(|e| e.to_string())?;
     let config = plan_config();
     let mut set: BTreeMap<&str, &Lease> = peers[..n].iter().map(|l| (l.node.as_str(), l)).collect();
     let mut planner = Planner::new();
