@@ -21,14 +21,8 @@ struct UpOptions<'a> {
 }
 
 fn up(options: UpOptions) -> anyhow::Result<()> {
-    let UpOptions {
-        nodes,
-        pods,
-        backend,
-        ipv6,
-        store,
-        routed_underlay,
-    } = options;
+    let UpOptions { nodes, pods, .. } = options;
+    let (backend, store) = (options.backend, options.store);
     let backend = match backend {
         "vxlan" => LabBackend::Vxlan,
         "wireguard" => LabBackend::WireGuard,
@@ -43,11 +37,11 @@ fn up(options: UpOptions) -> anyhow::Result<()> {
     let config = LabConfig {
         nodes,
         pods_per_node: pods,
-        ipv6,
+        ipv6: options.ipv6,
         store,
         backend,
-        routed_underlay,
-        direct_routing: routed_underlay,
+        routed_underlay: options.routed_underlay,
+        direct_routing: options.routed_underlay,
         ..Default::default()
     };
     // A Kubernetes lab stays in the foreground: block the signals that end it before any thread
