@@ -9,6 +9,7 @@
 //!   plain text or TLS with client certificates signed by [`pki`]'s throwaway CA;
 //! - [`k8s`]: a real kube-apiserver (with its etcd) for the Kubernetes tests, and [`relay`]: a
 //!   TCP relay that makes it reachable at 127.0.0.1 inside a lab node's namespace;
+//! - [`capture`]: `tcpdump` captures, and a known payload sent pod to pod to look for in them;
 //! - [`procs`]: weft's binaries (built on first use under cargo, so `cargo test` just works), and
 //!   child processes that are killed when their guard drops;
 //! - [`error`]: [`LabError`], what every fallible function here returns.
@@ -16,6 +17,7 @@
 //! The library knows weft only from the outside: its binaries, its CNI protocol and its files. It
 //! does not link `weftd`; the benchmarks that do live in the `weft-lab` binary.
 
+pub mod capture;
 pub mod containerd;
 pub mod error;
 pub mod etcd;

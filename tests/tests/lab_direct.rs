@@ -5,14 +5,12 @@
 //!
 //! Run: `cargo build --workspace && cargo test -p weft-lab --test lab_direct`.
 
-use std::io::Write;
-use std::net::{IpAddr, SocketAddr};
-use std::path::Path;
-use std::process::{Child, Stdio};
+use std::net::IpAddr;
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use weft_lab::capture::{read, send_marker, Capture};
 use weft_lab::lab::{render_matrix, Lab, LabConfig, ROUTER_SECOND_V4, ROUTER_SECOND_V6};
-use weft_lab::netns::NetnsGuard;
 use weft_lab::procs::wait_for;
 
 fn routed_lab(detect_underlay: bool) -> Lab {
@@ -62,63 +60,6 @@ fn route_to<'r>(routes: &'r str, dst: &str) -> &'r str {
         .unwrap_or("")
 }
 
-/// A capture of br0 (node-1, node-2 and the router's leg) into `path`, stopped by [`stop`].
-fn capture(lab: &Lab, path: &Path) -> Child {
-    let tcpdump = lab
-        .underlay
-        .command("tcpdump")
-        .args(["-i", "br0", "-n", "-U", "-w"])
-        .arg(path)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("tcpdump");
-    std::thread::sleep(Duration::from_millis(1000));
-    tcpdump
-}
-
-fn stop(mut tcpdump: Child) {
-    // Let tcpdump write out what it holds (it is slow to under a loaded CI machine).
-    std::thread::sleep(Duration::from_millis(1500));
-    let pid = nix::unistd::Pid::from_raw(tcpdump.id() as i32);
-    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
-    let _ = tcpdump.wait();
-}
-
-/// Send `marker` 50 times over TCP from pod `from` to each address of pod `to`; each must arrive.
-fn send_marker(lab: &Lab, from: usize, to: usize, marker: &'static str) {
-    let (client, server) = (&lab.pods[from], &lab.pods[to]);
-    for address in server.addresses() {
-        let target = SocketAddr::new(address, 7000);
-        let listener = server.netns.tcp_listen(target).unwrap();
-        let reader = std::thread::spawn(move || {
-            let (mut stream, _) = listener.accept().unwrap();
-            let mut text = String::new();
-            std::io::Read::read_to_string(&mut stream, &mut text).unwrap();
-            text
-        });
-        let mut stream = client
-            .netns
-            .tcp_connect(target, Duration::from_secs(3))
-            .unwrap();
-        for _ in 0..50 {
-            stream.write_all(marker.as_bytes()).unwrap();
-        }
-        drop(stream);
-        assert!(
-            reader.join().unwrap().contains(marker),
-            "{address}: delivered"
-        );
-    }
-}
-
-/// The lines of `tcpdump -r capture -n -q FILTER`.
-fn read_capture(underlay: &NetnsGuard, capture: &Path, filter: &str) -> String {
-    let mut args = vec!["tcpdump", "-r", capture.to_str().unwrap(), "-n", "-q"];
-    args.extend(filter.split(' '));
-    underlay.exec(&args).unwrap()
-}
-
 #[test]
 fn peers_on_the_same_subnet_are_routed_directly_and_the_routed_pair_uses_vxlan() {
     let lab = routed_lab(false);
@@ -150,13 +91,18 @@ fn peers_on_the_same_subnet_are_routed_directly_and_the_routed_pair_uses_vxlan()
     assert!(fdb.contains("dst 198.51.100.13"), "{fdb}");
     assert!(!fdb.contains("192.0.2.12"), "{fdb}");
 
-    let path = lab.dir.join("br0.pcap");
-    let tcpdump = capture(&lab, &path);
-    send_marker(&lab, 0, 1, "weft-direct-marker-1212");
-    send_marker(&lab, 0, 2, "weft-routed-marker-1313");
-    stop(tcpdump);
+    // br0 carries node-1, node-2 and the router's leg towards node-3.
+    let capture = Capture::start(&lab.underlay, "br0", &lab.dir.join("br0.pcap"), &[]).unwrap();
+    for (to, marker) in [
+        (1, "weft-direct-marker-1212"),
+        (2, "weft-routed-marker-1313"),
+    ] {
+        let (client, server) = (&lab.pods[0].netns, &lab.pods[to].netns);
+        send_marker(client, server, &lab.pods[to].addresses(), marker).unwrap();
+    }
+    let path = capture.stop();
 
-    let vxlan = read_capture(&lab.underlay, &path, "udp port 8472");
+    let vxlan = read(&lab.underlay, &path, &["udp", "port", "8472"]).unwrap();
     let between = |a: &str, b: &str| {
         vxlan
             .lines()
@@ -178,7 +124,9 @@ fn peers_on_the_same_subnet_are_routed_directly_and_the_routed_pair_uses_vxlan()
         (IpAddr::from(a.v4.unwrap()), IpAddr::from(b.v4.unwrap())),
         (IpAddr::from(a.v6.unwrap()), IpAddr::from(b.v6.unwrap())),
     ] {
-        let plain = read_capture(&lab.underlay, &path, &format!("src {from} and dst {to}"));
+        let (from, to) = (from.to_string(), to.to_string());
+        let filter = ["src", from.as_str(), "and", "dst", to.as_str()];
+        let plain = read(&lab.underlay, &path, &filter).unwrap();
         assert!(
             plain.lines().count() >= 2,
             "{from} → {to} in clear on br0:\n{plain}"

@@ -6,6 +6,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
+use weft_lab::capture::{read, Capture};
 use weft_lab::flow::TcpFlow;
 use weft_lab::lab::{render_matrix, Lab, LabConfig, OUTSIDE_V4, OUTSIDE_V6};
 
@@ -739,26 +740,13 @@ fn only_peers_may_send_into_the_vxlan_tunnel() {
     // The device's own counters also count the peers' health probes (one every 2 s), so what
     // must not appear is the forged inner packet itself, from 10.244.99.9.
     let before = vxlan_rx_packets(&lab, 0);
-    let capture = lab.dir.join("forged.pcap");
-    let mut tcpdump = lab.nodes[0]
-        .netns
-        .command("tcpdump")
-        .args(["-i", "weft.vxlan", "-n", "-U", "-w"])
-        .arg(&capture)
-        .args(["src", "10.244.99.9"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("tcpdump");
-    std::thread::sleep(Duration::from_millis(1000));
+    let forged = ["src", "10.244.99.9"];
+    let path = lab.dir.join("forged.pcap");
+    let capture = Capture::start(&lab.nodes[0].netns, "weft.vxlan", &path, &forged).unwrap();
     send(&lab.outside, "192.0.2.11");
     // From a pod on node-2, to node-1's tunnel port (forwarded by node-2, which drops it).
     send(&lab.pods[1].netns, "192.0.2.11");
-    std::thread::sleep(Duration::from_millis(1000));
-    let pid = nix::unistd::Pid::from_raw(tcpdump.id() as i32);
-    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
-    let _ = tcpdump.wait();
-    let seen = node_exec(&lab, 0, &["tcpdump", "-r", capture.to_str().unwrap(), "-n"]);
+    let seen = read(&lab.nodes[0].netns, &capture.stop(), &[]).unwrap();
     assert_eq!(
         seen.lines().count(),
         0,

@@ -5,11 +5,11 @@
 //! Run: `cargo build --workspace && cargo test -p weft-lab --test lab_wireguard`.
 
 use std::collections::BTreeSet;
-use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use weft_lab::capture::{read, send_marker, Capture};
 use weft_lab::flow::TcpFlow;
 use weft_lab::lab::{render_matrix, Lab, LabBackend, LabConfig};
 use weft_lab::procs::{bin_path, wait_for};
@@ -104,56 +104,17 @@ fn three_nodes_dual_stack_encrypted_and_wg_show_lists_every_peer() {
 #[test]
 fn the_underlay_carries_only_wireguard_between_nodes_never_the_payload() {
     let lab = wg_lab(2, 1, false);
-    let capture = lab.dir.join("underlay.pcap");
-    let mut tcpdump = lab
-        .underlay
-        .command("tcpdump")
-        .args(["-i", "br0", "-n", "-U", "-w"])
-        .arg(&capture)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("tcpdump");
-    std::thread::sleep(Duration::from_millis(1000));
+    let capture =
+        Capture::start(&lab.underlay, "br0", &lab.dir.join("underlay.pcap"), &[]).unwrap();
     let marker = "weft-plaintext-marker-4242";
     let (client, server) = (&lab.pods[0], &lab.pods[1]);
-    for address in server.addresses() {
-        let target = SocketAddr::new(address, 7000);
-        let listener = server.netns.tcp_listen(target).unwrap();
-        let reader = std::thread::spawn(move || {
-            let (mut stream, _) = listener.accept().unwrap();
-            let mut text = String::new();
-            std::io::Read::read_to_string(&mut stream, &mut text).unwrap();
-            text
-        });
-        let mut stream = client
-            .netns
-            .tcp_connect(target, Duration::from_secs(3))
-            .unwrap();
-        for _ in 0..50 {
-            stream.write_all(marker.as_bytes()).unwrap();
-        }
-        drop(stream);
-        assert!(
-            reader.join().unwrap().contains(marker),
-            "{address}: delivered"
-        );
-    }
-    // Let tcpdump write out what it holds (it is slow to under a loaded CI machine).
-    std::thread::sleep(Duration::from_millis(1500));
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(tcpdump.id() as i32),
-        nix::sys::signal::Signal::SIGINT,
-    );
-    let _ = tcpdump.wait();
+    send_marker(&client.netns, &server.netns, &server.addresses(), marker).unwrap();
+    let capture = capture.stop();
 
     let bytes = std::fs::read(&capture).unwrap();
     let found = bytes.windows(marker.len()).any(|w| w == marker.as_bytes());
     assert!(!found, "the payload crossed the underlay in clear");
-    let packets = lab
-        .underlay
-        .exec(&["tcpdump", "-r", capture.to_str().unwrap(), "-n", "-q"])
-        .unwrap();
+    let packets = read(&lab.underlay, &capture, &[]).unwrap();
     let nodes: BTreeSet<String> = lab
         .nodes
         .iter()
