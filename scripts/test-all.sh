@@ -8,7 +8,11 @@ cd "$(dirname "$0")/.."
 require_root test-all "the tests make network namespaces, links and nftables rules"
 install_missing
 
+# A one-shot build: incremental state would only take disk (CI's may be small).
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
+df -h . | sed 's/^/disk before the build: /'
 cargo build --workspace --all-targets
+du -sh target 2>/dev/null | sed 's/^/target directory after the build: /'
 extra=()
 if [ "${1:-}" = "--" ]; then shift; extra=("$@"); fi
 cargo test --workspace --no-fail-fast -- "${extra[@]}"
