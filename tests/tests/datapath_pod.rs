@@ -206,6 +206,11 @@ fn assert_wired(pod: &NetnsGuard, veth: &str, wiring: &PodWiring) {
     assert_eq!(to_pod, [format!("{POD_V4} dev {veth} scope link")]);
     let to_pod = routes(None, "-6", &[POD_V6]);
     assert_eq!(to_pod, [format!("{POD_V6} dev {veth}")]);
+    let neighbours = sh(&["ip", "-6", "neigh", "show", "dev", veth, "nud", "permanent"]);
+    assert_eq!(
+        neighbours.trim(),
+        format!("{POD_V6} lladdr {} PERMANENT", mac_text(&wiring.pod_mac))
+    );
 }
 
 #[test]
@@ -220,6 +225,15 @@ fn a_dual_stack_pod_is_wired_checked_and_torn_down() {
         assert!(veth.starts_with("weft") && veth.len() == 15, "{veth}");
 
         let wiring = pod::setup(&host, &spec).await.expect("setup");
+        // IPv6 works the moment ADD returns: no wait for the host end's DAD (a second or more),
+        // because the node has the pod's address as a permanent neighbour.
+        let started = std::time::Instant::now();
+        sh(&["ping", "-c", "1", "-W", "3", "-q", POD_V6]);
+        let first_reply = started.elapsed();
+        assert!(
+            first_reply < std::time::Duration::from_millis(500),
+            "first IPv6 reply after {first_reply:?}"
+        );
         pod::check(&host, &spec).await.expect("check after setup");
         assert_wired(&pod_ns, &veth, &wiring);
 
