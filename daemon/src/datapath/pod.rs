@@ -246,7 +246,8 @@ impl Ends<'_> {
             .await
             .map_err(netlink(format!("add the pod's {family} address")))?;
         let gateway = gateway_for(&ip);
-        gateway_neighbour(self.pod, self.pod_index, gateway, &self.host_mac).await?;
+        let what = format!("add the gateway neighbour {gateway}");
+        permanent_neighbour(self.pod, self.pod_index, gateway, &self.host_mac, what).await?;
         if self.default_elsewhere(&ip).await? {
             return self.route_to_pod(ip).await;
         }
@@ -283,15 +284,7 @@ impl Ends<'_> {
             RouteScope::Link
         } else {
             let what = format!("add the node's neighbour entry for {ip}");
-            self.host
-                .neighbours()
-                .add(self.host_index, ip)
-                .link_layer_address(&self.pod_mac)
-                .state(NeighbourState::Permanent)
-                .replace()
-                .execute()
-                .await
-                .map_err(netlink(what))?;
+            permanent_neighbour(self.host, self.host_index, ip, &self.pod_mac, what).await?;
             RouteScope::Universe
         };
         let to_pod = route_to(ip, self.host_index, scope)?;
@@ -324,21 +317,24 @@ fn route_to(ip: IpAddr, index: u32, scope: RouteScope) -> Result<RouteMessage, P
         .build())
 }
 
-/// The pod's permanent neighbour entry for a gateway: the host end's MAC.
-async fn gateway_neighbour(
-    pod: &Handle,
-    pod_index: u32,
-    gateway: IpAddr,
-    host_mac: &[u8; 6],
+/// A permanent neighbour entry on interface `index`: `ip` at `mac` (the pod's gateway at the host
+/// end's MAC, or on the node the pod's IPv6 address at the pod end's MAC).
+async fn permanent_neighbour(
+    handle: &Handle,
+    index: u32,
+    ip: IpAddr,
+    mac: &[u8; 6],
+    what: String,
 ) -> Result<(), PodError> {
-    pod.neighbours()
-        .add(pod_index, gateway)
-        .link_layer_address(host_mac)
+    handle
+        .neighbours()
+        .add(index, ip)
+        .link_layer_address(mac)
         .state(NeighbourState::Permanent)
         .replace()
         .execute()
         .await
-        .map_err(netlink(format!("add the gateway neighbour {gateway}")))
+        .map_err(netlink(what))
 }
 
 async fn replace_route(handle: &Handle, route: RouteMessage, what: &str) -> Result<(), PodError> {
