@@ -73,6 +73,8 @@ pub struct LabConfig {
     pub store: StoreKind,
     /// Extra `weftd run` arguments for every node.
     pub weftd_args: Vec<String>,
+    /// Extra environment variables for every node's weftd (and what it starts, such as `weft-wg`).
+    pub weftd_env: Vec<(String, String)>,
     /// Publish only the nodes' IPv6 underlay addresses: tunnels run over IPv6.
     pub ipv6_underlay: bool,
     /// Let weftd find the underlay address itself (`--iface eth0`) instead of `--public-ip`.
@@ -104,6 +106,7 @@ impl Default for LabConfig {
             ipv6_only: false,
             store: StoreKind::File,
             weftd_args: Vec::new(),
+            weftd_env: Vec::new(),
             ipv6_underlay: false,
             detect_underlay: false,
             backend: LabBackend::Vxlan,
@@ -455,6 +458,7 @@ impl Lab {
             "RUST_LOG",
             std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
         );
+        command.envs(self.config.weftd_env.iter().map(|(k, v)| (k, v)));
         command
             .stdin(Stdio::null())
             .stdout(log.try_clone().map_err(LabError::io(&log_path))?)

@@ -22,6 +22,11 @@ struct Args {
     /// the README's benchmark); more queues help only with spare cores.
     #[arg(long, default_value_t = 1)]
     threads: usize,
+    /// Turn off the batching: TUN segmentation offload (TCP superpackets read from the device,
+    /// cut and encrypted here) and UDP GSO/GRO (many datagrams per system call). On by default;
+    /// the switch exists to measure what it gains.
+    #[arg(long, env = "WEFT_WG_NO_OFFLOAD")]
+    no_offload: bool,
 }
 
 fn main() {
@@ -33,9 +38,12 @@ fn main() {
     }));
     let config = DeviceConfig {
         n_threads: args.threads.max(1),
-        use_connected_socket: true,
+        // Off: the crate's connected sockets are opened as SOCK_STREAM and never succeed, so
+        // "on" only cost a failing socket() call per received datagram.
+        use_connected_socket: false,
         use_multi_queue: args.threads > 1,
         uapi_fd: -1,
+        offload: !args.no_offload,
     };
     let mut device = match DeviceHandle::new(&args.ifname, config) {
         Ok(device) => device,

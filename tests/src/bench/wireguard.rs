@@ -1,5 +1,5 @@
 //! `weft-lab bench-overlay --backend wireguard`: TCP throughput through weft's userspace WireGuard
-//! (`weft-wg`, 1 and 2 worker threads) beside Debian's `wireguard-go` carrying the same traffic
+//! (`weft-wg`: 1 and 2 worker threads, with and without its TUN/UDP batching) beside Debian's `wireguard-go` carrying the same traffic
 //! between the same two node namespaces, VXLAN, and the underlay; iperf3, 1 and 4 streams, with
 //! retransmits and the CPU the WireGuard processes used per Gbit/s.
 
@@ -20,16 +20,18 @@ const WGO_PORT: &str = "51821";
 pub fn wireguard_throughput(seconds: u32) -> anyhow::Result<String> {
     let mut table = format!(
         "TCP throughput through WireGuard, {seconds} s per run, iperf3, two lab nodes\n\
-         {:<34} {:>7} {:>10} {:>8} {:>12}\n",
+         {:<46} {:>7} {:>10} {:>8} {:>12}\n",
         "path", "streams", "Gbit/s", "retrans", "cores/Gbit/s"
     );
-    for threads in [1, 2] {
-        let lab = wg_lab(threads)?;
+    // (threads, offload): the default first, then what each of its choices is worth.
+    for (threads, offload) in [(1, true), (1, false), (2, true)] {
+        let default = threads == 1 && offload;
+        let lab = wg_lab(threads, offload)?;
         let (n1, n2) = (&lab.nodes[0], &lab.nodes[1]);
         let pids: Vec<i32> = lab.nodes.iter().filter_map(|n| n.weft_wg_pid()).collect();
         let peer_device_ip = peer_device_address(&lab)?;
         for streams in [1, 4] {
-            if threads == 1 {
+            if default {
                 let underlay = n2.underlay_v4.to_string();
                 let run = iperf3_run(&n1.netns, &n2.netns, &underlay, streams, seconds)?;
                 table += &row("underlay, node to node", streams, &run, None);
@@ -48,10 +50,11 @@ pub fn wireguard_throughput(seconds: u32) -> anyhow::Result<String> {
             let run = measured(&pids, || {
                 iperf3_run(&n1.netns, &n2.netns, &peer_device_ip, streams, seconds)
             })?;
-            let name = format!("weft-wg {threads} thread(s), node to node");
+            let batching = if offload { "" } else { ", no offload" };
+            let name = format!("weft-wg {threads} thread(s){batching}, node to node");
             table += &row(&name, streams, &run.0, Some(run.1));
         }
-        if threads == 1 {
+        if default {
             table += &wireguard_go_rows(&lab, seconds)?;
         }
     }
@@ -59,13 +62,16 @@ pub fn wireguard_throughput(seconds: u32) -> anyhow::Result<String> {
     Ok(table)
 }
 
-fn wg_lab(threads: usize) -> anyhow::Result<Lab> {
+/// A two-node WireGuard lab whose `weft-wg` runs `threads` workers, with or without its batching
+/// (`WEFT_WG_NO_OFFLOAD`).
+fn wg_lab(threads: usize, offload: bool) -> anyhow::Result<Lab> {
     let lab = Lab::up(LabConfig {
         nodes: 2,
         pods_per_node: 1,
         ipv6: false,
         backend: LabBackend::WireGuard,
         weftd_args: vec!["--wireguard-threads".into(), threads.to_string()],
+        weftd_env: vec![("WEFT_WG_NO_OFFLOAD".into(), (!offload).to_string())],
         ..Default::default()
     })?;
     if !lab
@@ -92,7 +98,7 @@ fn row(path: &str, streams: u32, run: &Iperf, cpu_seconds: Option<f64>) -> Strin
         .map(|cpu| format!("{:.2}", cpu / run.seconds / gbits))
         .unwrap_or_else(|| "-".into());
     format!(
-        "{path:<34} {streams:>7} {gbits:>10.2} {:>8} {cores:>12}\n",
+        "{path:<46} {streams:>7} {gbits:>10.2} {:>8} {cores:>12}\n",
         run.retransmits
     )
 }

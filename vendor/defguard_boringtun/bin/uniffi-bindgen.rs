@@ -1,0 +1,4 @@
+fn main() {
+    // uniffi::uniffi_bindgen_main();
+    uniffi::uniffi_bindgen_swift();
+}
