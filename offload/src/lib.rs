@@ -23,7 +23,7 @@ pub use gro::TcpCoalescer;
 pub use segment::{
     checksum_add, checksum_fold, for_each_segment, OffloadError, VnetHdr, VNET_HDR_LEN,
 };
-pub use udp::{enable_udp_gro, recv_gro, GsoBatch};
+pub use udp::{enable_udp_gro, grow_buffers, recv_gro, GsoBatch};
 
 #[cfg(test)]
 mod tests;

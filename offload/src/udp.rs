@@ -121,22 +121,7 @@ fn send_segments(
 /// Turns on `UDP_GRO` for `fd`: the kernel may then deliver several datagrams from one sender
 /// in one read, reporting their size in a control message ([`recv_gro`]).
 pub fn enable_udp_gro(fd: RawFd) -> io::Result<()> {
-    let one: libc::c_int = 1;
-    // SAFETY: passes a pointer to a live c_int with its size.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_UDP,
-            libc::UDP_GRO,
-            (&one as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    setsockopt_int(fd, libc::SOL_UDP, libc::UDP_GRO, 1)
 }
 
 /// One `recvmsg` on a socket with `UDP_GRO`: returns the bytes read, the size of each datagram
@@ -201,5 +186,45 @@ fn socket_addr(storage: &libc::sockaddr_storage) -> Option<std::net::SocketAddr>
             Some(SocketAddrV6::new(ip, port, sin6.sin6_flowinfo, sin6.sin6_scope_id).into())
         }
         _ => None,
+    }
+}
+
+/// Sets the socket's receive and send buffers to `bytes` each (`SO_RCVBUFFORCE`/`SO_SNDBUFFORCE`,
+/// which pass `net.core.rmem_max` and need CAP_NET_ADMIN; the plain options, capped, otherwise).
+/// One GSO send or GRO read moves up to 64 KiB, so the defaults (about 208 KiB) overflow in a
+/// burst; wireguard-go asks for 7 MiB for the same reason.
+pub fn grow_buffers(fd: RawFd, bytes: usize) -> io::Result<()> {
+    let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    for (forced, plain) in [
+        (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
+        (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
+    ] {
+        if setsockopt_int(fd, libc::SOL_SOCKET, forced, value).is_err() {
+            setsockopt_int(fd, libc::SOL_SOCKET, plain, value)?;
+        }
+    }
+    Ok(())
+}
+
+fn setsockopt_int(
+    fd: RawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
+    // SAFETY: passes a pointer to a live c_int with its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
     }
 }

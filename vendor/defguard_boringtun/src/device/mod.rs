@@ -137,8 +137,10 @@ pub struct DeviceConfig {
     pub use_multi_queue: bool,
     #[cfg(target_os = "linux")]
     pub uapi_fd: i32,
-    /// weft: TUN segmentation offload and UDP GSO/GRO (see `offload.rs`).
+    /// weft: TUN segmentation offload and UDP GSO/GRO (the `weft-offload` crate).
     pub offload: bool,
+    /// weft: receive and send buffer of each listening socket, bytes; 0 keeps the kernel's.
+    pub socket_buffer: usize,
 }
 
 impl Default for DeviceConfig {
@@ -151,6 +153,7 @@ impl Default for DeviceConfig {
             #[cfg(target_os = "linux")]
             uapi_fd: -1,
             offload: true,
+            socket_buffer: 0,
         }
     }
 }
@@ -546,6 +549,12 @@ impl Device {
         udp_sock6.set_reuse_address(true)?;
         udp_sock6.bind(&SocketAddrV6::new(Ipv6Addr::UNSPECIFIED, port, 0, 0).into())?;
         udp_sock6.set_nonblocking(true)?;
+        if self.config.socket_buffer > 0 {
+            // weft: best effort; see `DeviceConfig::socket_buffer`.
+            let bytes = self.config.socket_buffer;
+            let _ = offload::grow_buffers(udp_sock4.as_raw_fd(), bytes);
+            let _ = offload::grow_buffers(udp_sock6.as_raw_fd(), bytes);
+        }
         if self.config.offload {
             // weft: best effort; without it every read is one datagram, which recv_gro handles.
             let _ = offload::enable_udp_gro(udp_sock4.as_raw_fd());
