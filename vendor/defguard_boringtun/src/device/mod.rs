@@ -310,13 +310,14 @@ impl DeviceHandle {
                     Arc::clone(&device_read.iface)
                 } else {
                     // For for the rest create a new iface queue
-                    let name = device_read.iface.name().unwrap();
-                    let queue = if device_read.iface.vnet_hdr() {
-                        TunSocket::new_offloaded(&name)
-                    } else {
-                        TunSocket::new(&name)
-                    };
-                    let iface_local = Arc::new(queue.unwrap().set_non_blocking().unwrap());
+                    let iface_local = Arc::new(
+                        device_read
+                            .iface
+                            .another_queue()
+                            .unwrap()
+                            .set_non_blocking()
+                            .unwrap(),
+                    );
 
                     device_read
                         .register_iface_handler(Arc::clone(&iface_local))
@@ -327,15 +328,7 @@ impl DeviceHandle {
             },
         };
 
-        #[cfg(not(target_os = "linux"))]
-        let mut thread_local = ThreadData {
-            src_buf: [0u8; MAX_TUN_READ],
-            dst_buf: [0u8; MAX_UDP_SIZE],
-            seg_buf: vec![0u8; MAX_UDP_SIZE],
-            outbox: Outbox::new(false),
-            gro: TcpCoalescer::default(),
-            iface: Arc::clone(&device.read().iface),
-        };
+        // weft: Linux only (the batching needs IFF_VNET_HDR, UDP_SEGMENT and UDP_GRO).
 
         #[cfg(not(target_os = "linux"))]
         let uapi_fd = -1;
@@ -792,16 +785,13 @@ impl Device {
                     flush = true;
                     packet_to_network = Some(packet);
                 }
-                TunnResult::WriteToTunnelV4(packet, addr) => {
-                    if p.is_allowed_ip(addr) {
-                        packet_to_tunnel = Some(packet);
-                    }
+                TunnResult::WriteToTunnelV4(packet, addr) if p.is_allowed_ip(addr) => {
+                    packet_to_tunnel = Some(packet);
                 }
-                TunnResult::WriteToTunnelV6(packet, addr) => {
-                    if p.is_allowed_ip(addr) {
-                        packet_to_tunnel = Some(packet);
-                    }
+                TunnResult::WriteToTunnelV6(packet, addr) if p.is_allowed_ip(addr) => {
+                    packet_to_tunnel = Some(packet);
                 }
+                TunnResult::WriteToTunnelV4(..) | TunnResult::WriteToTunnelV6(..) => {}
             }
         }
 
@@ -812,28 +802,22 @@ impl Device {
         }
 
         if flush {
-            // Flush pending queue
-            while let Some(packet) = {
-                let mut p = peer.lock();
-                match p.tunnel.decapsulate(None, &[], dst_buf) {
-                    TunnResult::WriteToNetwork(packet) => Some(packet),
-                    _ => None,
-                }
-            } {
-                let _: Result<_, _> = udp.send_to(packet, addr);
-            }
+            send_queued(peer, udp, addr, dst_buf);
         }
+        d.note_endpoint(peer, addr);
+    }
 
-        // This packet was OK, that means we want to create a connected socket for this peer
+    /// This packet was OK, that means we want to create a connected socket for this peer
+    fn note_endpoint(&self, peer: &Arc<Mutex<Peer>>, addr: &socket2::SockAddr) {
         let addr = addr.as_socket().unwrap();
         let ip_addr = addr.ip();
         let p = peer.lock();
         let endpoint_changed = p.set_endpoint(addr);
-        if d.config.use_connected_socket
+        if self.config.use_connected_socket
             && (endpoint_changed || p.endpoint().conn.is_none())
-            && let Ok(sock) = p.connect_endpoint(d.listen_port, d.fwmark)
+            && let Ok(sock) = p.connect_endpoint(self.listen_port, self.fwmark)
         {
-            d.register_conn_handler(Arc::clone(peer), sock, ip_addr)
+            self.register_conn_handler(Arc::clone(peer), sock, ip_addr)
                 .unwrap();
         }
     }
@@ -1013,6 +997,25 @@ impl Device {
             }
             _ => panic!("Unexpected result from encapsulate"),
         }
+    }
+}
+
+/// weft (moved out of the UDP handler): sends the packets a peer queued while its handshake ran.
+fn send_queued(
+    peer: &Arc<Mutex<Peer>>,
+    udp: &socket2::Socket,
+    addr: &socket2::SockAddr,
+    dst_buf: &mut [u8],
+) {
+    // Flush pending queue
+    while let Some(packet) = {
+        let mut p = peer.lock();
+        match p.tunnel.decapsulate(None, &[], dst_buf) {
+            TunnResult::WriteToNetwork(packet) => Some(packet),
+            _ => None,
+        }
+    } {
+        let _: Result<_, _> = udp.send_to(packet, addr);
     }
 }
 

@@ -129,6 +129,12 @@ impl TunSocket {
         }
     }
 
+    /// weft: one more queue of this (multi-queue) device, opened the way this one was: the
+    /// kernel keeps one set of flags per device, so a plain queue would turn the headers off.
+    pub fn another_queue(&self) -> Result<TunSocket, Error> {
+        Self::open(&self.name, self.vnet_hdr)
+    }
+
     fn open(name: &str, vnet_hdr: bool) -> Result<TunSocket, Error> {
         // If the provided name appears to be a FD, use that.
         let provided_fd = name.parse::<i32>();
