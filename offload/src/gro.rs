@@ -1,8 +1,8 @@
 //! Merging decrypted TCP segments into superpackets for the TUN device.
 
 use crate::segment::{
-    checksum_add, checksum_fold, pseudo_header_sum, tcp_header_lengths, VnetHdr, F_NEEDS_CSUM,
-    GSO_TCPV4, GSO_TCPV6, TCP_FLAG_PSH, VNET_HDR_LEN,
+    checksum_add, checksum_fold, tcp_checksum_ok, tcp_header_lengths, tcp_pseudo_header_sum,
+    VnetHdr, F_NEEDS_CSUM, GSO_TCPV4, GSO_TCPV6, TCP_FLAG_PSH, VNET_HDR_LEN,
 };
 
 /// Decrypted packets on their way to the TUN device, consecutive TCP segments of one flow merged
@@ -106,6 +106,7 @@ impl TcpCoalescer {
             && t[14..16] == h[14..16] // window
             && t[20..tcp] == h[20..tcp] // options
             && tcp_seq(pkt, ip) == self.next_seq
+            && tcp_checksum_ok(pkt, ip)
     }
 
     fn append(&mut self, pkt: &[u8]) {
@@ -138,7 +139,7 @@ impl TcpCoalescer {
         } else {
             pkt[4..6].copy_from_slice(&((total - 40) as u16).to_be_bytes());
         }
-        let partial = checksum_fold(pseudo_header_sum(pkt, total - ip));
+        let partial = checksum_fold(tcp_pseudo_header_sum(pkt, total - ip));
         pkt[ip + 16..ip + 18].copy_from_slice(&partial.to_be_bytes());
         let hdr = VnetHdr {
             flags: F_NEEDS_CSUM,
@@ -153,14 +154,20 @@ impl TcpCoalescer {
 }
 
 /// Header lengths of a packet that may start a merge: TCP over IPv4 without options or IPv6
-/// without extension headers, not a fragment, carrying data, with ACK (and perhaps PSH) only.
+/// without extension headers, not a fragment, carrying data, with ACK (and perhaps PSH) only,
+/// and a right checksum. The kernel takes a merged packet's data as checked
+/// (`CHECKSUM_PARTIAL`), so each segment is checked before it joins, as `tcp4_gro_receive` does;
+/// a wrong one is written as it came, for the kernel to drop.
 fn mergeable_head(pkt: &[u8]) -> Option<(usize, usize)> {
     let (ip, tcp) = tcp_header_lengths(pkt).ok()?;
-    let v4_plain = pkt[0] == 0x45 && pkt[6] & 0x3f == 0 && pkt[7] == 0;
-    if (pkt[0] >> 4 == 4 && !v4_plain) || pkt.len() <= ip + tcp {
+    let plain = match pkt[0] >> 4 {
+        4 => pkt[0] == 0x45 && pkt[6] & 0x3f == 0 && pkt[7] == 0,
+        _ => ip == 40,
+    };
+    if !plain || pkt.len() <= ip + tcp || pkt[ip + 13] & !TCP_FLAG_PSH != TCP_FLAG_ACK {
         return None;
     }
-    (pkt[ip + 13] & !TCP_FLAG_PSH == TCP_FLAG_ACK).then_some((ip, tcp))
+    tcp_checksum_ok(pkt, ip).then_some((ip, tcp))
 }
 
 fn tcp_seq(pkt: &[u8], ip_len: usize) -> u32 {

@@ -26,8 +26,8 @@ pub enum OffloadError {
     ZeroSegmentSize,
 }
 
-/// `struct virtio_net_hdr`, little-endian fields as the TUN device writes them (it speaks the
-/// host's byte order unless `TUNSETVNETBE`).
+/// `struct virtio_net_hdr`, fields in the host's byte order, as the TUN device writes them unless
+/// told otherwise (`TUNSETVNETLE`/`TUNSETVNETBE`, which weft does not use).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct VnetHdr {
     pub flags: u8,
@@ -42,7 +42,7 @@ impl VnetHdr {
     /// Reads the header from the first [`VNET_HDR_LEN`] bytes.
     pub fn parse(buf: &[u8]) -> Result<VnetHdr, OffloadError> {
         let b = buf.get(..VNET_HDR_LEN).ok_or(OffloadError::Truncated)?;
-        let u16_at = |i: usize| u16::from_le_bytes([b[i], b[i + 1]]);
+        let u16_at = |i: usize| u16::from_ne_bytes([b[i], b[i + 1]]);
         Ok(VnetHdr {
             flags: b[0],
             gso_type: b[1],
@@ -58,10 +58,10 @@ impl VnetHdr {
         let mut b = [0u8; VNET_HDR_LEN];
         b[0] = self.flags;
         b[1] = self.gso_type;
-        b[2..4].copy_from_slice(&self.hdr_len.to_le_bytes());
-        b[4..6].copy_from_slice(&self.gso_size.to_le_bytes());
-        b[6..8].copy_from_slice(&self.csum_start.to_le_bytes());
-        b[8..10].copy_from_slice(&self.csum_offset.to_le_bytes());
+        b[2..4].copy_from_slice(&self.hdr_len.to_ne_bytes());
+        b[4..6].copy_from_slice(&self.gso_size.to_ne_bytes());
+        b[6..8].copy_from_slice(&self.csum_start.to_ne_bytes());
+        b[8..10].copy_from_slice(&self.csum_offset.to_ne_bytes());
         b
     }
 }
@@ -71,19 +71,24 @@ pub fn checksum_add(mut sum: u64, data: &[u8]) -> u64 {
     let mut chunks = data.chunks_exact(8);
     for c in &mut chunks {
         let v = u64::from_be_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
-        let (s, carry) = sum.overflowing_add(v);
-        sum = s + carry as u64;
+        sum = add_carry(sum, v);
     }
     let rest = chunks.remainder();
     let mut i = 0;
     while i + 1 < rest.len() {
-        sum += u64::from(u16::from_be_bytes([rest[i], rest[i + 1]]));
+        sum = add_carry(sum, u64::from(u16::from_be_bytes([rest[i], rest[i + 1]])));
         i += 2;
     }
     if i < rest.len() {
-        sum += u64::from(rest[i]) << 8;
+        sum = add_carry(sum, u64::from(rest[i]) << 8);
     }
     sum
+}
+
+/// One's-complement addition of 64-bit words: the carry out of the top goes back in at the bottom.
+fn add_carry(sum: u64, v: u64) -> u64 {
+    let (s, carry) = sum.overflowing_add(v);
+    s + u64::from(carry)
 }
 
 /// Folds an unfolded sum to 16 bits (not complemented).
@@ -94,16 +99,23 @@ pub fn checksum_fold(mut sum: u64) -> u16 {
     sum as u16
 }
 
-/// The TCP/UDP pseudo-header sum for an IPv4 or IPv6 packet (`ip` starts at its IP header),
-/// for an upper-layer length of `len` bytes.
-pub(crate) fn pseudo_header_sum(ip: &[u8], len: usize) -> u64 {
-    if ip[0] >> 4 == 4 {
-        let sum = checksum_add(0, &ip[12..20]);
-        sum + u64::from(ip[9]) + len as u64
+/// The TCP pseudo-header sum (RFC 9293 §3.1, RFC 8200 §8.1) for an IPv4 or IPv6 packet (`ip`
+/// starts at its IP header), for a TCP length of `len` bytes.
+pub(crate) fn tcp_pseudo_header_sum(ip: &[u8], len: usize) -> u64 {
+    let addresses = if ip[0] >> 4 == 4 {
+        &ip[12..20]
     } else {
-        let sum = checksum_add(0, &ip[8..40]);
-        sum + u64::from(ip[6]) + len as u64
-    }
+        &ip[8..40]
+    };
+    let sum = add_carry(checksum_add(0, addresses), u64::from(IPPROTO_TCP));
+    add_carry(sum, len as u64)
+}
+
+/// Whether the TCP checksum of `pkt` (TCP at `ip_len`) is right: the pseudo header and the
+/// segment sum to 0xffff.
+pub(crate) fn tcp_checksum_ok(pkt: &[u8], ip_len: usize) -> bool {
+    let sum = tcp_pseudo_header_sum(pkt, pkt.len() - ip_len);
+    checksum_fold(checksum_add(sum, &pkt[ip_len..])) == 0xffff
 }
 
 /// Finishes a checksum the kernel left partial (`VIRTIO_NET_HDR_F_NEEDS_CSUM`): the sum from
@@ -115,17 +127,24 @@ fn finish_partial_checksum(hdr: &VnetHdr, pkt: &mut [u8]) -> Result<(), OffloadE
         return Err(OffloadError::Truncated);
     }
     let sum = checksum_add(0, &pkt[start..]);
-    let csum = !checksum_fold(sum);
+    // As the kernel's skb_checksum_help: a checksum that comes out 0 is sent as 0xffff, its
+    // equal in one's complement, because 0 in a UDP header means "none" (and IPv6 drops it).
+    let csum = match !checksum_fold(sum) {
+        0 => 0xffff,
+        csum => csum,
+    };
     pkt[at..at + 2].copy_from_slice(&csum.to_be_bytes());
     Ok(())
 }
 
-/// Header lengths (IP, TCP) of a TCP packet over IPv4 or IPv6 without extension headers.
+/// Header lengths (IP, TCP) of a TCP packet over IPv4, or IPv6 with perhaps hop-by-hop and
+/// destination options before TCP (the IP length then counts them). Other extension headers
+/// (a routing header changes the pseudo header's destination) are unsupported.
 pub(crate) fn tcp_header_lengths(pkt: &[u8]) -> Result<(usize, usize), OffloadError> {
     let version = pkt.first().ok_or(OffloadError::Truncated)? >> 4;
     let (ip_len, proto) = match version {
         4 if pkt.len() >= 20 => (usize::from(pkt[0] & 0x0f) * 4, pkt[9]),
-        6 if pkt.len() >= 40 => (40, pkt[6]),
+        6 if pkt.len() >= 40 => ipv6_upper_layer(pkt)?,
         _ => return Err(OffloadError::Truncated),
     };
     if proto != IPPROTO_TCP {
@@ -136,6 +155,20 @@ pub(crate) fn tcp_header_lengths(pkt: &[u8]) -> Result<(usize, usize), OffloadEr
         return Err(OffloadError::Truncated);
     }
     Ok((ip_len, tcp_len))
+}
+
+/// Where the upper layer of an IPv6 packet starts, and its protocol, past hop-by-hop (0) and
+/// destination options (60) headers, each `(length byte + 1) × 8` bytes long.
+fn ipv6_upper_layer(pkt: &[u8]) -> Result<(usize, u8), OffloadError> {
+    const HOP_BY_HOP: u8 = 0;
+    const DESTINATION_OPTIONS: u8 = 60;
+    let (mut next, mut at) = (pkt[6], 40);
+    while next == HOP_BY_HOP || next == DESTINATION_OPTIONS {
+        let header = pkt.get(at..at + 2).ok_or(OffloadError::Truncated)?;
+        next = header[0];
+        at += (usize::from(header[1]) + 1) * 8;
+    }
+    Ok((at, next))
 }
 
 /// Sets the lengths and checksums of one IP/TCP packet whose headers and payload are in place:
@@ -152,7 +185,7 @@ fn finish_tcp_packet(seg: &mut [u8], ip_len: usize) {
     }
     let tcp = ip_len;
     seg[tcp + 16..tcp + 18].copy_from_slice(&[0, 0]);
-    let sum = pseudo_header_sum(seg, total - ip_len);
+    let sum = tcp_pseudo_header_sum(seg, total - ip_len);
     let csum = !checksum_fold(checksum_add(sum, &seg[tcp..]));
     seg[tcp + 16..tcp + 18].copy_from_slice(&csum.to_be_bytes());
 }

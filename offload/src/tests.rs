@@ -24,11 +24,12 @@ fn rfc1071_sum(data: &[u8]) -> u32 {
     sum
 }
 
+/// IP header length, with one IPv6 destination options header if there is one.
 fn ip_len(pkt: &[u8]) -> usize {
-    if pkt[0] >> 4 == 4 {
-        20
-    } else {
-        40
+    match (pkt[0] >> 4, pkt[6]) {
+        (4, _) => 20,
+        (_, 60) => 40 + (usize::from(pkt[41]) + 1) * 8,
+        _ => 40,
     }
 }
 
@@ -113,16 +114,22 @@ fn superpacket(v6: bool, seq: u32, flags: u8, payload: &[u8], mss: u16) -> Vec<u
     let pseudo = with_pseudo_header(&pkt);
     let partial = rfc1071_sum(&pseudo[..pseudo.len() - (pkt.len() - ip)]) as u16;
     pkt[ip + 16..ip + 18].copy_from_slice(&partial.to_be_bytes());
+    with_gso_header(&pkt, mss)
+}
+
+/// `pkt` (its TCP checksum field holding the pseudo-header sum) behind a TCP GSO header.
+fn with_gso_header(pkt: &[u8], mss: u16) -> Vec<u8> {
+    let ip = ip_len(pkt);
     let hdr = VnetHdr {
         flags: 1,
-        gso_type: if v6 { 4 } else { 1 },
+        gso_type: if pkt[0] >> 4 == 6 { 4 } else { 1 },
         hdr_len: (ip + 32) as u16,
         gso_size: mss,
         csum_start: ip as u16,
         csum_offset: 16,
     };
     let mut buf = hdr.to_bytes().to_vec();
-    buf.extend_from_slice(&pkt);
+    buf.extend_from_slice(pkt);
     buf
 }
 
@@ -177,6 +184,49 @@ fn a_superpacket_is_cut_as_the_kernel_would() {
         assert_eq!(segs[3].len() - ip_len(&segs[3]) - 32, 500);
         assert_eq!(joined, data);
     }
+}
+
+#[test]
+fn an_ipv6_superpacket_with_destination_options_is_cut_with_them() {
+    let mut pkt = tcp_packet(true, 77, ACK, &payload(2500));
+    // Destination options (next header TCP, 8 bytes: PadN of 4), after the fixed header.
+    pkt.splice(40..40, [6, 0, 1, 4, 0, 0, 0, 0]);
+    pkt[6] = 60;
+    fix(&mut pkt, 48);
+    let pseudo = with_pseudo_header(&pkt);
+    let partial = rfc1071_sum(&pseudo[..pseudo.len() - (pkt.len() - 48)]) as u16;
+    pkt[48 + 16..48 + 18].copy_from_slice(&partial.to_be_bytes());
+    let segs = segments(&mut with_gso_header(&pkt, 1000)).unwrap();
+    assert_eq!(segs.len(), 3);
+    for seg in &segs {
+        assert_eq!(seg[40..48], [6, 0, 1, 4, 0, 0, 0, 0], "the options travel with each");
+        assert_valid(seg);
+    }
+}
+
+#[test]
+fn a_checksum_that_comes_out_zero_is_sent_as_ffff() {
+    // csum_start 0, offset 0: the sum covers the field itself (0) and 0xffff, so the
+    // complement is 0, which UDP would read as "no checksum".
+    let hdr = VnetHdr {
+        flags: 1,
+        ..VnetHdr::default()
+    };
+    let mut buf = hdr.to_bytes().to_vec();
+    buf.extend_from_slice(&[0, 0, 0xff, 0xff]);
+    assert_eq!(segments(&mut buf).unwrap(), vec![vec![0xff, 0xff, 0xff, 0xff]]);
+}
+
+#[test]
+fn a_segment_with_a_wrong_checksum_is_not_merged_but_passed_on_as_it_came() {
+    let first = tcp_packet(false, 0, ACK, &payload(100));
+    let mut second = tcp_packet(false, 100, ACK, &payload(100));
+    second[60] ^= 1; // payload changed, checksum not
+    let writes = coalesce(&[first.clone(), second.clone()]);
+    assert_eq!(writes.len(), 2);
+    assert_eq!(writes[1][VNET_HDR_LEN..], second[..]);
+    let writes = coalesce(&[second, first]);
+    assert_eq!(writes.len(), 2, "nor does a wrong one start a merge");
 }
 
 #[test]
@@ -318,6 +368,21 @@ proptest! {
     fn the_fast_checksum_is_rfc1071(data in proptest::collection::vec(any::<u8>(), 0..3000)) {
         let fast = crate::checksum_fold(crate::checksum_add(0, &data));
         prop_assert_eq!(u32::from(fast), rfc1071_sum(&data));
+    }
+
+    /// Any running sum, even one next to u64::MAX, takes more data without overflowing: the
+    /// result equals (in one's complement, where 0 and 0xffff are one number) the sums added.
+    #[test]
+    fn a_running_sum_never_overflows(
+        init in prop_oneof![Just(u64::MAX), Just(u64::MAX - 1), any::<u64>()],
+        data in proptest::collection::vec(any::<u8>(), 0..40),
+    ) {
+        let fast = u32::from(crate::checksum_fold(crate::checksum_add(init, &data)));
+        let mut expected = u32::from(crate::checksum_fold(init)) + rfc1071_sum(&data);
+        while expected > 0xffff {
+            expected = (expected & 0xffff) + (expected >> 16);
+        }
+        prop_assert_eq!(fast % 0xffff, expected % 0xffff);
     }
 
     /// Cut a superpacket, merge the segments: the same payload, the same headers but for the

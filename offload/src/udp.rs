@@ -1,6 +1,7 @@
 //! UDP GSO (many datagrams per send) and GRO (many per read).
 
 use std::io;
+use std::net::SocketAddr;
 use std::os::unix::io::RawFd;
 
 /// Most datagrams one `UDP_SEGMENT` send may carry (`UDP_MAX_SEGMENTS` in the kernel).
@@ -46,21 +47,16 @@ impl GsoBatch {
 
     /// Sends the batch on `fd` (to `dest`, or the connected peer) and empties it. One datagram
     /// goes out plainly; more go out in one `sendmsg` with `UDP_SEGMENT`, or one by one where
-    /// the kernel refuses that (`gso_ok` is then cleared, so later batches skip the attempt).
+    /// that fails (on `EIO`, the device cannot do it at all: `gso_ok` is then cleared, so later
+    /// batches skip the attempt).
     pub fn flush(&mut self, fd: RawFd, dest: Option<&socket2::SockAddr>, gso_ok: &mut bool) {
         if self.count > 1 && *gso_ok {
-            if let Err(e) = send_segments(fd, dest, &self.buf, self.segment) {
-                let refused = matches!(e.raw_os_error(), Some(libc::EIO | libc::EINVAL));
-                if refused {
-                    *gso_ok = false;
-                }
-                if !refused {
-                    self.clear();
-                    return;
-                }
-            } else {
-                self.clear();
-                return;
+            match send_segments(fd, dest, &self.buf, self.segment) {
+                Ok(()) => return self.clear(),
+                // EIO: the device cannot checksum UDP (wireguard-go turns GSO off on it too);
+                // anything else (EINVAL for one route's MTU, EAGAIN, ENOBUFS) concerns this batch.
+                Err(e) if e.raw_os_error() == Some(libc::EIO) => *gso_ok = false,
+                Err(_) => {}
             }
         }
         for datagram in self.buf.chunks(self.segment.max(1)) {
@@ -145,6 +141,16 @@ pub fn recv_gro(fd: RawFd, buf: &mut [u8]) -> io::Result<(usize, usize, socket2:
     let n = unsafe { libc::recvmsg(fd, &mut msg, 0) };
     if n < 0 {
         return Err(io::Error::last_os_error());
+    }
+    if msg.msg_flags & libc::MSG_TRUNC != 0 {
+        // Cannot happen with a 64 KiB buffer; if it does, the datagrams are dropped, not misread.
+        return Ok((
+            0,
+            1,
+            socket_addr(&storage)
+                .unwrap_or(SocketAddr::from(([0; 4], 0)))
+                .into(),
+        ));
     }
     let n = n as usize;
     let mut segment = n;

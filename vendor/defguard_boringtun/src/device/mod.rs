@@ -969,33 +969,41 @@ impl Device {
         let Some(dst_addr) = Tunn::dst_address(src) else {
             return;
         };
-        let mut peer = match self.peers_by_ip.find(dst_addr) {
-            Some(peer) => peer.lock(),
-            None => return,
+        let Some(peer) = self.peers_by_ip.find(dst_addr) else {
+            return;
         };
-        match peer.tunnel.encapsulate(src, dst_buf) {
-            TunnResult::Done => {}
+        let mut peer = peer.lock();
+        let packet = match peer.tunnel.encapsulate(src, dst_buf) {
+            TunnResult::Done => return,
             TunnResult::Err(e) => {
                 tracing::error!(message = "Encapsulate error", error = ?e);
+                return;
             }
-            TunnResult::WriteToNetwork(packet) => {
-                let endpoint = peer.endpoint();
-                if let Some(conn) = endpoint.conn.as_ref() {
-                    // Prefer to send using the connected socket
-                    outbox.push(conn.as_raw_fd(), None, packet);
-                } else if let Some(addr) = endpoint.addr {
-                    let udp = if addr.is_ipv4() {
-                        &self.udp4
-                    } else {
-                        &self.udp6
-                    };
-                    let udp = udp.as_ref().expect("Not connected");
-                    outbox.push(udp.as_raw_fd(), Some(addr.into()), packet);
-                } else {
-                    tracing::error!("No endpoint");
-                }
-            }
+            TunnResult::WriteToNetwork(packet) => packet,
             _ => panic!("Unexpected result from encapsulate"),
+        };
+        let dest = {
+            let endpoint = peer.endpoint();
+            if let Some(conn) = endpoint.conn.as_ref() {
+                // Prefer to send using the connected socket
+                Some((conn.as_raw_fd(), None))
+            } else if let Some(addr) = endpoint.addr {
+                let udp = if addr.is_ipv4() {
+                    &self.udp4
+                } else {
+                    &self.udp6
+                };
+                let udp = udp.as_ref().expect("Not connected");
+                Some((udp.as_raw_fd(), Some(addr.into())))
+            } else {
+                None
+            }
+        };
+        // The peer is released before the send a full batch may trigger.
+        drop(peer);
+        match dest {
+            Some((fd, addr)) => outbox.push(fd, addr, packet),
+            None => tracing::error!("No endpoint"),
         }
     }
 }

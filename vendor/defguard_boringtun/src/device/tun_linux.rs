@@ -172,7 +172,8 @@ impl TunSocket {
             unsafe { close(fd) };
             return Err(Error::IOCtl(e));
         }
-        let offloads = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6;
+        // The kernel reads the argument as an unsigned long.
+        let offloads = c_ulong::from(TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6);
         if vnet_hdr && unsafe { ioctl(fd, TUNSETOFFLOAD as _, offloads) } < 0 {
             let e = io::Error::last_os_error();
             unsafe { close(fd) };
