@@ -19,7 +19,7 @@ use defguard_boringtun::device::{DeviceConfig, DeviceHandle};
 struct Args {
     /// The TUN device to create (at most 15 bytes).
     ifname: String,
-    /// Worker threads. On a 2-core machine one measured faster than two (4.1 against 3.7 Gbit/s,
+    /// Worker threads. On a 2-core machine one measured faster than two (3.95 against 3.75 Gbit/s,
     /// the README's WireGuard benchmark); more queues help only with spare cores.
     #[arg(long, default_value_t = 1)]
     threads: usize,
