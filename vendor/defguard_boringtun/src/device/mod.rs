@@ -950,7 +950,7 @@ impl Device {
                             d.encapsulate_to_outbox(packet, dst_buf, outbox)
                         });
                         if let Err(e) = cut {
-                            tracing::warn!(message = "TUN packet dropped", error = ?e);
+                            report_dropped_tun_read(&e);
                         }
                     } else {
                         d.encapsulate_to_outbox(src, dst_buf, outbox);
@@ -1005,6 +1005,16 @@ impl Device {
             Some((fd, addr)) => outbox.push(fd, addr, packet),
             None => tracing::error!("No endpoint"),
         }
+    }
+}
+
+/// weft: a TUN read that could not be cut is dropped; the first one is reported on stderr (the
+/// process's log; weft-wg installs no tracing subscriber), later ones are only counted there.
+fn report_dropped_tun_read(error: &offload::OffloadError) {
+    static DROPPED: AtomicUsize = AtomicUsize::new(0);
+    let n = DROPPED.fetch_add(1, Ordering::Relaxed) + 1;
+    if n == 1 || n.is_power_of_two() {
+        eprintln!("weft-wg: dropped a packet from the TUN device ({error}); {n} so far");
     }
 }
 
