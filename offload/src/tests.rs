@@ -199,7 +199,11 @@ fn an_ipv6_superpacket_with_destination_options_is_cut_with_them() {
     let segs = segments(&mut with_gso_header(&pkt, 1000)).unwrap();
     assert_eq!(segs.len(), 3);
     for seg in &segs {
-        assert_eq!(seg[40..48], [6, 0, 1, 4, 0, 0, 0, 0], "the options travel with each");
+        assert_eq!(
+            seg[40..48],
+            [6, 0, 1, 4, 0, 0, 0, 0],
+            "the options travel with each"
+        );
         assert_valid(seg);
     }
 }
@@ -214,7 +218,10 @@ fn a_checksum_that_comes_out_zero_is_sent_as_ffff() {
     };
     let mut buf = hdr.to_bytes().to_vec();
     buf.extend_from_slice(&[0, 0, 0xff, 0xff]);
-    assert_eq!(segments(&mut buf).unwrap(), vec![vec![0xff, 0xff, 0xff, 0xff]]);
+    assert_eq!(
+        segments(&mut buf).unwrap(),
+        vec![vec![0xff, 0xff, 0xff, 0xff]]
+    );
 }
 
 #[test]
