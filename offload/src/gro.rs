@@ -1,7 +1,7 @@
 //! Merging decrypted TCP segments into superpackets for the TUN device.
 
 use crate::segment::{
-    checksum_add, checksum_fold, tcp_checksum_ok, tcp_header_lengths, tcp_pseudo_header_sum,
+    checksum_fold, set_ip_length, tcp_checksum_ok, tcp_header_lengths, tcp_pseudo_header_sum,
     VnetHdr, F_NEEDS_CSUM, GSO_TCPV4, GSO_TCPV6, TCP_FLAG_PSH, VNET_HDR_LEN,
 };
 
@@ -131,14 +131,7 @@ impl TcpCoalescer {
         let pkt = &mut self.buf[VNET_HDR_LEN..];
         let total = pkt.len();
         let is_v4 = pkt[0] >> 4 == 4;
-        if is_v4 {
-            pkt[2..4].copy_from_slice(&(total as u16).to_be_bytes());
-            pkt[10..12].copy_from_slice(&[0, 0]);
-            let csum = !checksum_fold(checksum_add(0, &pkt[..ip]));
-            pkt[10..12].copy_from_slice(&csum.to_be_bytes());
-        } else {
-            pkt[4..6].copy_from_slice(&((total - 40) as u16).to_be_bytes());
-        }
+        set_ip_length(pkt, ip);
         let partial = checksum_fold(tcp_pseudo_header_sum(pkt, total - ip));
         pkt[ip + 16..ip + 18].copy_from_slice(&partial.to_be_bytes());
         let hdr = VnetHdr {

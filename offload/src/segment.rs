@@ -171,18 +171,25 @@ fn ipv6_upper_layer(pkt: &[u8]) -> Result<(usize, u8), OffloadError> {
     Ok((at, next))
 }
 
+/// Sets the IP header's length to the packet's: the IPv4 total length and header checksum
+/// (`ip_len` bytes of header), or the IPv6 payload length.
+pub(crate) fn set_ip_length(pkt: &mut [u8], ip_len: usize) {
+    let total = pkt.len();
+    if pkt[0] >> 4 == 4 {
+        pkt[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+        pkt[10..12].copy_from_slice(&[0, 0]);
+        let csum = !checksum_fold(checksum_add(0, &pkt[..ip_len]));
+        pkt[10..12].copy_from_slice(&csum.to_be_bytes());
+    } else {
+        pkt[4..6].copy_from_slice(&((total - 40) as u16).to_be_bytes());
+    }
+}
+
 /// Sets the lengths and checksums of one IP/TCP packet whose headers and payload are in place:
-/// IPv4 total length and header checksum, or IPv6 payload length; the TCP checksum.
+/// the IP length ([`set_ip_length`]) and the TCP checksum.
 fn finish_tcp_packet(seg: &mut [u8], ip_len: usize) {
     let total = seg.len();
-    if seg[0] >> 4 == 4 {
-        seg[2..4].copy_from_slice(&(total as u16).to_be_bytes());
-        seg[10..12].copy_from_slice(&[0, 0]);
-        let csum = !checksum_fold(checksum_add(0, &seg[..ip_len]));
-        seg[10..12].copy_from_slice(&csum.to_be_bytes());
-    } else {
-        seg[4..6].copy_from_slice(&((total - 40) as u16).to_be_bytes());
-    }
+    set_ip_length(seg, ip_len);
     let tcp = ip_len;
     seg[tcp + 16..tcp + 18].copy_from_slice(&[0, 0]);
     let sum = tcp_pseudo_header_sum(seg, total - ip_len);
