@@ -1,7 +1,8 @@
 //! `weft-lab bench-overlay --backend wireguard`: TCP throughput through weft's userspace WireGuard
-//! (`weft-wg`: 1 and 2 worker threads, with and without its TUN/UDP batching) beside Debian's `wireguard-go` carrying the same traffic
-//! between the same two node namespaces, VXLAN, and the underlay; iperf3, 1 and 4 streams, with
-//! retransmits and the CPU the WireGuard processes used per Gbit/s.
+//! (`weft-wg`: 1 and 2 worker threads, with and without its TUN/UDP batching) beside Debian's
+//! `wireguard-go` carrying the same traffic between the same two node namespaces, VXLAN, and the
+//! underlay; iperf3, 1 and 4 streams, with retransmits and the CPU the WireGuard processes used
+//! per Gbit/s.
 
 use std::process::{Child, Stdio};
 use std::time::Duration;
@@ -50,7 +51,7 @@ pub fn wireguard_throughput(seconds: u32) -> anyhow::Result<String> {
             let run = measured(&pids, || {
                 iperf3_run(&n1.netns, &n2.netns, &peer_device_ip, streams, seconds)
             })?;
-            let batching = if offload { "" } else { ", no offload" };
+            let batching = if offload { "" } else { ", batching off" };
             let name = format!("weft-wg {threads} thread(s){batching}, node to node");
             table += &row(&name, streams, &run.0, Some(run.1));
         }
