@@ -22,4 +22,5 @@ fn main() {
     let dir = std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR");
     println!("cargo:rustc-link-arg-bin=weftd=-Wl,--symbol-ordering-file={dir}/weftd.order");
     println!("cargo:rustc-link-arg-bin=weftd=-Wl,--no-warn-symbol-ordering");
+    println!("cargo:rustc-link-arg-bin=weftd=-Wl,-z,pack-relative-relocs");
 }
