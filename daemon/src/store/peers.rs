@@ -1,6 +1,7 @@
 //! The peer view: snapshots and change lists in, added / updated / removed events out.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use weft_proto::lease::Lease;
 use weft_proto::names::NodeName;
@@ -24,19 +25,21 @@ impl PeerEvent {
     }
 }
 
-/// The known peers, keyed by node name.
+/// The known peers, keyed by node name. Each lease is shared: the agent publishes a clone of
+/// the set at every change while keeping its own, and a clone costs a reference per peer, not a
+/// copy of every record.
 #[derive(Debug, Default, Clone)]
 pub struct PeerSet {
-    peers: BTreeMap<NodeName, Lease>,
+    peers: BTreeMap<NodeName, Arc<Lease>>,
 }
 
 impl PeerSet {
     pub fn get(&self, node: &NodeName) -> Option<&Lease> {
-        self.peers.get(node)
+        self.peers.get(node).map(|lease| &**lease)
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &Lease> {
-        self.peers.values()
+        self.peers.values().map(|lease| &**lease)
     }
 
     pub fn len(&self) -> usize {
@@ -69,7 +72,7 @@ impl PeerSet {
             .collect();
         for node in gone {
             if let Some(old) = self.peers.remove(&node) {
-                events.push(PeerEvent::Removed(old));
+                events.push(PeerEvent::Removed(Arc::unwrap_or_clone(old)));
             }
         }
         for (_, lease) in std::mem::take(&mut incoming) {
@@ -80,12 +83,21 @@ impl PeerSet {
 
     fn change(&mut self, change: PeerChange) -> Option<PeerEvent> {
         match change {
-            PeerChange::Delete(node) => self.peers.remove(&node).map(PeerEvent::Removed),
-            PeerChange::Put(lease) => match self.peers.insert(lease.node.clone(), lease.clone()) {
-                None => Some(PeerEvent::Added(lease)),
-                Some(old) if same_content(&old, &lease) => None,
-                Some(old) => Some(PeerEvent::Updated { old, new: lease }),
-            },
+            PeerChange::Delete(node) => self
+                .peers
+                .remove(&node)
+                .map(|old| PeerEvent::Removed(Arc::unwrap_or_clone(old))),
+            PeerChange::Put(lease) => {
+                let kept = Arc::new(lease.clone());
+                match self.peers.insert(lease.node.clone(), kept) {
+                    None => Some(PeerEvent::Added(lease)),
+                    Some(old) if same_content(&old, &lease) => None,
+                    Some(old) => Some(PeerEvent::Updated {
+                        old: Arc::unwrap_or_clone(old),
+                        new: lease,
+                    }),
+                }
+            }
         }
     }
 }
