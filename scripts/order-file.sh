@@ -3,15 +3,14 @@
 # links first and together (lld `--symbol-ordering-file`, see daemon/build.rs), so that a node's
 # weftd keeps a few MB of its binary resident instead of pages scattered over all of it.
 #
-#   sudo ./scripts/order-file.sh            (about 5 minutes; needs valgrind)
+#   sudo ./scripts/order-file.sh            (about 10 minutes; needs valgrind)
 #
-# For the file and etcd stores it brings up a one-node dual-stack lab, runs that node's weftd
-# again under valgrind's callgrind with the same arguments (file: as a first start, after
-# `weftd cleanup` and without its lease; etcd: as a restart that finds both), and drives what a node does: the
-# lease, peers (file store: 60 simulated ones), pod ADD / CHECK / DEL through the real weft-cni,
+# For each store (file, etcd, kube: a real kube-apiserver) it brings up a one-node dual-stack
+# lab, runs that node's weftd again under valgrind's callgrind with the same arguments (file: as
+# a first start, after `weftd cleanup` and without its lease; etcd and kube: as a restart that
+# finds both), and drives what a node does: the lease, peers (file store: 60 simulated ones), pod ADD / CHECK / DEL through the real weft-cni,
 # the control socket (status, peers), /metrics and the health probes, then idles. The functions
-# both stores ran come first, then the rest by store. (The kube store is left out: its lab runs
-# in the foreground until interrupted; its client code keeps the default placement.) Re-run it after changes that rename many
+# every store ran come first, then the rest by store. Re-run it after changes that rename many
 # functions (a dependency upgrade, a new compiler): names it lists that no longer exist are
 # ignored by the linker, so a stale file costs memory, never correctness.
 set -euo pipefail
@@ -24,8 +23,10 @@ root=$PWD
 lab=$root/target/release/weft-lab
 work=$(mktemp -d /tmp/weft-order.XXXXXX)
 labs=()
+kube_lab=
 cleanup() {
     pkill -f "callgrind-out-file=$work" 2>/dev/null || true
+    if [ -n "$kube_lab" ]; then kill -INT "$kube_lab" 2>/dev/null && wait "$kube_lab" || true; fi
     for name in "${labs[@]}"; do "$lab" down "$name" >/dev/null 2>&1 || true; done
     for ns in $(ip netns list | awk -v p="${work##*.}" '$1 ~ "^wo" p {print $1}'); do ip netns del "$ns"; done
     rm -rf "$work"
@@ -57,19 +58,39 @@ for i in range(1, 61):
 EOF
 }
 
+# Bring up a one-node dual-stack lab on store $1; its name in $lab_name. A kube lab stays in the
+# foreground (its process relays the API server into the node): it runs in the background here,
+# its pid in $kube_lab, until `profile_store` interrupts it.
+lab_up() {
+    local out=$work/$1-lab.out
+    if [ "$1" = kube ]; then
+        "$lab" up --nodes 1 --pods 0 --ipv6 --store kube >"$out" 2>&1 &
+        kube_lab=$!
+        until grep -q "runs in the foreground" "$out"; do
+            kill -0 "$kube_lab" 2>/dev/null || { cat "$out" >&2; exit 1; }
+            sleep 1
+        done
+        lab_name=$(sed -n 's/.*--run-dir \/tmp\/weft-lab-\([^/]*\)\/.*/\1/p' "$out" | head -1)
+    else
+        "$lab" up --nodes 1 --pods 0 --ipv6 --store "$1" >"$out" 2>&1 || { cat "$out" >&2; exit 1; }
+        lab_name=$(sed -n 's/.*weft-lab down \([^ ]*\) .*/\1/p' "$out")
+        labs+=("$lab_name")
+    fi
+}
+
 profile_store() {
-    local store=$1 out name pid args dir sock pod=wo${work##*.}${1:0:1}
-    out=$("$lab" up --nodes 1 --pods 0 --ipv6 --store "$store" 2>&1) || { echo "$out"; exit 1; }
-    name=$(sed -n 's/.*weft-lab down \([^ ]*\) .*/\1/p' <<<"$out")
-    labs+=("$name")
+    local store=$1 name pid args dir sock pod=wo${work##*.}${1:0:1}
+    lab_up "$store"
+    name=$lab_name
     pid=$(pgrep -f "weftd run .*weft-lab-$name/" | head -1)
     node_ns=$(ip netns identify "$pid")
     mapfile -d '' args < <(tail -c +1 "/proc/$pid/cmdline")
     mapfile -d '' envs < "/proc/$pid/environ"
     dir=/tmp/weft-lab-$name
     sock=$dir/node-1/run/cni.sock
-    kill "$pid"
-    while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
+    kill -KILL "$pid"
+    # Gone, or a zombie (the foreground kube lab reaps its children only when it ends).
+    while [ -n "$(ps -o stat= -p "$pid" | grep -v Z)" ]; do sleep 0.1; done
     if [ "$store" = file ]; then
         # A first start, as on a new node: no devices, no firewall table, no lease.
         ip netns exec "$node_ns" target/release/weftd cleanup >/dev/null 2>&1
@@ -97,13 +118,14 @@ profile_store() {
     pkill -TERM -f "callgrind-out-file=$work/$store"
     while pgrep -f "callgrind-out-file=$work/$store" >/dev/null; do sleep 0.5; done
     echo "$store: $(cat "$work/$store".*.cg | grep -c '^fn=') function records"
+    if [ "$store" = kube ]; then kill -INT "$kube_lab"; wait "$kube_lab" || true; fi
 }
 
-for store in file etcd; do profile_store "$store"; done
+for store in file etcd kube; do profile_store "$store"; done
 python3 - "$work" daemon/weftd.order <<'EOF'
 import fileinput, glob, re, sys
 work, out = sys.argv[1], sys.argv[2]
-stores = ["file", "etcd"]
+stores = ["file", "etcd", "kube"]
 ran = {}
 for store in stores:
     ob = cob = None

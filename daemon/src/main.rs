@@ -112,6 +112,7 @@ fn load(settings: Settings) -> anyhow::Result<Config> {
 }
 
 fn main() -> ExitCode {
+    unblock_stop_signals();
     one_malloc_arena();
     let cli: Cli = weftd::config::parse_command_line();
     init_logs(cli.log_format);
@@ -127,6 +128,20 @@ fn main() -> ExitCode {
             eprintln!("weftd: error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// weftd stops cleanly on SIGTERM and SIGINT (keeping or releasing its lease, stopping the
+/// `weft-wg` it started). A blocked signal mask passes through exec, so a parent that blocked
+/// them (the foreground Kubernetes lab did, to `sigwait` for Ctrl-C) left a weftd that only
+/// SIGKILL stops. Unblocked before the runtime starts its threads, which inherit the mask.
+fn unblock_stop_signals() {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut stop = SigSet::empty();
+    stop.add(Signal::SIGTERM);
+    stop.add(Signal::SIGINT);
+    if let Err(e) = stop.thread_unblock() {
+        eprintln!("weftd: warning: cannot unblock SIGTERM and SIGINT: {e}");
     }
 }
 

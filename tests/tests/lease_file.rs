@@ -238,6 +238,32 @@ fn sigterm_keeps_the_lease_and_leave_gives_it_back() {
     assert!(store.record("b").is_some());
 }
 
+/// A parent that blocked SIGTERM and SIGINT (as a program waiting for them with `sigwait` does)
+/// passes the mask on through exec; weftd unblocks them, so SIGTERM still stops it cleanly.
+#[test]
+fn sigterm_stops_weftd_started_with_the_stop_signals_blocked() {
+    use std::os::unix::process::CommandExt;
+    let store = Store::new();
+    let mut command = store.command("a");
+    // SAFETY: only async-signal-safe calls between fork and exec (sigprocmask).
+    unsafe {
+        command.pre_exec(|| {
+            let mut stop = nix::sys::signal::SigSet::empty();
+            stop.add(nix::sys::signal::Signal::SIGTERM);
+            stop.add(nix::sys::signal::Signal::SIGINT);
+            stop.thread_block().map_err(std::io::Error::from)
+        });
+    }
+    let mut a = ChildGuard::spawn("a", &mut command).unwrap();
+    store.wait_records(1);
+    a.signal(nix::sys::signal::Signal::SIGTERM);
+    let status = a.wait_timeout(Duration::from_secs(10));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "weftd started with SIGTERM blocked did not exit cleanly on SIGTERM: {status:?}"
+    );
+}
+
 #[test]
 fn a_bad_setting_stops_start_up_with_one_line_naming_it() {
     let dir = tempfile::tempdir().unwrap();
