@@ -88,8 +88,7 @@ impl fmt::Display for IfName {
 /// A Kubernetes node name: a DNS-1123 subdomain. Used as a store key, so it must never contain '/'.
 ///
 /// Shared, not copied: weftd keeps a peer's name in its peer set, planner, claim index, plan and
-/// prober, and a clone only counts a reference (at 1000 peers that was about ten allocations a
-/// peer fewer).
+/// prober, and a clone only counts a reference instead of allocating a copy.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct NodeName(std::sync::Arc<str>);
